@@ -1,0 +1,40 @@
+# invoice-reconciler: `make demo` and `make test` work on a fresh machine (they create .venv when missing).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DRIVERS := $(wildcard drivers/*)
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The core with its dev and postgres extras, every driver as its own distribution, and the test-only driver.
+$(STAMP): $(BIN)/python pyproject.toml $(foreach d,$(DRIVERS),$(d)/pyproject.toml) tests/plugins/fake-driver/pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]' $(foreach d,$(DRIVERS),-e $(d)) -e tests/plugins/fake-driver
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy reconciler drivers/*/reconciler_* tests
+
+pytest: $(STAMP)
+	$(BIN)/pytest --cov=reconciler $(foreach d,$(DRIVERS),--cov=$(d)) --cov-branch --cov-report=term:skip-covered
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/memory_once.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,88 @@
+"""Wiring: from a validated `Config` to a store and live providers. Validation first, I/O after."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel
+
+from reconciler import config as config_module
+from reconciler import errors, registry
+from reconciler.config import Config, ProviderConfig
+from reconciler.driver_api import Driver
+from reconciler.runner import Provider, RunnerSettings
+from reconciler.store import base
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedDriver:
+    """A configured provider whose driver loaded and whose options validated (nothing opened yet)."""
+
+    config: ProviderConfig
+    driver_cls: type[Driver]
+    settings: BaseModel
+
+
+def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
+    """Load and validate every configured provider's driver, offline (SPEC §10): DriverLoadError / ConfigError."""
+    loaded: dict[str, LoadedDriver] = {}
+    for provider_id, provider in sorted(cfg.providers.items()):
+        driver_cls = registry.load(provider.common.driver)
+        settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
+        loaded[provider_id] = LoadedDriver(provider, driver_cls, settings)
+    return loaded
+
+
+def build_providers(
+    loaded: Mapping[str, LoadedDriver], session: aiohttp.ClientSession
+) -> dict[str, Provider]:
+    providers = {}
+    for provider_id, item in loaded.items():
+        try:
+            driver = item.driver_cls(provider_id, item.settings, item.config.common, session)
+        except Exception as exc:  # a third-party constructor: a startup error naming the driver
+            raise errors.DriverLoadError(
+                f"driver {item.config.common.driver!r} for provider {provider_id!r} failed to start: "
+                f"{type(exc).__name__}: {exc}",
+                driver=item.config.common.driver,
+            ) from exc
+        providers[provider_id] = Provider(provider_id, driver, item.config.common)
+    return providers
+
+
+def runner_settings(cfg: Config) -> RunnerSettings:
+    r = cfg.reconcile
+    return RunnerSettings(
+        max_age=r.max_age,
+        batch_size=r.batch_size,
+        paid_late=r.paid_late,
+        schedule=tuple(r.schedule),
+        interval=r.interval,
+        lease=r.lease,
+        default_provider=cfg.default_provider,
+    )
+
+
+async def open_store(cfg: Config, *, create: bool = False) -> base.Store:
+    """Open the configured database (SQLite now; PostgreSQL is selected by a postgresql:// URL)."""
+    if cfg.database.backend == "sqlite":
+        from reconciler.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(cfg.database.sqlite_path, create=create)
+    raise errors.ConfigError(
+        f"database.url {cfg.database.display_url}: the PostgreSQL backend is not available in this release; "
+        "use a sqlite:// URL"
+    )
+
+
+def http_session(loaded: Mapping[str, LoadedDriver]) -> aiohttp.ClientSession:
+    """The shared client session; drivers time each request, this total is a safety net above them."""
+    longest = max((item.config.common.timeout for item in loaded.values()), default=10.0)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=longest * 2 + 5))
+
+
+def describe(loaded: Mapping[str, LoadedDriver]) -> dict[str, Any]:
+    return {pid: item.config.common.driver for pid, item in loaded.items()}

@@ -1,0 +1,600 @@
+"""Settings models and configuration loading (SPEC §11, the lease rule of §9).
+
+Loading is a hand-rolled merge rather than pydantic-settings sources: the TOML file is read into a dict,
+the ``RECONCILER_*`` environment is laid over it (environment wins), provider ``*_file`` secrets are
+resolved with path-aware errors, and only then is the whole dict validated by the models below. The
+provider sections are open-ended (their options belong to drivers the core never imports), which the
+declared-field sources of pydantic-settings do not model; the merge keeps that behaviour in one place.
+
+Every problem surfaces as one :class:`errors.ConfigError` naming where the value came from (the file or
+the environment variable), the dotted key and what is accepted. Secrets never appear in a message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from reconciler import driver_api, errors, timeutil
+
+DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
+ENV_PREFIX = "RECONCILER_"
+ENV_NESTING = "__"
+MASK = "**********"
+# What a `*_file` secret holds when loaded with resolve_files=False: the file is named, never read.
+UNRESOLVED_SECRET = "<not read: resolve_files=False>"
+
+_PROVIDER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_SECRET_KEY = re.compile(r"^(api_key|password|.+_secret|.+_token)$")
+_COMMON_KEYS = frozenset(driver_api.CommonSettings.model_fields)
+_COMMON_DURATIONS = ("timeout", "retry_max_delay")
+_SCHEDULE_AGES = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
+_DURATION_FORM = 'a quoted whole number and a unit, e.g. "90s", "15m", "72h", "2d"'
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str):
+        return timeutil.parse_duration(value)
+    raise ValueError(f"invalid duration {value!r}: write {_DURATION_FORM}")
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(timeutil.format_duration, return_type=str, when_used="json"),
+]
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+_DURATION_ADAPTER: TypeAdapter[timedelta] = TypeAdapter(Duration)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    """``[database]``: ``sqlite://`` + a file path, or a ``postgresql://`` / ``postgres://`` URL."""
+
+    url: str = "sqlite:///var/lib/reconciler/shop.db"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        scheme, separator, rest = url.partition("://")
+        # Only the scheme is echoed: the rest of a URL may carry a password.
+        if not separator:
+            raise ValueError("expected sqlite:///path/to/file.db or postgresql://user@host/db")
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+            )
+        if not rest:
+            raise ValueError(f"{scheme}:// needs a {'file path' if scheme == 'sqlite' else 'host'}")
+        return url
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        """Which store implementation serves this URL."""
+        return "sqlite" if self.url.startswith("sqlite://") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file: everything after ``sqlite://`` (``sqlite:///var/x.db`` is ``/var/x.db``)."""
+        if self.backend != "sqlite":
+            raise ValueError("not a sqlite:// database url")
+        return Path(self.url.removeprefix("sqlite://"))
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password replaced by the mask, for logs and ``check-config``."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        user_info, _, host = parts.netloc.rpartition("@")
+        user = user_info.partition(":")[0]
+        return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+
+
+class ReconcileSettings(_Section):
+    """``[reconcile]``: pass timing, candidate window, the check schedule and the lease (SPEC §4, §9)."""
+
+    interval: PositiveDuration = timedelta(seconds=60)
+    initial_delay: Duration = timedelta(seconds=15)
+    max_age: PositiveDuration = timedelta(hours=72)
+    batch_size: int = Field(default=500, ge=1)
+    paid_late: Literal["flag", "settle"] = "flag"
+    schedule: tuple[PositiveDuration, PositiveDuration, PositiveDuration, PositiveDuration] = (
+        timedelta(minutes=1),
+        timedelta(minutes=5),
+        timedelta(minutes=15),
+        timedelta(minutes=60),
+    )
+    lease: PositiveDuration = timedelta(minutes=5)
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _four_steps(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) != 4:
+            raise ValueError(
+                f"needs exactly 4 steps (for invoices < 1 h, < 6 h, < 24 h old, and older), got {len(value)}"
+            )
+        return value
+
+    def schedule_step(self, age: timedelta) -> timedelta:
+        """The wait before the next check of an invoice this old (SPEC §4.10), without jitter."""
+        for limit, step in zip(_SCHEDULE_AGES, self.schedule, strict=False):
+            if age < limit:
+                return step
+        return self.schedule[-1]
+
+
+class PostSettleSettings(_Section):
+    """``[post_settle]``: retries of post-settle tasks (SPEC §8)."""
+
+    max_attempts: int = Field(default=8, ge=1)
+    backoff: tuple[PositiveDuration, ...] = Field(
+        default=(timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1)),
+        min_length=1,
+    )
+
+    def backoff_step(self, attempts: int) -> timedelta:
+        """The wait after a task's ``attempts``-th attempt; the last step repeats."""
+        return self.backoff[min(max(attempts, 1), len(self.backoff)) - 1]
+
+
+class DaemonSettings(_Section):
+    """``[daemon]``: how long SIGTERM waits for in-flight invoices."""
+
+    shutdown_grace: Duration = timedelta(seconds=30)
+
+
+class LogSettings(_Section):
+    """``[log]``: output format and minimum level."""
+
+    format: Literal["auto", "human", "journal", "json"] = "auto"
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class LicenseSettings(_Section):
+    """``[license]``: the Ed25519 signing key (read only by ``run``)."""
+
+    signing_key_file: Path = Path("/etc/reconciler/signing-key.pem")
+
+
+class HttpSettings(_Section):
+    """``[http]``: the optional metrics and health listener, ``host:port`` (``[::1]:9464`` for IPv6)."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"expected host:port with a port from 0 to 65535, e.g. 127.0.0.1:9464, got {value!r}"
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class ProviderConfig(BaseModel):
+    """One ``[providers.<id>]`` section: the core-owned keys and the driver's options.
+
+    ``options`` are the section's other keys, validated later against the driver's ``Settings``
+    (:func:`validate_driver_settings`); ``X_file`` keys have already become ``X`` (a ``SecretStr``), and
+    inline secret-looking keys (``api_key``, ``password``, ``*_secret``, ``*_token``) are ``SecretStr`` too.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    common: driver_api.CommonSettings
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _PROVIDER_ID.match(value) or ENV_NESTING in value:
+            raise ValueError(
+                f"invalid provider id {value!r}: use lower-case letters, digits and _, starting with a "
+                f"letter, without {ENV_NESTING!r}"
+            )
+        return value
+
+    @field_validator("common", mode="before")
+    @classmethod
+    def _durations_to_seconds(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        converted = dict(value)
+        problems: list[InitErrorDetails] = []
+        for key in _COMMON_DURATIONS:
+            if key in converted:
+                try:
+                    converted[key] = _DURATION_ADAPTER.validate_python(converted[key]).total_seconds()
+                except ValidationError as exc:
+                    problems.extend(_relocated(exc, (key,)))
+        if problems:
+            raise ValidationError.from_exception_data("CommonSettings", problems)
+        return converted
+
+    @field_validator("options")
+    @classmethod
+    def _wrap_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: SecretStr(value) if isinstance(value, str) and _SECRET_KEY.match(key) else value
+            for key, value in options.items()
+        }
+
+    def masked(self) -> dict[str, Any]:
+        """The section as written in TOML, durations as strings and secrets masked."""
+        common: dict[str, Any] = self.common.model_dump()
+        for key in _COMMON_DURATIONS:
+            common[key] = timeutil.format_duration(timedelta(seconds=common[key]))
+        options: dict[str, Any] = TypeAdapter(dict[str, Any]).dump_python(self.options, mode="json")
+        return common | options
+
+
+class Config(BaseModel):
+    """The whole configuration file (SPEC §11)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_provider: str | None = None
+    database: DatabaseSettings = DatabaseSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    post_settle: PostSettleSettings = PostSettleSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
+    license: LicenseSettings = LicenseSettings()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    http: HttpSettings | None = None
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_sections(cls, value: Any) -> Any:
+        # A dict section is the TOML form: split it into the core-owned keys and the driver's options.
+        if not isinstance(value, dict):
+            return value
+        return {
+            provider_id: {
+                "id": provider_id,
+                "common": {k: v for k, v in section.items() if k in _COMMON_KEYS},
+                "options": {k: v for k, v in section.items() if k not in _COMMON_KEYS},
+            }
+            if isinstance(section, dict)
+            else section
+            for provider_id, section in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _default_provider_exists(self) -> Config:
+        if self.default_provider is not None and self.default_provider not in self.providers:
+            configured = ", ".join(sorted(self.providers)) or "none"
+            raise _located_error(
+                ("default_provider",),
+                f"names provider {self.default_provider!r}, which has no [providers.{self.default_provider}] "
+                f"section (configured: {configured})",
+                self.default_provider,
+            )
+        return self
+
+    def lease_problems(self) -> list[str]:
+        """Why ``[reconcile] lease`` is too short for some provider (SPEC §9); empty when it is long enough."""
+        lease = self.reconcile.lease.total_seconds()
+        problems = []
+        for provider in self.providers.values():
+            common = provider.common
+            worst = common.worst_fetch
+            if lease < 2 * worst:
+                problems.append(
+                    f"lease {_seconds(lease)} is shorter than 2 × the worst fetch of provider "
+                    f"{provider.id!r} ({_seconds(worst)} = timeout {_seconds(common.timeout)} × "
+                    f"{common.retry_attempts} attempts + retry_max_delay {_seconds(common.retry_max_delay)} × "
+                    f"{common.retry_attempts - 1}): set lease to at least {_seconds(math.ceil(2 * worst))} "
+                    "or lower that provider's timeout, retry_attempts or retry_max_delay"
+                )
+        return problems
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data: durations as strings, every secret masked."""
+        data: dict[str, Any] = self.model_dump(mode="json", exclude={"providers"}, exclude_none=True)
+        data["database"]["url"] = self.database.display_url
+        data["providers"] = {provider_id: p.masked() for provider_id, p in self.providers.items()}
+        return data
+
+
+def validate_driver_settings(provider: ProviderConfig, settings_model: type[BaseModel]) -> BaseModel:
+    """Validate a provider's options against its driver's ``Settings``; a ConfigError names each bad key."""
+    try:
+        return settings_model.model_validate(provider.options)
+    except ValidationError as exc:
+        accepted = sorted(set(settings_model.model_fields) | _COMMON_KEYS)
+        lines = []
+        for error in exc.errors(include_url=False):
+            key = ".".join(str(part) for part in error["loc"])
+            problem = _describe(error, accepted)
+            field = settings_model.model_fields.get(key)
+            if error["type"] == "missing" and field is not None and field.annotation is SecretStr:
+                problem = f"required: set {key} or {key}_file"
+            lines.append(f"providers.{provider.id}.{key}: {problem} (driver {provider.common.driver!r})")
+        raise errors.ConfigError("\n".join(lines)) from None
+
+
+def load_config(
+    path: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    resolve_files: bool = True,
+) -> Config:
+    """Read the TOML file (none: defaults), lay the ``RECONCILER_*`` environment over it, validate.
+
+    ``environ`` defaults to ``os.environ``; variables whose first segment is not a top-level key
+    (``RECONCILER_FIXTURES``...) are not configuration and are ignored. An environment value starting
+    with ``[`` that is a JSON array sets a list (``RECONCILER_RECONCILE__SCHEDULE='["1m","5m","15m","1h"]'``).
+    An ``X`` or ``X_file`` from the environment replaces the file's ``X`` and ``X_file``.
+
+    With ``resolve_files=False`` no ``*_file`` secret is opened (nor ``$CREDENTIALS_DIRECTORY``
+    required): each becomes ``X = SecretStr(UNRESOLVED_SECRET)``, enough to validate a file offline.
+    A lease shorter than :meth:`Config.lease_problems` allows is an error here too, so ``run`` refuses it.
+    """
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "configuration"
+    data = _read_toml(path) if path is not None else {}
+    overrides, origins = _environment_layer(environ)
+    _merge(data, overrides)
+
+    def line(loc: tuple[str, ...], problem: str) -> str:
+        origin = next((f"${origins[loc[:n]]}" for n in range(len(loc), 0, -1) if loc[:n] in origins), source)
+        return f"{origin}: {'.'.join(loc) or '(top level)'}: {problem}"
+
+    problems = [line(loc, problem) for loc, problem in _resolve_secret_files(data, environ, resolve_files)]
+    if problems:
+        raise errors.ConfigError("\n".join(problems))
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise errors.ConfigError(
+            "\n".join(
+                line(_dotted(error["loc"]), _describe(error, _known_keys(_dotted(error["loc"])[:-1])))
+                for error in exc.errors(include_url=False)
+            )
+        ) from None
+    lease_problems = config.lease_problems()
+    if lease_problems:
+        raise errors.ConfigError("\n".join(line(("reconcile", "lease"), p) for p in lease_problems))
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise errors.ConfigError(f"{path}: config file not found (give one with --config FILE)") from None
+    except UnicodeDecodeError:
+        raise errors.ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The ``RECONCILER_*`` variables as a nested dict, and which variable set each key."""
+    layer: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        loc = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING))
+        if loc[0] not in Config.model_fields:
+            continue
+        if "" in loc:
+            raise errors.ConfigError(f"${name}: empty key between {ENV_NESTING!r} separators")
+        node = layer
+        for part in loc[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise errors.ConfigError(
+                    f"${name}: {'.'.join(loc)} conflicts with another RECONCILER_ variable"
+                )
+        if isinstance(node.get(loc[-1]), dict):
+            raise errors.ConfigError(f"${name}: {'.'.join(loc)} conflicts with another RECONCILER_ variable")
+        node[loc[-1]] = _environment_value(environ[name])
+        origins[loc] = name
+    return layer, origins
+
+
+def _environment_value(text: str) -> Any:
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(value, list):
+            return value
+    return text
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any], loc: tuple[str, ...] = ()) -> None:
+    """Lay ``overrides`` over ``base`` in place; in a provider section ``X`` and ``X_file`` replace each other."""
+    in_provider = len(loc) == 2 and loc[0] == "providers"
+    for key, value in overrides.items():
+        if in_provider:
+            sibling = key.removesuffix("_file") if key.endswith("_file") else f"{key}_file"
+            if sibling not in overrides:
+                base.pop(sibling, None)
+        current = base.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge(current, value, (*loc, key))
+        else:
+            base[key] = value
+
+
+def _resolve_secret_files(
+    data: dict[str, Any], environ: Mapping[str, str], resolve_files: bool
+) -> list[tuple[tuple[str, ...], str]]:
+    """Replace each provider's ``X_file`` by ``X = SecretStr(content)`` in place; the problems found."""
+    providers = data.get("providers")
+    if not isinstance(providers, dict):
+        return []
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for provider_id, section in providers.items():
+        if not isinstance(section, dict):
+            continue
+        for key in [k for k in section if k.endswith("_file") and k != "_file"]:
+            target, value, loc = key.removesuffix("_file"), section.pop(key), ("providers", provider_id, key)
+            if target in section:
+                problems.append((loc, f"both {target} and {key} are set: keep one"))
+            elif not isinstance(value, str) or not value:
+                problems.append((loc, "expected a file path or a systemd credential name"))
+            elif not resolve_files:
+                section[target] = SecretStr(UNRESOLVED_SECRET)
+            else:
+                try:
+                    section[target] = SecretStr(_read_secret(value, environ))
+                except errors.ConfigError as exc:
+                    problems.append((loc, exc.message))
+    return problems
+
+
+def _read_secret(name: str, environ: Mapping[str, str]) -> str:
+    if "/" in name:
+        path = Path(name)
+    else:
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise errors.ConfigError(
+                f"{name!r} has no '/', so it names a systemd credential, but $CREDENTIALS_DIRECTORY is not "
+                "set: run under systemd with LoadCredential= or give the file's path"
+            )
+        path = Path(directory) / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise errors.ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise errors.ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise errors.ConfigError(f"{path}: empty file")
+    return secret
+
+
+def _dotted(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """A pydantic error location as the TOML keys the operator wrote."""
+    parts = tuple(str(part) for part in loc)
+    # Provider sections are split into id/common/options internally; the operator wrote them flat.
+    if len(parts) >= 3 and parts[0] == "providers" and parts[2] in ("id", "common", "options"):
+        return parts[:2] + parts[3:]
+    return parts
+
+
+def _known_keys(section: tuple[str, ...]) -> list[str]:
+    """The keys accepted in a section of the file (empty where the keys are open-ended)."""
+    model: type[BaseModel] = Config
+    for part in section:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = next(
+            (
+                a
+                for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                if isinstance(a, type)
+            ),
+            None,
+        )
+        if annotation is None or not issubclass(annotation, BaseModel):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Any, accepted: list[str]) -> str:
+    """One pydantic error as an operator-facing problem (never its input: it may be a secret)."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        close = difflib.get_close_matches(key, accepted, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}accepted: {', '.join(accepted)})" if accepted else "unknown key"
+    if kind == "missing":
+        return "required but not set"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    return str(error["msg"])
+
+
+def _relocated(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError("config", "{message}", {"message": _describe(error, [])}),
+            loc=prefix + error["loc"],
+            input=error["input"],
+        )
+        for error in exc.errors(include_url=False)
+    ]
+
+
+def _located_error(loc: tuple[str, ...], message: str, value: object) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "Config",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("config", "{message}", {"message": message}), loc=loc, input=value
+            )
+        ],
+    )
+
+
+def _seconds(seconds: float) -> str:
+    return timeutil.format_duration(timedelta(seconds=seconds))

@@ -1,0 +1,263 @@
+"""The decision about one invoice: a pure function of the row, the provider's answer and the policy (SPEC §4–§6).
+
+No I/O and no clock: the runner passes everything in and applies the returned `Decision` through the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from reconciler.driver_api import ProviderStatus, Snapshot
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus
+
+PaidLatePolicy = Literal["flag", "settle"]
+
+NOT_FOUND_OBSERVATION = "!not_found"
+BAD_RESPONSE_OBSERVATION = "!bad_response"
+
+
+class DecisionKind(StrEnum):
+    """Names used by the summary line, metrics and the dry run (SPEC §4.14)."""
+
+    SETTLE = "settle"
+    EXPIRE = "expire"
+    INVALIDATE = "invalidate"
+    PAID_LATE_FLAG = "paid_late_flag"
+    RECOVER = "recover"
+    RENEW = "renew"
+    NO_CHANGE = "no_change"
+    SKIPPED = "skipped"
+    PROVIDER_ERROR = "provider_error"
+    NOT_FOUND = "not_found"
+    BAD_RESPONSE = "bad_response"
+    ISSUE_FAILED = "issue_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """The provider says it does not know the invoice."""
+
+    message: str = "not found"
+
+
+@dataclass(frozen=True, slots=True)
+class BadResponse:
+    """The provider answered with something the driver could not read."""
+
+    message: str = "unreadable answer"
+
+
+Answer = Snapshot | NotFound | BadResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What the settle-amount tripwire saw (SPEC §6)."""
+
+    expected_amount_sats: int
+    provider_amount_sats: int
+    provider_paid_sats: int | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: DecisionKind
+    new_status: InvoiceStatus | None
+    observation: str | None
+    audits: tuple[AuditRecord, ...] = ()
+    drift: Drift | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def settles(self) -> bool:
+        return self.new_status is InvoiceStatus.SETTLED
+
+
+def tripwire(expected_amount_sats: int, snapshot: Snapshot) -> Drift | None:
+    """Drift between our amount and the provider's sats; None when there is none or no opinion (fiat, unparseable)."""
+    provider = snapshot.amount_sats
+    if provider is None or provider <= 0 or expected_amount_sats <= 0:
+        return None
+    paid = snapshot.paid_sats
+    if provider == expected_amount_sats and (paid is None or paid >= expected_amount_sats):
+        return None
+    return Drift(expected_amount_sats, provider, paid, snapshot.currency)
+
+
+def evidence(invoice: Invoice, provider_id: str, answer: Answer) -> dict[str, Any]:
+    """The facts every invoice audit row and dry-run line carries (SPEC §4.14)."""
+    facts: dict[str, Any] = {
+        "provider_id": provider_id,
+        "provider_invoice_id": invoice.provider_invoice_id,
+        "expected_amount_sats": invoice.amount_sats,
+    }
+    if isinstance(answer, Snapshot):
+        facts |= {
+            "raw_status": answer.raw_status,
+            "raw_additional_status": answer.raw_additional_status,
+            "status": answer.status.value,
+            "currency": answer.currency,
+            "provider_amount_sats": answer.amount_sats,
+            "provider_paid_sats": answer.paid_sats,
+        }
+        flags = [
+            name
+            for name in ("paid_late", "partially_paid", "overpaid", "manually_marked")
+            if getattr(answer, name)
+        ]
+        if flags:
+            facts["flags"] = flags
+    else:
+        facts |= {
+            "raw_status": observation_of(answer),
+            "raw_additional_status": None,
+            "error": answer.message,
+        }
+    return facts
+
+
+def observation_of(answer: Answer) -> str:
+    """What `last_provider_status` records for this answer (SPEC §4.13)."""
+    if isinstance(answer, NotFound):
+        return NOT_FOUND_OBSERVATION
+    if isinstance(answer, BadResponse):
+        return BAD_RESPONSE_OBSERVATION
+    return answer.observation
+
+
+def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: PaidLatePolicy) -> Decision:
+    """What to do with `invoice` given its provider's `answer` (SPEC §4.3–§4.9, §6)."""
+    observation = observation_of(answer)
+    facts = evidence(invoice, provider_id, answer)
+    # The once rule: an observation audit is written only when the observation is new for this invoice.
+    new_observation = observation != invoice.last_provider_status
+
+    def audit(action: str, **extra: Any) -> AuditRecord:
+        return AuditRecord(action, "invoice", invoice.id, {**facts, **extra})
+
+    def observed(action: str, **extra: Any) -> tuple[AuditRecord, ...]:
+        return (audit(action, **extra),) if new_observation else ()
+
+    if invoice.status is InvoiceStatus.SETTLED:
+        # A settled invoice never goes back; recovery candidates never reach here (no provider call).
+        return Decision(DecisionKind.NO_CHANGE, None, observation, (), None, facts)
+    if isinstance(answer, NotFound):
+        return Decision(
+            DecisionKind.NOT_FOUND, None, observation, observed("invoice.provider_not_found"), None, facts
+        )
+    if isinstance(answer, BadResponse):
+        return Decision(
+            DecisionKind.BAD_RESPONSE,
+            None,
+            observation,
+            observed("invoice.bad_provider_response"),
+            None,
+            facts,
+        )
+
+    snapshot = answer
+    status = snapshot.status
+    pending = invoice.status is InvoiceStatus.PENDING
+
+    if status is ProviderStatus.SETTLED:
+        return _settle(invoice, snapshot, observation, facts, (audit("invoice.settled"),))
+
+    if status is ProviderStatus.EXPIRED and snapshot.paid_late:
+        if paid_late == "settle":
+            audits = (
+                *observed("invoice.paid_late", policy="settle"),
+                audit("invoice.settled", paid_late=True),
+            )
+            return _settle(invoice, snapshot, observation, facts, audits)
+        flag = observed("invoice.paid_late", policy="flag")
+        if invoice.status is InvoiceStatus.EXPIRED:
+            return Decision(DecisionKind.PAID_LATE_FLAG, None, observation, flag, None, facts)
+        return Decision(
+            DecisionKind.PAID_LATE_FLAG,
+            InvoiceStatus.EXPIRED,
+            observation,
+            (audit("invoice.expired"), *flag),
+            None,
+            facts,
+        )
+
+    if pending and status is ProviderStatus.EXPIRED:
+        underpaid = observed("invoice.underpaid") if snapshot.partially_paid else ()
+        return Decision(
+            DecisionKind.EXPIRE,
+            InvoiceStatus.EXPIRED,
+            observation,
+            (audit("invoice.expired"), *underpaid),
+            None,
+            facts,
+        )
+
+    if pending and status is ProviderStatus.INVALID:
+        return Decision(
+            DecisionKind.INVALIDATE,
+            InvoiceStatus.INVALID,
+            observation,
+            (audit("invoice.invalid"),),
+            None,
+            facts,
+        )
+
+    notes: tuple[AuditRecord, ...] = ()
+    if status is ProviderStatus.REFUNDED:
+        notes = observed("invoice.refunded")
+    elif status is ProviderStatus.UNKNOWN:
+        notes = observed("invoice.unknown_status")
+    elif status is ProviderStatus.EXPIRED and snapshot.partially_paid:
+        notes = observed("invoice.underpaid")
+    return Decision(DecisionKind.NO_CHANGE, None, observation, notes, None, facts)
+
+
+def _settle(
+    invoice: Invoice,
+    snapshot: Snapshot,
+    observation: str,
+    facts: dict[str, Any],
+    audits: tuple[AuditRecord, ...],
+) -> Decision:
+    drift = tripwire(invoice.amount_sats, snapshot)
+    if drift is not None:
+        audits = (
+            *audits,
+            AuditRecord(
+                "invoice.amount_mismatch",
+                "invoice",
+                invoice.id,
+                {
+                    **facts,
+                    "expected_amount_sats": drift.expected_amount_sats,
+                    "provider_amount_sats": drift.provider_amount_sats,
+                    "provider_paid_sats": drift.provider_paid_sats,
+                    "currency": drift.currency,
+                },
+            ),
+        )
+    kind = DecisionKind.RENEW if invoice.subscription_id is not None else DecisionKind.SETTLE
+    return Decision(kind, InvoiceStatus.SETTLED, observation, audits, drift, facts)
+
+
+def schedule_step(schedule: tuple[timedelta, ...], age: timedelta) -> timedelta:
+    """The re-check step for an invoice of `age` (SPEC §4.10): under 1 h, 6 h, 24 h, then the last."""
+    for limit, step in zip(_AGE_LIMITS, schedule, strict=False):
+        if age < limit:
+            return step
+    return schedule[-1]
+
+
+def next_check_at(
+    schedule: tuple[timedelta, ...], created_at: datetime, now: datetime, jitter: float
+) -> datetime:
+    """`now` plus the step for the invoice's age, scaled by `jitter` (the runner draws it in [0.9, 1.1])."""
+    return now + schedule_step(schedule, now - created_at) * jitter
+
+
+_AGE_LIMITS = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))

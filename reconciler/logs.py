@@ -1,0 +1,60 @@
+"""Logging through loguru to stderr: human on a terminal, journald priority prefixes, or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Literal
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+LogFormat = Literal["auto", "human", "journal", "json"]
+
+# sd-daemon(3) priority prefixes by loguru level
+_PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def resolve_format(fmt: LogFormat) -> Literal["human", "journal", "json"]:
+    if fmt != "auto":
+        return fmt
+    return "journal" if os.environ.get("JOURNAL_STREAM") else "human"
+
+
+def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
+    """Route every log line to stderr in the chosen format (one sink; replaces loguru's default)."""
+    logger.remove()
+    chosen = resolve_format(fmt)
+    if chosen == "json":
+        logger.add(_json_sink, level=level, format="{message}")
+    elif chosen == "journal":
+        logger.add(
+            sys.stderr,
+            level=level,
+            format=lambda record: f"<{_PRIORITY.get(record['level'].name, 6)}>{{message}}\n{{exception}}",
+            colorize=False,
+        )
+    else:
+        logger.add(
+            sys.stderr,
+            level=level,
+            format="<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> {message}",
+            colorize=sys.stderr.isatty(),
+        )
+
+
+def _json_sink(message: Message) -> None:
+    record: Record = message.record
+    line = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "message": record["message"],
+    }
+    if record["exception"] is not None:
+        kind, value, tb = record["exception"]
+        line["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
+    sys.stderr.write(json.dumps(line) + "\n")

@@ -1,0 +1,107 @@
+"""Driver discovery: entry points in the group `reconciler.drivers`, validated when loaded.
+
+A configured driver that is missing, fails to import, or does not look like a `driver_api.Driver` is a
+`DriverLoadError` naming the entry point and its distribution, raised before the first pass (exit 2).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from importlib import metadata
+
+from pydantic import BaseModel
+
+from reconciler import errors
+from reconciler.driver_api import Driver
+
+GROUP = "reconciler.drivers"
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledDriver:
+    """An entry point of the `reconciler.drivers` group and the distribution that provides it."""
+
+    name: str
+    target: str
+    distribution: str | None
+    version: str | None
+
+    @property
+    def origin(self) -> str:
+        where = f"{self.distribution} {self.version}" if self.distribution else "an unknown distribution"
+        return f"entry point {GROUP}:{self.name} = {self.target!r} from {where}"
+
+
+def installed() -> list[InstalledDriver]:
+    """Every driver entry point installed, sorted by name."""
+    found = []
+    for entry in metadata.entry_points(group=GROUP):
+        dist = entry.dist
+        found.append(
+            InstalledDriver(
+                name=entry.name,
+                target=entry.value,
+                distribution=dist.metadata["Name"] if dist is not None else None,
+                version=dist.version if dist is not None else None,
+            )
+        )
+    return sorted(found, key=lambda d: d.name)
+
+
+def load(name: str) -> type[Driver]:
+    """Import and validate the driver registered as `name`."""
+    entries = [e for e in metadata.entry_points(group=GROUP) if e.name == name]
+    if not entries:
+        names = ", ".join(d.name for d in installed()) or "none"
+        raise errors.DriverLoadError(
+            f"driver {name!r} is not installed: no entry point {GROUP}:{name} (installed drivers: {names}); "
+            f"install its distribution, e.g. `pip install reconciler-{name}`",
+            driver=name,
+            entry_point=f"{GROUP}:{name}",
+        )
+    entry = entries[0]
+    info = InstalledDriver(
+        entry.name,
+        entry.value,
+        entry.dist.metadata["Name"] if entry.dist is not None else None,
+        entry.dist.version if entry.dist is not None else None,
+    )
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # third-party import code can raise anything; report it as a load failure
+        raise errors.DriverLoadError(
+            f"driver {name!r} failed to import ({info.origin}): {type(exc).__name__}: {exc}",
+            driver=name,
+            entry_point=f"{GROUP}:{name}",
+            distribution=info.distribution,
+        ) from exc
+    problem = _shape_problem(loaded)
+    if problem:
+        raise errors.DriverLoadError(
+            f"driver {name!r} is broken ({info.origin}): {problem}",
+            driver=name,
+            entry_point=f"{GROUP}:{name}",
+            distribution=info.distribution,
+        )
+    driver_cls: type[Driver] = loaded
+    return driver_cls
+
+
+def _shape_problem(obj: object) -> str | None:
+    """Why `obj` is not a driver class, or None."""
+    if not inspect.isclass(obj):
+        return f"{obj!r} is not a class"
+    settings = getattr(obj, "Settings", None)
+    if not (inspect.isclass(settings) and issubclass(settings, BaseModel)):
+        return "it has no pydantic `Settings` model"
+    kinds = getattr(obj, "post_settle_kinds", None)
+    if not (isinstance(kinds, tuple) and all(isinstance(k, str) for k in kinds)):
+        return "`post_settle_kinds` is not a tuple of strings"
+    for method in ("fetch", "check"):
+        if not inspect.iscoroutinefunction(getattr(obj, method, None)):
+            return f"`{method}` is not an async method"
+    for method in ("fetch_many", "post_settle"):
+        if hasattr(obj, method) and not inspect.iscoroutinefunction(getattr(obj, method)):
+            return f"`{method}` is not an async method"
+    return None

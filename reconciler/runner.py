@@ -1,0 +1,658 @@
+"""The reconcile pass (SPEC §4): claim -> ask (bounded, per provider) -> decide -> apply.
+
+The only code that awaits both the store and the drivers. Decisions are `decide.decide`'s; licenses are
+`licenses`'; this module sequences them, bounds provider traffic (concurrency, rate, retries with jittered
+backoff honouring Retry-After, a circuit per provider) and accounts for every invoice it claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from loguru import logger
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from reconciler import decide, errors, ids, licenses
+from reconciler.decide import Answer, BadResponse, Decision, DecisionKind, NotFound
+from reconciler.driver_api import CommonSettings, Driver, ProviderUnavailable, Snapshot
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
+from reconciler.store import base
+from reconciler.timeutil import Clock, format_ts, utcnow
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Extra counters beside the decision kinds: rows another writer changed first, rows released untouched.
+FENCED = "fenced"
+RELEASED = "released"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """The `[reconcile]` settings a pass needs, plus `default_provider`."""
+
+    max_age: timedelta = timedelta(hours=72)
+    batch_size: int = 500
+    paid_late: decide.PaidLatePolicy = "flag"
+    schedule: tuple[timedelta, ...] = (
+        timedelta(minutes=1),
+        timedelta(minutes=5),
+        timedelta(minutes=15),
+        timedelta(minutes=60),
+    )
+    interval: timedelta = timedelta(seconds=60)
+    lease: timedelta = timedelta(minutes=5)
+    default_provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A configured provider: its id, live driver and the core-owned settings."""
+
+    id: str
+    driver: Driver
+    common: CommonSettings
+
+
+@dataclass
+class PassSummary:
+    started_at: datetime
+    finished_at: datetime | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    by_provider: dict[str, Counter[str]] = field(default_factory=dict)
+    degraded: dict[str, str] = field(default_factory=dict)
+
+    def count(self, provider_id: str | None, kind: str) -> None:
+        self.counts[kind] += 1
+        self.by_provider.setdefault(provider_id or "-", Counter())[kind] += 1
+
+    @property
+    def duration(self) -> float:
+        end = self.finished_at or self.started_at
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def is_degraded(self) -> bool:
+        return bool(self.degraded)
+
+    @property
+    def total(self) -> int:
+        return sum(v for k, v in self.counts.items() if k not in (FENCED, RELEASED))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": format_ts(self.started_at),
+            "finished_at": format_ts(self.finished_at) if self.finished_at else None,
+            "duration_seconds": round(self.duration, 3),
+            "counts": dict(sorted(self.counts.items())),
+            "by_provider": {p: dict(sorted(c.items())) for p, c in sorted(self.by_provider.items())},
+            "degraded": dict(sorted(self.degraded.items())),
+        }
+
+    def line(self) -> str:
+        counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "nothing due"
+        suffix = (
+            f" DEGRADED({', '.join(f'{p}: {r}' for p, r in sorted(self.degraded.items()))})"
+            if self.degraded
+            else ""
+        )
+        return f"pass finished in {self.duration:.2f}s: {counts}{suffix}"
+
+
+@dataclass
+class _Gate:
+    """One provider's traffic state for one pass."""
+
+    provider: Provider
+    semaphore: asyncio.Semaphore
+    next_slot: float = 0.0
+    paused_until: float = 0.0
+    circuit_open: bool = False
+    ended_until: datetime | None = None
+    fetches: int = 0
+    answers: int = 0
+    unexpected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A fetch that produced no answer: the invoice stays untouched and is rescheduled."""
+
+    kind: DecisionKind
+    not_before: datetime | None = None
+
+
+_RELEASE = object()  # the lease is too short for a fetch to start: release untouched, claim again
+
+
+def instance_owner() -> str:
+    """`hostname:pid:random`, the lease owner and `reconciler_instances` key of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{ids.new_id()[:8]}"
+
+
+class Runner:
+    def __init__(
+        self,
+        store: base.Store,
+        providers: Mapping[str, Provider],
+        settings: RunnerSettings,
+        *,
+        signing_key: Ed25519PrivateKey | None,
+        clock: Clock = utcnow,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.providers = dict(providers)
+        self.settings = settings
+        self.signing_key = signing_key
+        self.clock = clock
+        self.owner = owner or instance_owner()
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.started_at = clock()
+        self._held: dict[str, Invoice] = {}
+        self._gates: dict[str, _Gate] = {}
+        self._warned: set[str] = set()
+        self._summary = PassSummary(started_at=self.started_at)
+
+    # -- the pass -------------------------------------------------------------------------------------------
+    async def run_pass(self, *, stop: asyncio.Event | None = None) -> PassSummary:
+        """Claim and settle every due candidate until a claim returns nothing (or `stop` is set)."""
+        if self.signing_key is None:
+            raise errors.SigningKeyError("a pass that writes needs the license signing key")
+        pass_start = self._begin()
+        await self.store.upsert_instance(
+            base.InstanceRow(self.owner, socket.gethostname(), os.getpid(), self.started_at, pass_start)
+        )
+        try:
+            while stop is None or not stop.is_set():
+                batch = await self.store.claim(
+                    owner=self.owner,
+                    pass_start=pass_start,
+                    now=self.clock(),
+                    lease=self.settings.lease,
+                    max_age=self.settings.max_age,
+                    batch_size=self.settings.batch_size,
+                )
+                if not batch:
+                    break
+                lease_until = self.clock() + self.settings.lease
+                self._held.update((invoice.id, invoice) for invoice in batch)
+                async with asyncio.TaskGroup() as group:
+                    for invoice in batch:
+                        group.create_task(self._one(invoice, lease_until))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release_held())
+            raise
+        summary = self._finish()
+        await self.store.upsert_instance(
+            base.InstanceRow(
+                self.owner,
+                socket.gethostname(),
+                os.getpid(),
+                self.started_at,
+                pass_start,
+                summary.finished_at,
+                summary.to_dict(),
+            )
+        )
+        return summary
+
+    async def dry_run(
+        self, emit: Callable[[dict[str, Any]], None], *, only: str | None = None
+    ) -> PassSummary:
+        """Every provider read of a pass and no write (SPEC §4.12); `emit` gets one line per decision."""
+        pass_start = self._begin()
+        if only is not None:
+            invoice = await self.store.get_invoice(only)
+            if invoice is None:
+                raise LookupError(only)
+            await self._dry_one(invoice, emit)
+        else:
+            offset = 0
+            while True:
+                page = await self.store.peek(
+                    pass_start=pass_start,
+                    now=self.clock(),
+                    max_age=self.settings.max_age,
+                    batch_size=self.settings.batch_size,
+                    offset=offset,
+                )
+                if not page:
+                    break
+                offset += len(page)
+                async with asyncio.TaskGroup() as group:
+                    for invoice in page:
+                        group.create_task(self._dry_one(invoice, emit))
+        return self._finish()
+
+    def _begin(self) -> datetime:
+        pass_start = self.clock()
+        self._summary = PassSummary(started_at=pass_start)
+        self._gates = {}
+        self._warned = set()
+        return pass_start
+
+    def _finish(self) -> PassSummary:
+        summary = self._summary
+        summary.finished_at = self.clock()
+        for gate in self._gates.values():
+            pid = gate.provider.id
+            if gate.circuit_open:
+                summary.degraded[pid] = "authentication failed"
+            elif gate.unexpected:
+                summary.degraded[pid] = f"driver raised {gate.unexpected} unexpected exception(s)"
+            elif gate.fetches and not gate.answers:
+                summary.degraded[pid] = f"none of {gate.fetches} fetch(es) got an answer"
+        return summary
+
+    # -- one invoice ----------------------------------------------------------------------------------------
+    async def _one(self, invoice: Invoice, lease_until: datetime) -> None:
+        try:
+            kind, provider_id = await self._reconcile(invoice, lease_until)
+            self._summary.count(provider_id, kind)
+        finally:
+            self._held.pop(invoice.id, None)
+
+    async def _reconcile(self, invoice: Invoice, lease_until: datetime) -> tuple[str, str | None]:
+        provider_id = invoice.payment_provider_id or self.settings.default_provider
+        if invoice.status is InvoiceStatus.SETTLED:
+            provider = self.providers.get(provider_id) if provider_id else None
+            return await self._settle(invoice, provider_id, provider, None, recovered=True), provider_id
+        provider = self._provider_for(invoice, provider_id)
+        if provider is None:
+            await self.store.release(invoice, next_check_at=self.clock() + self.settings.interval)
+            return DecisionKind.SKIPPED, provider_id
+        gate = self._gate(provider)
+        answer = await self._ask(gate, invoice, lease_until)
+        if answer is _RELEASE:
+            await self.store.release(invoice, next_check_at=None)
+            return RELEASED, provider.id
+        if isinstance(answer, _Failure):
+            now = self.clock()
+            next_at = self._next_check(invoice, now)
+            if answer.not_before is not None:
+                next_at = max(next_at, answer.not_before)
+            await self.store.release(invoice, next_check_at=next_at)
+            return answer.kind, provider.id
+        assert isinstance(answer, Snapshot | NotFound | BadResponse)
+        decision = decide.decide(invoice, answer, provider_id=provider.id, paid_late=self.settings.paid_late)
+        return await self._apply(invoice, provider, decision), provider.id
+
+    def _provider_for(self, invoice: Invoice, provider_id: str | None) -> Provider | None:
+        if provider_id is None:
+            return None  # no provider and no default_provider: skipped silently, counted
+        provider = self.providers.get(provider_id)
+        if provider is None and provider_id not in self._warned:
+            self._warned.add(provider_id)
+            logger.warning(
+                "invoices of provider {!r} are skipped: it is not configured (add a [providers.{}] section)",
+                provider_id,
+                provider_id,
+            )
+        return provider
+
+    async def _apply(self, invoice: Invoice, provider: Provider, decision: Decision) -> str:
+        now = self.clock()
+        next_at = self._next_check(invoice, now)
+        for record in decision.audits:
+            if record.action in ("invoice.unknown_status", "invoice.amount_mismatch"):
+                logger.warning("invoice {}: {} ({})", invoice.id, record.action, decision.observation)
+        if decision.settles:
+            return await self._settle(invoice, provider.id, provider, decision)
+        if decision.new_status is not None:
+            outcome = await self.store.record_transition(
+                invoice,
+                new_status=decision.new_status,
+                now=now,
+                next_check_at=next_at,
+                observation=decision.observation,
+                audits=decision.audits,
+            )
+            return decision.kind if outcome is not None else FENCED
+        done = await self.store.record_check(
+            invoice, now=now, next_check_at=next_at, observation=decision.observation, audits=decision.audits
+        )
+        return decision.kind if done else FENCED
+
+    async def _settle(
+        self,
+        invoice: Invoice,
+        provider_id: str | None,
+        provider: Provider | None,
+        decision: Decision | None,
+        *,
+        recovered: bool = False,
+    ) -> str:
+        """Settle (`decision` given) or recover (a settled invoice without its license) in one transaction."""
+        assert self.signing_key is not None
+        now = self.clock()
+        renewal = invoice.subscription_id is not None
+        license_draft = subscription = None
+        kinds: tuple[str, ...] = ()
+        audits: tuple[AuditRecord, ...] = decision.audits if decision else ()
+        if not renewal:
+            own, product = await self.store.policies_for(invoice)
+            policy = licenses.choose_policy(own, product)
+            try:
+                license_draft = self._license(invoice, policy, now)
+            except errors.LicenseEncodingError as exc:
+                return await self._issue_failed(invoice, provider_id, decision, exc, now)
+            subscription = self._subscription(invoice, policy, provider_id, now)
+            if subscription is not None and provider is not None:
+                kinds = provider.driver.post_settle_kinds
+        if any(a.action == "invoice.paid_late" for a in audits):
+            audits = await self._note_redemption(invoice, audits)
+        outcome = await self.store.record_settlement(
+            invoice,
+            base.Settlement(
+                now=now,
+                next_check_at=self._next_check(invoice, now),
+                observation=decision.observation if decision else None,
+                provider_id=provider_id,
+                audits=audits,
+                license=license_draft,
+                subscription=subscription,
+                post_settle_kinds=kinds,
+                recovered=recovered,
+            ),
+        )
+        if outcome is None:
+            return FENCED
+        if recovered:
+            logger.info(
+                "invoice {}: settled without a license; license {} issued", invoice.id, outcome.license_id
+            )
+            return DecisionKind.RECOVER
+        assert decision is not None
+        return decision.kind
+
+    async def _issue_failed(
+        self,
+        invoice: Invoice,
+        provider_id: str | None,
+        decision: Decision | None,
+        exc: errors.LicenseEncodingError,
+        now: datetime,
+    ) -> str:
+        """SPEC §4.11: settle nothing, audit once, reschedule, list for review."""
+        observation = decision.observation if decision else "!issue_failed"
+        audits: list[AuditRecord] = []
+        if observation != invoice.last_provider_status:
+            details = dict(decision.evidence) if decision else {}
+            details |= {
+                "provider_id": provider_id,
+                "provider_invoice_id": invoice.provider_invoice_id,
+                "raw_status": details.get("raw_status"),
+                "error": exc.message,
+            }
+            audits.append(AuditRecord("license.issue_failed", "invoice", invoice.id, details))
+            logger.error(
+                "invoice {}: the license cannot be encoded, nothing settled: {}", invoice.id, exc.message
+            )
+        done = await self.store.record_check(
+            invoice,
+            now=now,
+            next_check_at=self._next_check(invoice, now),
+            observation=observation,
+            audits=audits,
+        )
+        return DecisionKind.ISSUE_FAILED if done else FENCED
+
+    async def _note_redemption(
+        self, invoice: Invoice, audits: tuple[AuditRecord, ...]
+    ) -> tuple[AuditRecord, ...]:
+        """A paid-late settle keeps a cancelled redemption cancelled; say so in the audit (SPEC §4.9)."""
+        status = await self.store.redemption_status(invoice.id)
+        if status != "cancelled":
+            return audits
+        return tuple(
+            AuditRecord(a.action, a.target_kind, a.target_id, {**a.details, "redemption_cancelled": True})
+            if a.action == "invoice.paid_late"
+            else a
+            for a in audits
+        )
+
+    def _license(self, invoice: Invoice, policy: Policy | None, now: datetime) -> base.LicenseDraft:
+        assert self.signing_key is not None
+        license_id = ids.new_id()
+        terms = licenses.license_terms(policy, now)
+        key = licenses.sign_license(
+            self.signing_key, product_id=invoice.product_id, license_id=license_id, terms=terms
+        )
+        return base.LicenseDraft(
+            id=license_id,
+            product_id=invoice.product_id,
+            policy_id=terms.policy_id,
+            license_key=key,
+            issued_at=terms.issued_at,
+            expires_at=terms.expires_at,
+            grace_seconds=terms.grace_seconds,
+            max_machines=terms.max_machines,
+            entitlements=terms.entitlements,
+            is_trial=terms.is_trial,
+            buyer_email=invoice.buyer_email,
+        )
+
+    @staticmethod
+    def _subscription(
+        invoice: Invoice, policy: Policy | None, provider_id: str | None, now: datetime
+    ) -> base.SubscriptionDraft | None:
+        terms = licenses.subscription_terms(policy, now)
+        if terms is None or policy is None:
+            return None
+        listed = invoice.listed_currency is not None and invoice.listed_value is not None
+        return base.SubscriptionDraft(
+            id=ids.new_id(),
+            policy_id=policy.id,
+            product_id=invoice.product_id,
+            started_at=terms.started_at,
+            period_days=terms.period_days,
+            listed_currency=invoice.listed_currency if listed and invoice.listed_currency else "SAT",
+            listed_value=invoice.listed_value
+            if listed and invoice.listed_value is not None
+            else invoice.amount_sats,
+            payment_provider_id=provider_id,
+            next_renewal_at=terms.next_renewal_at,
+        )
+
+    def _next_check(self, invoice: Invoice, now: datetime) -> datetime:
+        return decide.next_check_at(
+            self.settings.schedule, invoice.created_at, now, self.rng.uniform(0.9, 1.1)
+        )
+
+    # -- provider traffic -----------------------------------------------------------------------------------
+    def _gate(self, provider: Provider) -> _Gate:
+        gate = self._gates.get(provider.id)
+        if gate is None:
+            gate = _Gate(provider, asyncio.Semaphore(provider.common.max_concurrency))
+            self._gates[provider.id] = gate
+        return gate
+
+    async def _ask(
+        self, gate: _Gate, invoice: Invoice, lease_until: datetime | None
+    ) -> Answer | _Failure | object:
+        provider = gate.provider
+        common = provider.common
+        async with gate.semaphore:
+            if gate.circuit_open:
+                return _Failure(DecisionKind.PROVIDER_ERROR)
+            if gate.ended_until is not None:
+                return _Failure(DecisionKind.PROVIDER_ERROR, gate.ended_until)
+            if lease_until is not None and lease_until - self.clock() < timedelta(seconds=common.worst_fetch):
+                return _RELEASE
+            gate.fetches += 1
+            try:
+                answer: Answer = await self._fetch_with_retries(gate, invoice.provider_invoice_id)
+            except errors.InvoiceNotFound as exc:
+                gate.answers += 1
+                return NotFound(exc.message)
+            except errors.BadProviderResponse as exc:
+                return BadResponse(exc.message)
+            except errors.ProviderAuthError as exc:
+                if not gate.circuit_open:
+                    gate.circuit_open = True
+                    logger.error(
+                        "provider {}: credentials refused, skipping it for the rest of this pass: {}",
+                        provider.id,
+                        exc.message,
+                    )
+                return _Failure(DecisionKind.PROVIDER_ERROR)
+            except errors.ProviderUnavailable as exc:
+                if exc.retry_after is not None and exc.retry_after > common.retry_max_delay:
+                    until = self.clock() + timedelta(seconds=exc.retry_after)
+                    if gate.ended_until is None:
+                        logger.warning(
+                            "provider {} asks us to come back in {:.0f}s: done with it for this pass",
+                            provider.id,
+                            exc.retry_after,
+                        )
+                    gate.ended_until = max(gate.ended_until or until, until)
+                    return _Failure(DecisionKind.PROVIDER_ERROR, gate.ended_until)
+                logger.info("provider {}: invoice {} unavailable: {}", provider.id, invoice.id, exc.message)
+                return _Failure(DecisionKind.PROVIDER_ERROR)
+            except errors.DriverError as exc:
+                logger.warning("provider {}: invoice {}: {}", provider.id, invoice.id, exc.message)
+                return _Failure(DecisionKind.PROVIDER_ERROR)
+            except Exception:  # third-party driver code: isolate it (SPEC §4.11), never our own bugs
+                gate.unexpected += 1
+                if gate.unexpected == 1:
+                    logger.opt(exception=True).error(
+                        "provider {}: the driver raised an unexpected exception (invoice {}); "
+                        "further ones this pass are counted, not logged",
+                        provider.id,
+                        invoice.id,
+                    )
+                return _Failure(DecisionKind.PROVIDER_ERROR)
+            gate.answers += 1
+            return answer
+
+    async def _fetch_with_retries(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
+        common = gate.provider.common
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, ProviderUnavailable) and (
+                exc.retry_after is None or exc.retry_after <= common.retry_max_delay
+            )
+
+        backoff = wait_random_exponential(multiplier=0.5, max=common.retry_max_delay)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ProviderUnavailable) and exc.retry_after is not None:
+                return 0.0  # the pause below already holds every request of this provider
+            return float(backoff(state))
+
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(common.retry_attempts),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            sleep=self.sleep,
+            reraise=True,
+        ):
+            with attempt:
+                await self._take_turn(gate)
+                try:
+                    return await self._fetch_once(gate, provider_invoice_id)
+                except ProviderUnavailable as exc:
+                    if exc.retry_after is not None:
+                        loop = asyncio.get_running_loop()
+                        gate.paused_until = max(gate.paused_until, loop.time() + exc.retry_after)
+                    raise
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _fetch_once(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
+        common = gate.provider.common
+        try:
+            # Drivers time their own HTTP calls; this outer bound protects the pass from one that does not.
+            async with asyncio.timeout(common.timeout * 2 + 1):
+                snapshot = await gate.provider.driver.fetch(provider_invoice_id)
+        except TimeoutError as exc:
+            raise ProviderUnavailable(
+                f"{gate.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s",
+                provider_id=gate.provider.id,
+                invoice_id=provider_invoice_id,
+            ) from exc
+        if not isinstance(snapshot, Snapshot):
+            raise errors.BadProviderResponse(
+                f"{gate.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
+                provider_id=gate.provider.id,
+            )
+        return snapshot
+
+    async def _take_turn(self, gate: _Gate) -> None:
+        """Wait out a provider-wide Retry-After pause and the provider's request rate."""
+        loop = asyncio.get_running_loop()
+        pause = gate.paused_until - loop.time()
+        if pause > 0:
+            await self.sleep(pause)
+        rate = gate.provider.common.rate_limit
+        if rate > 0:
+            now = loop.time()
+            slot = max(now, gate.next_slot)
+            gate.next_slot = slot + 1.0 / rate
+            if slot > now:
+                await self.sleep(slot - now)
+
+    async def _release_held(self) -> None:
+        held, self._held = list(self._held.values()), {}
+        for invoice in held:
+            await self.store.release(invoice, next_check_at=None)
+        if held:
+            logger.info("released {} invoice lease(s) on shutdown", len(held))
+
+    # -- dry run --------------------------------------------------------------------------------------------
+    async def _dry_one(self, invoice: Invoice, emit: Callable[[dict[str, Any]], None]) -> None:
+        provider_id = invoice.payment_provider_id or self.settings.default_provider
+        line: dict[str, Any] = {
+            "invoice_id": invoice.id,
+            "provider_id": provider_id,
+            "status": invoice.status.value,
+            "raw_status": None,
+            "raw_additional_status": None,
+        }
+        kind: str
+        evidence: dict[str, Any] = {}
+        if invoice.status is InvoiceStatus.SETTLED:
+            kind = DecisionKind.RECOVER if not invoice.has_license else DecisionKind.NO_CHANGE
+        else:
+            provider = self._provider_for(invoice, provider_id)
+            if provider is None:
+                kind = DecisionKind.SKIPPED
+                evidence = {"reason": "no provider configured for this invoice"}
+            else:
+                answer = await self._ask(self._gate(provider), invoice, None)
+                if isinstance(answer, _Failure):
+                    kind = answer.kind
+                else:
+                    assert isinstance(answer, Snapshot | NotFound | BadResponse)
+                    decision = decide.decide(
+                        invoice, answer, provider_id=provider.id, paid_late=self.settings.paid_late
+                    )
+                    kind = decision.kind
+                    evidence = dict(decision.evidence)
+                    evidence["audits"] = [a.action for a in decision.audits]
+                    if decision.new_status is not None:
+                        evidence["new_status"] = decision.new_status.value
+                    line["raw_status"] = evidence.get("raw_status")
+                    line["raw_additional_status"] = evidence.get("raw_additional_status")
+        line["decision"] = str(kind)
+        line["evidence"] = evidence
+        self._summary.count(provider_id, kind)
+        emit(line)

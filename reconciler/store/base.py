@@ -1,0 +1,252 @@
+"""The store interface: every database read and write the reconciler makes, as use cases.
+
+SQL lives behind this interface only (one `.sql` file per dialect, the same query names in each). Writes to an
+invoice are compare-and-set on its status and fenced by the lease token of the claim that read it, so a writer
+whose lease was taken over changes nothing; issuance is made exactly-once by `UNIQUE(licenses.invoice_id)`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from reconciler import errors
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
+
+__all__ = ["AuditRecord"]  # re-exported: part of the store interface
+
+SCHEMA_VERSION = 1
+
+#: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
+OUR_TABLES = frozenset(
+    {
+        "schema_meta",
+        "products",
+        "policies",
+        "invoices",
+        "licenses",
+        "subscriptions",
+        "discount_codes",
+        "discount_redemptions",
+        "audit_log",
+        "post_settle_tasks",
+        "reconciler_instances",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseDraft:
+    id: str
+    product_id: str
+    policy_id: str | None
+    license_key: str
+    issued_at: datetime
+    expires_at: datetime | None
+    grace_seconds: int
+    max_machines: int
+    entitlements: tuple[str, ...]
+    is_trial: bool
+    buyer_email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionDraft:
+    id: str
+    policy_id: str | None
+    product_id: str
+    started_at: datetime
+    period_days: int
+    listed_currency: str
+    listed_value: int
+    payment_provider_id: str | None
+    next_renewal_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Everything the settle transaction of SPEC §4.8 writes (or the recovery of §4.1 when `recovered`).
+
+    `audits` are the invoice-targeted rows the decision made (`invoice.settled`, `invoice.paid_late`,
+    `invoice.amount_mismatch`); the store adds `license.issued`, `code.redeemed` and `subscription.renewed`,
+    which depend on what the transaction finds.
+    """
+
+    now: datetime
+    next_check_at: datetime
+    observation: str | None
+    provider_id: str | None
+    audits: tuple[AuditRecord, ...]
+    license: LicenseDraft | None  # None for a renewal invoice
+    subscription: SubscriptionDraft | None  # only for a recurring policy
+    post_settle_kinds: tuple[str, ...] = ()
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    license_id: str | None
+    license_issued: bool
+    subscription_created: bool
+    redemption_redeemed: bool
+    subscription_renewed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionOutcome:
+    redemption_cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    lease_owner: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_pass_started_at: datetime | None = None
+    last_pass_finished_at: datetime | None = None
+    last_summary: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingByProvider:
+    provider_id: str | None
+    pending: int
+    oldest_created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    pending: tuple[PendingByProvider, ...]
+    no_longer_checked: int
+    instances: tuple[InstanceRow, ...]
+    review: tuple[tuple[str, int, datetime], ...] = field(default=())
+
+
+class Store(abc.ABC):
+    """A reconciler database. Implementations: `SqliteStore`; PostgreSQL follows the same contract."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    # -- schema -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def schema_version(self) -> int | None:
+        """Our schema version, or None when none of our tables exist; SchemaError when it is not ours."""
+
+    @abc.abstractmethod
+    async def init_schema(self) -> bool:
+        """Create the schema when none of our tables exist (True); do nothing at a known version (False)."""
+
+    async def require_schema(self) -> None:
+        """Raise SchemaError unless the database holds our schema at a version we know."""
+        if await self.schema_version() is None:
+            raise errors.SchemaError(
+                "the database has no reconciler schema: create it with `reconciler init-db`"
+            )
+
+    # -- reconcile pass -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self,
+        *,
+        owner: str,
+        pass_start: datetime,
+        now: datetime,
+        lease: timedelta,
+        max_age: timedelta,
+        batch_size: int,
+    ) -> list[Invoice]:
+        """Lease up to `batch_size` due candidates (SPEC §4.1), oldest due first."""
+
+    @abc.abstractmethod
+    async def peek(
+        self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
+    ) -> list[Invoice]:
+        """The candidates `claim` would take, without leasing them (dry run)."""
+
+    @abc.abstractmethod
+    async def get_invoice(self, invoice_id: str) -> Invoice | None: ...
+
+    @abc.abstractmethod
+    async def release(self, invoice: Invoice, *, next_check_at: datetime | None) -> bool:
+        """Clear the lease without any other change (but `next_check_at` when given)."""
+
+    @abc.abstractmethod
+    async def record_check(
+        self,
+        invoice: Invoice,
+        *,
+        now: datetime,
+        next_check_at: datetime,
+        observation: str | None,
+        audits: Sequence[AuditRecord] = (),
+    ) -> bool:
+        """No status change: schedule, last check, observation and its audits. False when fenced out."""
+
+    @abc.abstractmethod
+    async def record_transition(
+        self,
+        invoice: Invoice,
+        *,
+        new_status: InvoiceStatus,
+        now: datetime,
+        next_check_at: datetime,
+        observation: str | None,
+        audits: Sequence[AuditRecord],
+    ) -> TransitionOutcome | None:
+        """Expire or invalidate (SPEC §4.7) in one transaction; None when another writer got there first."""
+
+    @abc.abstractmethod
+    async def record_settlement(self, invoice: Invoice, settlement: Settlement) -> SettleOutcome | None:
+        """The settle (or recovery) transaction of SPEC §4.8; None when another writer got there first."""
+
+    @abc.abstractmethod
+    async def policies_for(self, invoice: Invoice) -> tuple[Policy | None, list[Policy]]:
+        """The invoice's own policy (active or not) and its product's active policies."""
+
+    @abc.abstractmethod
+    async def redemption_status(self, invoice_id: str) -> str | None: ...
+
+    # -- instances and reporting --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_instance(self, row: InstanceRow) -> None: ...
+
+    @abc.abstractmethod
+    async def status_report(self, *, now: datetime, max_age: timedelta) -> StatusReport: ...
+
+    @abc.abstractmethod
+    async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]: ...
+
+
+def check_schema(tables: set[str], versions: list[Any]) -> int | None:
+    """Our schema version from the tables present and schema_meta's rows; None when nothing of ours exists."""
+    ours = tables & OUR_TABLES
+    if not ours:
+        return None
+    if "schema_meta" not in tables:
+        raise errors.SchemaError(
+            f"the database has some reconciler tables ({', '.join(sorted(ours))}) but no schema_meta: "
+            "it is not a reconciler database, or a half-finished one; restore it or start from an empty database"
+        )
+    if len(versions) != 1 or not isinstance(versions[0], int):
+        raise errors.SchemaError(
+            "schema_meta does not hold exactly one version row: this database is not ours; "
+            "point dataurl at the reconciler's database"
+        )
+    version = int(versions[0])
+    if version != SCHEMA_VERSION:
+        raise errors.SchemaError(
+            f"the database schema is version {version} but this reconciler knows version {SCHEMA_VERSION}: "
+            "upgrade the reconciler (a newer schema) or restore a matching backup"
+        )
+    missing = OUR_TABLES - tables
+    if missing:
+        raise errors.SchemaError(
+            f"the database is missing reconciler tables: {', '.join(sorted(missing))}; restore it from a backup"
+        )
+    return version

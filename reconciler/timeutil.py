@@ -1,0 +1,56 @@
+"""Timestamps in the shared database's one text form (SPEC §3) and durations (SPEC §11)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+Clock = Callable[[], datetime]
+
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utcnow() -> datetime:
+    """The real clock; injected everywhere else so tests can fix time."""
+    return datetime.now(UTC)
+
+
+def format_ts(moment: datetime) -> str:
+    """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).strftime(_FORMAT)
+
+
+def parse_ts(text: str) -> datetime:
+    """Read a timestamp written by `format_ts` (or any ISO-8601 form with an offset)."""
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`"90s"`, `"15m"`, `"72h"`, `"2d"`; anything else is a ValueError naming the accepted form."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"invalid duration {text!r}: write a whole number and a unit, e.g. 90s, 15m, 72h, 2d"
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def format_duration(delta: timedelta) -> str:
+    """The shortest exact duration string for `delta` (whole seconds)."""
+    seconds = int(delta.total_seconds())
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
