@@ -22,7 +22,8 @@ def format_ts(moment: datetime) -> str:
     """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime(_FORMAT)
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}" + utc.strftime(_FORMAT[2:])
 
 
 def parse_ts(text: str) -> datetime:
