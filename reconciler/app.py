@@ -63,6 +63,8 @@ def runner_settings(cfg: Config) -> RunnerSettings:
         interval=r.interval,
         lease=r.lease,
         default_provider=cfg.default_provider,
+        post_settle_max_attempts=cfg.post_settle.max_attempts,
+        post_settle_backoff=tuple(cfg.post_settle.backoff),
     )
 
 

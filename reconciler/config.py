@@ -46,7 +46,7 @@ ENV_PREFIX = "RECONCILER_"
 ENV_NESTING = "__"
 MASK = "**********"
 # What a `*_file` secret holds when loaded with resolve_files=False: the file is named, never read.
-UNRESOLVED_SECRET = "<not read: resolve_files=False>"
+UNRESOLVED_SECRET = "not-read-resolve-files-is-off"  # no spaces: drivers may validate key shape
 
 _PROVIDER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_KEY = re.compile(r"^(api_key|password|.+_secret|.+_token)$")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -65,6 +65,8 @@ InvoiceNotFound = errors.InvoiceNotFound
 BadProviderResponse = errors.BadProviderResponse
 
 SATS_PER_BTC = Decimal(100_000_000)
+_MAX_EXPONENT = 40
+_EXACT = Context(prec=100)
 
 
 class ProviderStatus(StrEnum):
@@ -219,10 +221,11 @@ def decimal_to_sats(text: object, *, unit: str = "BTC", rounding: str = ROUND_HA
         value = Decimal(str(text).strip())
     except InvalidOperation:
         return None
-    if not value.is_finite():
-        return None
+    if not value.is_finite() or abs(value.adjusted()) > _MAX_EXPONENT:
+        return None  # no real amount has 10^40 sats; refusing it keeps the arithmetic exact
     if unit.upper() == "BTC":
-        return int((value * SATS_PER_BTC).quantize(Decimal(1), rounding=rounding))
+        # scaleb shifts the exponent exactly, so rounding happens once, on the exact value
+        return int(value.scaleb(8, context=_EXACT).quantize(Decimal(1), rounding=rounding, context=_EXACT))
     if unit.upper() == "SATS":
         if value != value.to_integral_value():
             return None

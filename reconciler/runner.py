@@ -29,7 +29,16 @@ from tenacity import (
 
 from reconciler import decide, errors, ids, licenses
 from reconciler.decide import Answer, BadResponse, Decision, DecisionKind, NotFound
-from reconciler.driver_api import CommonSettings, Driver, ProviderUnavailable, Snapshot
+from reconciler.driver_api import (
+    CommonSettings,
+    Done,
+    Driver,
+    NotApplicable,
+    PostSettleTask,
+    ProviderUnavailable,
+    Snapshot,
+    SupportsPostSettle,
+)
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
 from reconciler.store import base
 from reconciler.timeutil import Clock, format_ts, utcnow
@@ -57,6 +66,13 @@ class RunnerSettings:
     interval: timedelta = timedelta(seconds=60)
     lease: timedelta = timedelta(minutes=5)
     default_provider: str | None = None
+    post_settle_max_attempts: int = 8
+    post_settle_backoff: tuple[timedelta, ...] = (
+        timedelta(minutes=1),
+        timedelta(minutes=5),
+        timedelta(minutes=15),
+        timedelta(hours=1),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,7 @@ class PassSummary:
     counts: Counter[str] = field(default_factory=Counter)
     by_provider: dict[str, Counter[str]] = field(default_factory=dict)
     degraded: dict[str, str] = field(default_factory=dict)
+    tasks: Counter[str] = field(default_factory=Counter)
 
     def count(self, provider_id: str | None, kind: str) -> None:
         self.counts[kind] += 1
@@ -101,10 +118,13 @@ class PassSummary:
             "counts": dict(sorted(self.counts.items())),
             "by_provider": {p: dict(sorted(c.items())) for p, c in sorted(self.by_provider.items())},
             "degraded": dict(sorted(self.degraded.items())),
+            "post_settle": dict(sorted(self.tasks.items())),
         }
 
     def line(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "nothing due"
+        if self.tasks:
+            counts += " post_settle(" + " ".join(f"{k}={v}" for k, v in sorted(self.tasks.items())) + ")"
         suffix = (
             f" DEGRADED({', '.join(f'{p}: {r}' for p, r in sorted(self.degraded.items()))})"
             if self.degraded
@@ -197,6 +217,8 @@ class Runner:
                 async with asyncio.TaskGroup() as group:
                     for invoice in batch:
                         group.create_task(self._one(invoice, lease_until))
+            if stop is None or not stop.is_set():
+                await self._post_settle_tasks()
         except asyncio.CancelledError:
             await asyncio.shield(self._release_held())
             raise
@@ -616,6 +638,94 @@ class Runner:
             await self.store.release(invoice, next_check_at=None)
         if held:
             logger.info("released {} invoice lease(s) on shutdown", len(held))
+
+    # -- post-settle tasks (SPEC §8) ------------------------------------------------------------------------
+    async def _post_settle_tasks(self) -> None:
+        """Run every due task once; each leaves done, failed or with a later `next_attempt_at`."""
+        while True:
+            due = await self.store.due_tasks(now=self.clock(), batch_size=self.settings.batch_size)
+            if not due:
+                return
+            async with asyncio.TaskGroup() as group:
+                for task in due:
+                    group.create_task(self._post_settle(task))
+
+    async def _post_settle(self, task: base.DueTask) -> None:
+        now = self.clock()
+        if not await self.store.claim_task(task, now=now, lease_until=now + self.settings.lease):
+            return  # another instance took this attempt
+        result = await self._attempt(task)
+        self._summary.tasks[result.status] += 1
+        await self.store.finish_task(task, result, now=self.clock())
+
+    async def _attempt(self, task: base.DueTask) -> base.TaskResult:
+        provider = self.providers.get(task.provider_id) if task.provider_id else None
+        driver = provider.driver if provider is not None else None
+        if task.has_profile or task.subscription_id is None:
+            return base.TaskResult("done")  # idempotent: nothing left to capture
+        if (
+            provider is None
+            or not isinstance(driver, SupportsPostSettle)
+            or task.kind not in driver.post_settle_kinds
+        ):
+            return base.TaskResult("done", last_error="no configured driver performs this task")
+        gate = self._gate(provider)
+        try:
+            async with gate.semaphore:
+                await self._take_turn(gate)
+                async with asyncio.timeout(provider.common.timeout * 4 + 1):
+                    outcome = await driver.post_settle(
+                        PostSettleTask(
+                            task.invoice_id,
+                            task.kind,
+                            provider.id,
+                            task.provider_invoice_id,
+                            task.attempts + 1,
+                        )
+                    )
+        except (errors.DriverError, TimeoutError) as exc:
+            return self._retry_or_fail(task, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # third-party driver code: isolate it, like fetch
+            logger.opt(exception=True).error(
+                "provider {}: post-settle task {} raised", provider.id, task.kind
+            )
+            return self._retry_or_fail(task, f"{type(exc).__name__}: {exc}")
+        if isinstance(outcome, Done):
+            return base.TaskResult("done", profile=outcome.profile)
+        if isinstance(outcome, NotApplicable):
+            return base.TaskResult("done", last_error=f"not applicable: {outcome.reason}")
+        return self._retry_or_fail(task, f"not yet: {outcome.reason}")
+
+    def _retry_or_fail(self, task: base.DueTask, error: str) -> base.TaskResult:
+        attempt = task.attempts + 1
+        if attempt >= self.settings.post_settle_max_attempts:
+            logger.warning(
+                "post-settle task {} for invoice {} failed after {} attempts: {}",
+                task.kind,
+                task.invoice_id,
+                attempt,
+                error,
+            )
+            return base.TaskResult(
+                "failed",
+                last_error=error,
+                audit=AuditRecord(
+                    "post_settle.failed",
+                    "invoice",
+                    task.invoice_id,
+                    {
+                        "provider_id": task.provider_id,
+                        "provider_invoice_id": task.provider_invoice_id,
+                        "raw_status": None,
+                        "kind": task.kind,
+                        "attempts": attempt,
+                        "error": error,
+                    },
+                ),
+            )
+        steps = self.settings.post_settle_backoff
+        step = steps[min(attempt - 1, len(steps) - 1)]
+        return base.TaskResult("pending", next_attempt_at=self.clock() + step, last_error=error)
 
     # -- dry run --------------------------------------------------------------------------------------------
     async def _dry_one(self, invoice: Invoice, emit: Callable[[dict[str, Any]], None]) -> None:

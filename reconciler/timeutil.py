@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -39,12 +39,15 @@ def parse_ts(text: str) -> datetime:
 
 def parse_duration(text: str) -> timedelta:
     """`"90s"`, `"15m"`, `"72h"`, `"2d"`; anything else is a ValueError naming the accepted form."""
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(
             f"invalid duration {text!r}: write a whole number and a unit, e.g. 90s, 15m, 72h, 2d"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler import errors
+from reconciler.driver_api import PaymentProfile
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
 
 __all__ = ["AuditRecord"]  # re-exported: part of the store interface
@@ -98,6 +99,30 @@ class SettleOutcome:
 @dataclass(frozen=True, slots=True)
 class TransitionOutcome:
     redemption_cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DueTask:
+    """A pending post-settle task (SPEC §8) with what running it needs."""
+
+    invoice_id: str
+    kind: str
+    provider_id: str | None
+    attempts: int
+    provider_invoice_id: str
+    subscription_id: str | None
+    has_profile: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How one claimed attempt ended: `done`, still `pending` (retry at `next_attempt_at`) or `failed`."""
+
+    status: str
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    profile: PaymentProfile | None = None
+    audit: AuditRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +236,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def redemption_status(self, invoice_id: str) -> str | None: ...
+
+    # -- post-settle tasks --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def due_tasks(self, *, now: datetime, batch_size: int) -> list[DueTask]:
+        """Pending post-settle tasks whose next attempt is due."""
+
+    @abc.abstractmethod
+    async def claim_task(self, task: DueTask, *, now: datetime, lease_until: datetime) -> bool:
+        """Take one attempt (`attempts` compare-and-set); False when another instance took it."""
+
+    @abc.abstractmethod
+    async def finish_task(self, task: DueTask, result: TaskResult, *, now: datetime) -> bool:
+        """Record the attempt's end (and the payment profile on the subscription) in one transaction."""
 
     # -- instances and reporting --------------------------------------------------------------------------
     @abc.abstractmethod

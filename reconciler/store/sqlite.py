@@ -391,6 +391,75 @@ class SqliteStore(base.Store):
         rows = await self._fetchall("redemption_status", {"invoice_id": invoice_id})
         return str(rows[0][0]) if rows else None
 
+    # -- post-settle tasks --------------------------------------------------------------------------------
+    async def due_tasks(self, *, now: datetime, batch_size: int) -> list[base.DueTask]:
+        rows = await self._fetchall(
+            "due_post_settle_tasks", {"now": format_ts(now), "batch_size": batch_size}
+        )
+        return [
+            base.DueTask(
+                invoice_id=r["invoice_id"],
+                kind=r["kind"],
+                provider_id=r["provider_id"],
+                attempts=int(r["attempts"]),
+                provider_invoice_id=r["provider_invoice_id"],
+                subscription_id=r["subscription_id"],
+                has_profile=r["payment_profile_id"] is not None,
+            )
+            for r in rows
+        ]
+
+    async def claim_task(self, task: base.DueTask, *, now: datetime, lease_until: datetime) -> bool:
+        async with self._write() as db:
+            changed = await self._exec(
+                db,
+                "claim_post_settle_task",
+                {
+                    "invoice_id": task.invoice_id,
+                    "kind": task.kind,
+                    "attempts": task.attempts,
+                    "now": format_ts(now),
+                    "lease_until": format_ts(lease_until),
+                },
+            )
+        return changed == 1
+
+    async def finish_task(self, task: base.DueTask, result: base.TaskResult, *, now: datetime) -> bool:
+        stamp = format_ts(now)
+        async with self._write() as db:
+            changed = await self._exec(
+                db,
+                "finish_post_settle_task",
+                {
+                    "invoice_id": task.invoice_id,
+                    "kind": task.kind,
+                    "attempts": task.attempts + 1,  # the attempt this instance claimed
+                    "status": result.status,
+                    "last_error": result.last_error,
+                    "next_attempt_at": _fmt(result.next_attempt_at),
+                    "now": stamp,
+                },
+            )
+            if changed != 1:
+                return False
+            if result.profile is not None and task.subscription_id is not None:
+                profile = result.profile
+                await self._exec(
+                    db,
+                    "store_payment_profile",
+                    {
+                        "subscription_id": task.subscription_id,
+                        "contact_id": profile.contact_id,
+                        "profile_id": profile.profile_id,
+                        "method": profile.method,
+                        "expires_at": profile.expires_at,
+                        "now": stamp,
+                    },
+                )
+            if result.audit is not None:
+                await self._audit(db, now, [result.audit])
+        return True
+
     # -- instances and reporting --------------------------------------------------------------------------
     async def upsert_instance(self, row: base.InstanceRow) -> None:
         async with self._write() as db:

@@ -184,3 +184,30 @@ SELECT occurred_at, action, target_kind, target_id, details
 FROM audit_log
 WHERE target_kind = 'invoice' AND target_id = :invoice_id
 ORDER BY occurred_at, id;
+
+-- name: due_post_settle_tasks
+SELECT t.invoice_id, t.kind, t.provider_id, t.attempts, i.provider_invoice_id,
+    s.id AS subscription_id, s.payment_profile_id
+FROM post_settle_tasks AS t
+JOIN invoices AS i ON i.id = t.invoice_id
+LEFT JOIN licenses AS l ON l.invoice_id = t.invoice_id
+LEFT JOIN subscriptions AS s ON s.license_id = l.id
+WHERE t.status = 'pending' AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= :now)
+ORDER BY t.next_attempt_at, t.invoice_id, t.kind
+LIMIT :batch_size;
+
+-- name: claim_post_settle_task
+UPDATE post_settle_tasks
+SET attempts = attempts + 1, next_attempt_at = :lease_until, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND attempts = :attempts AND status = 'pending';
+
+-- name: finish_post_settle_task
+UPDATE post_settle_tasks
+SET status = :status, last_error = :last_error, next_attempt_at = :next_attempt_at, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND attempts = :attempts AND status = 'pending';
+
+-- name: store_payment_profile
+UPDATE subscriptions
+SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
+    payment_profile_expires_at = :expires_at, updated_at = :now
+WHERE id = :subscription_id AND payment_profile_id IS NULL;

@@ -35,7 +35,7 @@ async def run(make_runner: RunnerFactory, driver: FakeDriver, **settings: object
 
 
 def no_lease_held(shop: Shop) -> bool:
-    return shop.scalar("SELECT count(*) FROM invoices WHERE lease_token IS NOT NULL") == 0
+    return bool(shop.scalar("SELECT count(*) FROM invoices WHERE lease_token IS NOT NULL") == 0)
 
 
 # -- providers -------------------------------------------------------------------------------------------------
@@ -273,25 +273,6 @@ async def test_recurring_policy_with_trial(shop: Shop, make_runner: RunnerFactor
     assert sub["period_days"] == 1  # max(renewal_period_days, 1)
     assert sub["next_renewal_at"] == format_ts(clock.now + timedelta(days=14))
     assert sub["listed_currency"] == "SAT" and sub["listed_value"] == 21_000
-
-
-async def test_post_settle_tasks_enqueued_for_subscriptions_only(
-    shop: Shop, make_runner: RunnerFactory
-) -> None:
-    class WithTasks(FakeDriver):
-        post_settle_kinds = ("fake.capture",)
-
-    product = shop.product()
-    recurring = shop.policy(product, "sub", is_recurring=True, renewal_period_days=30)
-    one_off = shop.policy(product, "once")
-    a = shop.invoice(product, provider_invoice_id="A", policy_id=recurring)
-    b = shop.invoice(product, provider_invoice_id="B", policy_id=one_off)
-    driver = WithTasks()
-    driver.script_many(["A", "B"], SETTLED)
-    await run(make_runner, driver)
-    tasks = shop.rows("SELECT invoice_id, kind, provider_id, status, attempts FROM post_settle_tasks")
-    assert [tuple(t) for t in tasks] == [(a, "fake.capture", "fake", "pending", 0)]
-    assert b
 
 
 async def test_license_already_inserted_by_the_webhook_handler(
@@ -637,7 +618,7 @@ async def test_retry_after_is_honoured_and_pauses_the_provider(
 
     driver = FakeDriver()
     driver.script("A", ProviderUnavailable("429", retry_after=0.5), SETTLED)
-    assert await run(make_runner, driver, sleep=sleep) == {"settle": 1}  # type: ignore[arg-type]
+    assert await run(make_runner, driver, sleep=sleep) == {"settle": 1}
     assert any(0.4 <= s <= 0.5 for s in slept)
 
 
