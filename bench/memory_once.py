@@ -53,7 +53,9 @@ def seed(path: Path, count: int) -> dict[str, list[dict[str, object]]]:
     # every 10th settles, every 10th (offset 5) expires, the rest stay pending
     script: dict[str, list[dict[str, object]]] = {"*": [{"status": "PENDING", "raw_status": "New"}]}
     for i in range(0, count, 10):
-        script[f"B{i}"] = [{"status": "SETTLED", "raw_status": "Settled", "amount_sats": 10000, "currency": "BTC"}]
+        script[f"B{i}"] = [
+            {"status": "SETTLED", "raw_status": "Settled", "amount_sats": 10000, "currency": "BTC"}
+        ]
         script[f"B{i + 5}"] = [{"status": "EXPIRED", "raw_status": "Expired"}]
     return script
 
@@ -87,7 +89,9 @@ def one_run(count: int, batch_size: int) -> tuple[float, float]:
         settled = sqlite3.connect(db).execute("SELECT count(*) FROM licenses").fetchone()[0]
         assert settled == count // 10, settled
         if peak_kib <= before:
-            print("warning: this run's peak did not exceed an earlier child's; run with --runs 1 for a clean figure")
+            print(
+                "warning: this run's peak did not exceed an earlier child's; run with --runs 1 for a clean figure"
+            )
         return peak_kib / 1024, wall
 
 

@@ -104,7 +104,10 @@ async def test_init_schema_is_idempotent(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("CREATE TABLE schema_meta (version INTEGER); INSERT INTO schema_meta VALUES (1), (1);", "exactly one"),
+        (
+            "CREATE TABLE schema_meta (version INTEGER); INSERT INTO schema_meta VALUES (1), (1);",
+            "exactly one",
+        ),
         ("CREATE TABLE schema_meta (version INTEGER); INSERT INTO schema_meta VALUES (99);", "version 99"),
         ("CREATE TABLE schema_meta (name TEXT);", "not ours"),
         ("CREATE TABLE invoices (id TEXT);", "no schema_meta"),
