@@ -286,11 +286,10 @@ class Runner:
 
     # -- one invoice ----------------------------------------------------------------------------------------
     async def _one(self, invoice: Invoice, lease_until: datetime) -> None:
-        try:
-            kind, provider_id = await self._reconcile(invoice, lease_until)
-            self._summary.count(provider_id, kind)
-        finally:
-            self._held.pop(invoice.id, None)
+        kind, provider_id = await self._reconcile(invoice, lease_until)
+        # Only a finished invoice leaves `_held`: a cancelled one is still ours to release on shutdown.
+        self._held.pop(invoice.id, None)
+        self._summary.count(provider_id, kind)
 
     async def _reconcile(self, invoice: Invoice, lease_until: datetime) -> tuple[str, str | None]:
         provider_id = invoice.payment_provider_id or self.settings.default_provider
