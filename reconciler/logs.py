@@ -30,13 +30,15 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     logger.remove()
     chosen = resolve_format(fmt)
     if chosen == "json":
-        logger.add(_json_sink, level=level, format="{message}")
+        logger.add(_json_sink, level=level, format="{message}", diagnose=False, backtrace=False)
     elif chosen == "journal":
         logger.add(
             sys.stderr,
             level=level,
             format=lambda record: f"<{_PRIORITY.get(record['level'].name, 6)}>{{message}}\n{{exception}}",
             colorize=False,
+            diagnose=False,  # tracebacks with variable values could show secrets
+            backtrace=False,
         )
     else:
         logger.add(
@@ -44,6 +46,8 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
             level=level,
             format="<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> {message}",
             colorize=sys.stderr.isatty(),
+            diagnose=False,
+            backtrace=False,
         )
 
 

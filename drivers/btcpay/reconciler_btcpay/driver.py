@@ -1,0 +1,238 @@
+"""The BTCPay Server driver (SPEC §5, §10): one store-scoped Greenfield GET per invoice.
+
+BTCPay may answer 403 rather than 404 for an invoice it cannot place in the store; the driver then
+checks its own key once with ``GET /api/v1/api-keys/current`` and remembers the answer for
+``key_check_ttl`` seconds: a key that can view this store's invoices means "not found", anything
+else is an auth error. There is no ``fetch_many``: the list endpoint filters by ``orderId``, not by
+invoice id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from pydantic import ConfigDict, field_validator
+
+from reconciler import driver_api
+from reconciler_btcpay import client, status
+
+# Policies that include btcpay.store.canviewinvoices (BTCPay's permission tree); "unrestricted" covers all.
+_VIEW_INVOICES_POLICIES = frozenset(
+    {
+        "btcpay.store.canviewinvoices",
+        "btcpay.store.canmodifyinvoices",
+        "btcpay.store.canviewstoresettings",
+        "btcpay.store.canmodifystoresettings",
+    }
+)
+_SATS_CURRENCIES = frozenset({"BTC", "SATS"})
+
+
+class BTCPayDriver:
+    """Reads invoices from one BTCPay Server store through the Greenfield API v1."""
+
+    class Settings(driver_api.DriverSettings):
+        """``[providers.<id>]`` options of ``driver = "btcpay"`` (``api_key_file`` is resolved by the core)."""
+
+        # Validation errors would otherwise quote the rejected input, which may be the key.
+        model_config = ConfigDict(hide_input_in_errors=True)
+
+        base_url: str
+        store_id: str
+        api_key: driver_api.SecretStr
+
+        @field_validator("base_url")
+        @classmethod
+        def _http_url(cls, value: str) -> str:
+            parts = urlsplit(value)
+            if any(c.isspace() for c in value):
+                raise ValueError("must not contain spaces")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
+            _ = parts.port  # raises ValueError on a malformed port
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("must not carry credentials (use api_key)")
+            if parts.query or parts.fragment:
+                raise ValueError("must not have a query or fragment")
+            return value.rstrip("/")
+
+        @field_validator("store_id")
+        @classmethod
+        def _store_id(cls, value: str) -> str:
+            if not value or "/" in value or any(c.isspace() for c in value):
+                raise ValueError("must be a non-empty store id without '/' or spaces")
+            return value
+
+        @field_validator("api_key")
+        @classmethod
+        def _api_key(cls, value: driver_api.SecretStr) -> driver_api.SecretStr:
+            secret = value.get_secret_value()
+            if not secret or any(c.isspace() for c in secret):
+                raise ValueError("must be a non-empty key without spaces")
+            return value
+
+    post_settle_kinds: ClassVar[tuple[str, ...]] = ()
+    key_check_ttl: ClassVar[float] = 60.0
+    """Seconds a key check after a 403 is remembered (about one pass)."""
+
+    def __init__(
+        self,
+        provider_id: str,
+        settings: BTCPayDriver.Settings,
+        common: driver_api.CommonSettings,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.provider_id = provider_id
+        self._store_id = settings.store_id
+        self._client = client.Client(
+            provider_id=provider_id,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            timeout=common.timeout,
+            session=session,
+        )
+        self._key_lock = asyncio.Lock()
+        self._key_checked_at: float | None = None
+        self._key_problem_text: str | None = None
+
+    async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
+        """``GET /api/v1/stores/{storeId}/invoices/{id}?includePaymentMethods=true`` as a Snapshot."""
+        if provider_invoice_id in ("", ".", ".."):  # would not name an invoice once in a URL path
+            raise self._client.error(driver_api.InvoiceNotFound, "not an invoice id", provider_invoice_id)
+        path = (
+            f"/api/v1/stores/{quote(self._store_id, safe='')}/invoices/{quote(provider_invoice_id, safe='')}"
+        )
+        reply = await self._client.get(
+            path, {"includePaymentMethods": "true"}, invoice_id=provider_invoice_id
+        )
+        if reply.status == 403:
+            raise await self._forbidden(provider_invoice_id)
+        if reply.status != 200:
+            raise self._client.status_error(reply, invoice_id=provider_invoice_id)
+        if not reply.is_json:
+            raise self._client.bad_body("not JSON", reply, invoice_id=provider_invoice_id)
+        try:
+            return snapshot_from_invoice(reply.body, provider_invoice_id)
+        except ValueError as exc:
+            raise self._client.bad_body(str(exc), reply, invoice_id=provider_invoice_id) from exc
+
+    async def check(self) -> None:
+        """Verify that the key is accepted and may view this store's invoices."""
+        problem = await self._key_problem()
+        if problem is not None:
+            raise self._client.error(driver_api.ProviderAuthError, problem, None)
+
+    async def _key_problem(self) -> str | None:
+        """What is wrong with the API key for this store, or ``None``; other failures raise."""
+        reply = await self._client.get("/api/v1/api-keys/current")
+        if reply.status in (401, 403):
+            return f"API key refused: {client.describe(reply)}"
+        if reply.status != 200:
+            raise self._client.status_error(reply)
+        permissions = reply.body.get("permissions") if isinstance(reply.body, dict) else None
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            raise self._client.bad_body("api-keys/current has no permissions list", reply)
+        if not grants_view_invoices(permissions, self._store_id):
+            return f"API key lacks btcpay.store.canviewinvoices for store {self._store_id!r}"
+        return None
+
+    async def _forbidden(self, invoice_id: str) -> driver_api.DriverError:
+        """Interpret a 403 on an invoice: not found with a good key, an auth error otherwise."""
+        async with self._key_lock:
+            now = time.monotonic()
+            if self._key_checked_at is None or now - self._key_checked_at >= self.key_check_ttl:
+                # A transient or unreadable key check raises uncached: the next 403 asks again.
+                self._key_problem_text = await self._key_problem()
+                self._key_checked_at = now
+            problem = self._key_problem_text
+        if problem is not None:
+            return self._client.error(driver_api.ProviderAuthError, f"HTTP 403; {problem}", invoice_id, 403)
+        detail = f"not found: HTTP 403 with a valid key (not in store {self._store_id!r})"
+        return self._client.error(driver_api.InvoiceNotFound, detail, invoice_id, 403)
+
+
+def snapshot_from_invoice(body: Any, invoice_id: str) -> driver_api.Snapshot:
+    """Read a Greenfield ``InvoiceData`` body; ``ValueError`` when it is not one.
+
+    ``status`` must be a string (``additionalStatus`` a string or absent) and ``id``, when present,
+    the invoice asked for. Amounts are evidence only: anything unreadable there is "no opinion".
+    """
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    raw_status = body.get("status")
+    if not isinstance(raw_status, str):
+        raise ValueError("'status' is missing or not a string")
+    raw_additional = body.get("additionalStatus")
+    if raw_additional is not None and not isinstance(raw_additional, str):
+        raise ValueError("'additionalStatus' is not a string")
+    if "id" in body and body["id"] != invoice_id:
+        raise ValueError(f"answer is for invoice {body['id']!r}")
+    currency = body.get("currency") if isinstance(body.get("currency"), str) else None
+    reading = status.read_status(raw_status, raw_additional)
+    return driver_api.Snapshot(
+        status=reading.status,
+        raw_status=raw_status,
+        raw_additional_status=raw_additional,
+        currency=currency,
+        amount_sats=amount_sats(body.get("amount"), currency),
+        paid_sats=paid_sats(body.get("paymentMethods")),
+        paid_late=reading.paid_late,
+        partially_paid=reading.partially_paid,
+        overpaid=reading.overpaid,
+        manually_marked=reading.manually_marked,
+    )
+
+
+def amount_sats(amount: object, currency: str | None) -> int | None:
+    """The invoice amount in sats for ``BTC`` (half up) and ``SATS`` invoices; ``None`` otherwise (SPEC §6)."""
+    if currency is None or currency.upper() not in _SATS_CURRENCIES:
+        return None
+    sats = driver_api.decimal_to_sats(amount, unit=currency)
+    return sats if sats is not None and sats > 0 else None
+
+
+def paid_sats(payment_methods: object) -> int | None:
+    """Sum of settled Bitcoin payments, each floored to whole sats; ``None`` without Bitcoin detail.
+
+    Reads both field generations: v2 ``currency`` and v1 (before BTCPay 2.0) ``cryptoCode``.
+    """
+    if not isinstance(payment_methods, list):
+        return None
+    total, bitcoin = 0, False
+    for method in payment_methods:
+        if not isinstance(method, dict):
+            return None
+        code = method.get("currency", method.get("cryptoCode"))
+        if not isinstance(code, str) or code.upper() != "BTC":
+            continue
+        bitcoin = True
+        payments = method.get("payments", [])
+        if not isinstance(payments, list):
+            return None
+        for payment in payments:
+            if not isinstance(payment, dict):
+                return None
+            if not isinstance(payment.get("status"), str) or payment["status"].casefold() != "settled":
+                continue
+            sats = driver_api.floor_sats(payment.get("value"))
+            if sats is None:
+                return None
+            total += sats
+    return total if bitcoin else None
+
+
+def grants_view_invoices(permissions: Iterable[str], store_id: str) -> bool:
+    """Whether API-key permissions include viewing ``store_id``'s invoices (unscoped or scoped to it)."""
+    for permission in permissions:
+        policy, _, scope = permission.partition(":")
+        policy = policy.strip().lower()
+        if policy == "unrestricted" and not scope:
+            return True
+        if policy in _VIEW_INVOICES_POLICIES and scope in ("", store_id):
+            return True
+    return False

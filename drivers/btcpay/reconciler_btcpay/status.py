@@ -1,0 +1,54 @@
+"""BTCPay invoice status → the core's ProviderStatus and evidence flags (SPEC §5).
+
+Total and table-driven: the typed status depends on ``status`` alone (a ``Settled`` invoice is paid
+whatever its additional status says), ``additionalStatus`` only sets flags, matching is
+case-insensitive, and any string the tables do not know is ``UNKNOWN`` / no flag, never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler import driver_api
+
+_STATUSES: dict[str, driver_api.ProviderStatus] = {
+    "new": driver_api.ProviderStatus.PENDING,
+    "processing": driver_api.ProviderStatus.PENDING,
+    "settled": driver_api.ProviderStatus.SETTLED,
+    # Legacy (BitPay-compatible) names; Greenfield never sends them, but older integrations did.
+    "complete": driver_api.ProviderStatus.SETTLED,
+    "confirmed": driver_api.ProviderStatus.SETTLED,
+    "expired": driver_api.ProviderStatus.EXPIRED,
+    "invalid": driver_api.ProviderStatus.INVALID,
+}
+
+_FLAGS: dict[str, str] = {
+    "paidpartial": "partially_paid",
+    "paidover": "overpaid",
+    "paidlate": "paid_late",
+    "marked": "manually_marked",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReading:
+    """What ``status`` and ``additionalStatus`` say, in the core's terms."""
+
+    status: driver_api.ProviderStatus
+    paid_late: bool = False
+    partially_paid: bool = False
+    overpaid: bool = False
+    manually_marked: bool = False
+
+
+def read_status(status: str, additional_status: str | None) -> StatusReading:
+    """Map a BTCPay ``status`` / ``additionalStatus`` pair; unknown strings give UNKNOWN / no flag."""
+    typed = _STATUSES.get(status.casefold(), driver_api.ProviderStatus.UNKNOWN)
+    flag = _FLAGS.get(additional_status.casefold()) if additional_status is not None else None
+    return StatusReading(
+        typed,
+        paid_late=flag == "paid_late",
+        partially_paid=flag == "partially_paid",
+        overpaid=flag == "overpaid",
+        manually_marked=flag == "manually_marked",
+    )

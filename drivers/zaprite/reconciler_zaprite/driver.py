@@ -1,0 +1,120 @@
+"""The Zaprite driver: settings, ``fetch``, ``check`` and the payment-profile post-settle task (SPEC §8, §10)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from loguru import logger
+from pydantic import field_validator
+
+from reconciler import driver_api
+from reconciler_zaprite import client, status
+
+CAPTURE_PAYMENT_PROFILE = "zaprite.capture_payment_profile"
+
+
+class ZapriteSettings(driver_api.DriverSettings):
+    """The options of a ``driver = "zaprite"`` provider section."""
+
+    base_url: str = "https://api.zaprite.com"
+    api_key: driver_api.SecretStr
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("base_url must not carry credentials; use api_key or api_key_file")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not have a query or fragment")
+        return value.rstrip("/")
+
+
+def find_profile(contact: client.Contact, invoice_id: str) -> client.Profile | None:
+    """The contact's profile saved from the order whose ``externalUniqId`` is our invoice id."""
+    for profile in contact.payment_profiles:
+        if profile.source_order is not None and profile.source_order.external_uniq_id == invoice_id:
+            return profile
+    return None
+
+
+def expiry(profile: client.Profile) -> str | None:
+    """The profile's ``expiresAt`` in SPEC §3's form; ``None`` (with a warning) when unreadable."""
+    if profile.expires_at is None:
+        return None
+    text = profile.expires_at if isinstance(profile.expires_at, str) else None
+    normalised = driver_api.normalize_timestamp(text) if text is not None else None
+    if normalised is None:
+        logger.warning(
+            "Zaprite payment profile {} has an unreadable expiresAt {!r}; storing no expiry",
+            profile.id,
+            profile.expires_at,
+        )
+    return normalised
+
+
+class ZapriteDriver:
+    """Reads Zaprite orders by id or ``externalUniqId`` and captures card payment profiles."""
+
+    Settings: ClassVar[type[ZapriteSettings]] = ZapriteSettings
+    post_settle_kinds: ClassVar[tuple[str, ...]] = (CAPTURE_PAYMENT_PROFILE,)
+
+    def __init__(
+        self,
+        provider_id: str,
+        settings: ZapriteSettings,
+        common: driver_api.CommonSettings,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.provider_id = provider_id
+        self._client = client.ZapriteClient(
+            provider_id=provider_id,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            timeout=common.timeout,
+            session=session,
+        )
+
+    async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
+        """The order's snapshot; one attempt, errors translated."""
+        return status.snapshot(await self._client.get_order(provider_invoice_id))
+
+    async def check(self) -> None:
+        """``GET /v1/orders?limit=1``: succeeds when the key is accepted."""
+        try:
+            await self._client.list_orders(limit=1)
+        except driver_api.InvoiceNotFound as exc:
+            raise driver_api.BadProviderResponse(
+                "GET /v1/orders: HTTP 404; is base_url a Zaprite API?",
+                provider_id=self.provider_id,
+                http_status=exc.http_status,
+            ) from exc
+
+    async def post_settle(self, task: driver_api.PostSettleTask) -> driver_api.PostSettleResult:
+        """Find the payment profile the settled order saved, if its payment could leave one."""
+        if task.kind != CAPTURE_PAYMENT_PROFILE:
+            raise ValueError(f"the zaprite driver has no post-settle task {task.kind!r}")
+        order = await self._client.get_order(task.provider_invoice_id)
+        if not status.paid_by_card(order):
+            return driver_api.NotApplicable("no confirmed card-like payment, so no payment profile")
+        if order.contact is None:
+            return driver_api.NotApplicable("the order has no contact")
+        try:
+            contact = await self._client.get_contact(order.contact.id, invoice_id=task.provider_invoice_id)
+        except driver_api.InvoiceNotFound:
+            return driver_api.NotYet("the order's contact is not visible yet")
+        profile = find_profile(contact, task.invoice_id)
+        if profile is None:
+            return driver_api.NotYet("no payment profile saved from this order yet")
+        return driver_api.Done(
+            driver_api.PaymentProfile(
+                contact_id=contact.id,
+                profile_id=profile.id,
+                method=profile.method,
+                expires_at=expiry(profile),
+            )
+        )

@@ -1,0 +1,1 @@
+"""Fake payment-provider servers on real sockets, checked against the providers' published OpenAPI."""
