@@ -74,10 +74,14 @@ async def open_store(cfg: Config, *, create: bool = False) -> base.Store:
         from reconciler.store.sqlite import SqliteStore
 
         return await SqliteStore.open(cfg.database.sqlite_path, create=create)
-    raise errors.ConfigError(
-        f"database.url {cfg.database.display_url}: the PostgreSQL backend is not available in this release; "
-        "use a sqlite:// URL"
-    )
+    try:
+        from reconciler.store.postgres import PostgresStore
+    except ImportError as exc:
+        raise errors.ConfigError(
+            f"database.url {cfg.database.display_url} needs the PostgreSQL driver: "
+            "pip install 'invoice-reconciler[postgres]'"
+        ) from exc
+    return await PostgresStore.open(cfg.database.url)
 
 
 def http_session(loaded: Mapping[str, LoadedDriver]) -> aiohttp.ClientSession:

@@ -6,6 +6,7 @@ import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,8 @@ def _absent(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-async def pg_schema() -> AsyncIterator[tuple[Any, str]]:
+@asynccontextmanager
+async def pg_connection() -> AsyncIterator[tuple[Any, str]]:
     """A connection to the test PostgreSQL server inside a fresh schema of its own, dropped afterwards."""
     try:
         import asyncpg
@@ -143,3 +144,9 @@ async def pg_schema() -> AsyncIterator[tuple[Any, str]]:
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[tuple[Any, str]]:
+    async with pg_connection() as found:
+        yield found

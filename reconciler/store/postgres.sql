@@ -1,0 +1,215 @@
+-- Named queries of the PostgreSQL store. Blocks start with `-- name: <query>`; parameters are `:name`
+-- (turned into $n when loaded). The SQLite store defines the same names (a test compares the sets).
+-- Parameters whose type PostgreSQL cannot infer carry a CAST.
+
+-- name: schema_tables
+SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema();
+
+-- name: schema_version
+SELECT version FROM schema_meta;
+
+-- name: claim
+UPDATE invoices
+SET lease_owner = :owner, lease_token = :token, lease_until = :lease_until
+WHERE id IN (
+    SELECT i.id FROM invoices AS i
+    WHERE i.created_at >= :min_created_at
+      AND (i.next_check_at IS NULL OR i.next_check_at <= :pass_start)
+      AND (i.lease_until IS NULL OR i.lease_until < :now)
+      AND (i.status IN ('pending', 'expired', 'invalid')
+           OR (i.status = 'settled' AND i.subscription_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id)))
+    ORDER BY (i.next_check_at IS NOT NULL), i.next_check_at, i.created_at, i.id
+    LIMIT :batch_size
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amount_sats,
+    listed_currency, listed_value, buyer_email, subscription_id, created_at, settled_at, check_attempts,
+    last_provider_status, lease_token,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = invoices.id) AS has_license;
+
+-- name: peek
+SELECT i.id, i.payment_provider_id, i.provider_invoice_id, i.product_id, i.policy_id, i.status, i.amount_sats,
+    i.listed_currency, i.listed_value, i.buyer_email, i.subscription_id, i.created_at, i.settled_at,
+    i.check_attempts, i.last_provider_status, i.lease_token,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id) AS has_license
+FROM invoices AS i
+WHERE i.created_at >= :min_created_at
+  AND (i.next_check_at IS NULL OR i.next_check_at <= :pass_start)
+  AND (i.lease_until IS NULL OR i.lease_until < :now)
+  AND (i.status IN ('pending', 'expired', 'invalid')
+       OR (i.status = 'settled' AND i.subscription_id IS NULL
+           AND NOT EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id)))
+ORDER BY (i.next_check_at IS NOT NULL), i.next_check_at, i.created_at, i.id
+LIMIT :batch_size OFFSET :offset;
+
+-- name: get_invoice
+SELECT i.id, i.payment_provider_id, i.provider_invoice_id, i.product_id, i.policy_id, i.status, i.amount_sats,
+    i.listed_currency, i.listed_value, i.buyer_email, i.subscription_id, i.created_at, i.settled_at,
+    i.check_attempts, i.last_provider_status, i.lease_token,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id) AS has_license
+FROM invoices AS i
+WHERE i.id = :invoice_id;
+
+-- name: release
+UPDATE invoices
+SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,
+    next_check_at = COALESCE(:next_check_at, next_check_at)
+WHERE id = :invoice_id AND lease_token = :token;
+
+-- name: record_check
+UPDATE invoices
+SET next_check_at = :next_check_at, check_attempts = check_attempts + 1,
+    last_checked_at = COALESCE(:checked_at, last_checked_at),
+    last_provider_status = COALESCE(:observation, last_provider_status),
+    lease_owner = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = :invoice_id AND status = :status AND lease_token = :token;
+
+-- name: transition
+UPDATE invoices
+SET status = :new_status, updated_at = :now, next_check_at = :next_check_at,
+    check_attempts = check_attempts + 1, last_checked_at = :now,
+    last_provider_status = COALESCE(:observation, last_provider_status),
+    lease_owner = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = :invoice_id AND status = :status AND lease_token = :token;
+
+-- name: settle
+UPDATE invoices
+SET status = 'settled', settled_at = COALESCE(settled_at, :now), updated_at = :now,
+    next_check_at = :next_check_at, check_attempts = check_attempts + 1,
+    last_checked_at = CASE WHEN CAST(:observation AS TEXT) IS NULL THEN last_checked_at ELSE :now END,
+    last_provider_status = COALESCE(:observation, last_provider_status),
+    lease_owner = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = :invoice_id AND status = :status AND lease_token = :token;
+
+-- name: cancel_redemption
+UPDATE discount_redemptions
+SET status = 'cancelled', updated_at = :now
+WHERE invoice_id = :invoice_id AND status = 'pending'
+RETURNING code_id;
+
+-- name: give_back_slot
+UPDATE discount_codes
+SET used_count = CASE WHEN used_count > 0 THEN used_count - 1 ELSE 0 END
+WHERE id = :code_id;
+
+-- name: redeem_redemption
+UPDATE discount_redemptions
+SET status = 'redeemed', license_id = :license_id, updated_at = :now
+WHERE invoice_id = :invoice_id AND status = 'pending'
+RETURNING id, code_id;
+
+-- name: redemption_status
+SELECT status FROM discount_redemptions WHERE invoice_id = :invoice_id;
+
+-- name: insert_license
+INSERT INTO licenses (id, product_id, policy_id, invoice_id, status, license_key, issued_at, expires_at,
+    grace_seconds, max_machines, entitlements, is_trial, buyer_email, metadata)
+VALUES (:id, :product_id, :policy_id, :invoice_id, 'active', :license_key, :issued_at, :expires_at,
+    :grace_seconds, :max_machines, :entitlements, :is_trial, :buyer_email, :metadata)
+ON CONFLICT (invoice_id) DO NOTHING
+RETURNING id;
+
+-- name: license_for_invoice
+SELECT id FROM licenses WHERE invoice_id = :invoice_id;
+
+-- name: insert_subscription
+INSERT INTO subscriptions (id, license_id, policy_id, product_id, status, started_at, period_days,
+    listed_currency, listed_value, first_invoice_id, payment_provider_id, next_renewal_at, created_at, updated_at)
+VALUES (:id, :license_id, :policy_id, :product_id, 'active', :started_at, :period_days,
+    :listed_currency, :listed_value, :first_invoice_id, :payment_provider_id, :next_renewal_at, :now, :now)
+ON CONFLICT (license_id) DO NOTHING
+RETURNING id;
+
+-- name: renew_subscription
+UPDATE subscriptions SET status = 'active', updated_at = :now WHERE id = :subscription_id
+RETURNING id;
+
+-- name: insert_post_settle_task
+INSERT INTO post_settle_tasks (invoice_id, kind, provider_id, status, attempts, next_attempt_at, created_at,
+    updated_at)
+VALUES (:invoice_id, :kind, :provider_id, 'pending', 0, :now, :now, :now)
+ON CONFLICT (invoice_id, kind) DO NOTHING;
+
+-- name: insert_audit
+INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
+VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
+
+-- name: invoice_policy
+SELECT id, product_id, slug, duration_seconds, is_trial, is_recurring, trial_days, renewal_period_days,
+    grace_seconds, max_machines, entitlements, active, created_at
+FROM policies WHERE id = :policy_id;
+
+-- name: product_policies
+SELECT id, product_id, slug, duration_seconds, is_trial, is_recurring, trial_days, renewal_period_days,
+    grace_seconds, max_machines, entitlements, active, created_at
+FROM policies WHERE product_id = :product_id AND active = 1
+ORDER BY created_at, id;
+
+-- name: upsert_instance
+INSERT INTO reconciler_instances (lease_owner, hostname, pid, started_at, last_pass_started_at,
+    last_pass_finished_at, last_summary)
+VALUES (:lease_owner, :hostname, :pid, :started_at, :last_pass_started_at, :last_pass_finished_at,
+    :last_summary)
+ON CONFLICT (lease_owner) DO UPDATE SET
+    last_pass_started_at = COALESCE(excluded.last_pass_started_at, reconciler_instances.last_pass_started_at),
+    last_pass_finished_at = excluded.last_pass_finished_at,
+    last_summary = COALESCE(excluded.last_summary, reconciler_instances.last_summary);
+
+-- name: status_pending
+SELECT payment_provider_id, count(*) AS pending, min(created_at) AS oldest_created_at
+FROM invoices
+WHERE status = 'pending' AND created_at >= :min_created_at
+GROUP BY payment_provider_id
+ORDER BY payment_provider_id;
+
+-- name: status_stale
+SELECT count(*) FROM invoices WHERE status = 'pending' AND created_at < :min_created_at;
+
+-- name: status_instances
+SELECT lease_owner, hostname, pid, started_at, last_pass_started_at, last_pass_finished_at, last_summary
+FROM reconciler_instances
+ORDER BY last_pass_finished_at DESC, lease_owner;
+
+-- name: status_review
+SELECT action, count(*) AS n, max(occurred_at) AS latest
+FROM audit_log
+WHERE action IN ('invoice.amount_mismatch', 'invoice.paid_late', 'invoice.underpaid', 'invoice.refunded',
+    'invoice.unknown_status', 'invoice.provider_not_found', 'invoice.bad_provider_response',
+    'license.issue_failed', 'post_settle.failed')
+  AND occurred_at >= :since
+GROUP BY action
+ORDER BY action;
+
+-- name: invoice_audits
+SELECT occurred_at, action, target_kind, target_id, details
+FROM audit_log
+WHERE target_kind = 'invoice' AND target_id = :invoice_id
+ORDER BY occurred_at, id;
+
+-- name: due_post_settle_tasks
+SELECT t.invoice_id, t.kind, t.provider_id, t.attempts, i.provider_invoice_id,
+    s.id AS subscription_id, s.payment_profile_id
+FROM post_settle_tasks AS t
+JOIN invoices AS i ON i.id = t.invoice_id
+LEFT JOIN licenses AS l ON l.invoice_id = t.invoice_id
+LEFT JOIN subscriptions AS s ON s.license_id = l.id
+WHERE t.status = 'pending' AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= :now)
+ORDER BY t.next_attempt_at, t.invoice_id, t.kind
+LIMIT :batch_size;
+
+-- name: claim_post_settle_task
+UPDATE post_settle_tasks
+SET attempts = attempts + 1, next_attempt_at = :lease_until, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND attempts = :attempts AND status = 'pending';
+
+-- name: finish_post_settle_task
+UPDATE post_settle_tasks
+SET status = :status, last_error = :last_error, next_attempt_at = :next_attempt_at, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND attempts = :attempts AND status = 'pending';
+
+-- name: store_payment_profile
+UPDATE subscriptions
+SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
+    payment_profile_expires_at = :expires_at, updated_at = :now
+WHERE id = :subscription_id AND payment_profile_id IS NULL;

@@ -1,0 +1,244 @@
+"""The store contract, one suite over both engines (SQLite file, PostgreSQL schema)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.driver_api import PaymentProfile
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus
+from reconciler.store import base, queries
+from reconciler.timeutil import format_ts
+from tests.conftest import PG_URL, pg_connection
+from tests.store.backends import Backend, postgres_backend, sqlite_backend
+from tests.support.shop import T0, new_id
+
+NOW = T0 + timedelta(hours=1)
+LEASE = timedelta(minutes=5)
+AGE = timedelta(hours=72)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        async for found in sqlite_backend(tmp_path):
+            yield found
+    else:
+        async with pg_connection() as (conn, schema):
+            async for found in postgres_backend(conn, schema, PG_URL):
+                yield found
+
+
+def test_both_dialects_define_the_same_queries() -> None:
+    assert set(queries.load("sqlite.sql")) == set(queries.load("postgres.sql"))
+
+
+async def seed(b: Backend, n: int = 1, **invoice: Any) -> tuple[str, list[str]]:
+    product = new_id()
+    await b.raw.execute(
+        "INSERT INTO products (id, slug, name, created_at) VALUES (:id, :slug, 'P', :t)",
+        {"id": product, "slug": f"p-{product[:8]}", "t": format_ts(T0)},
+    )
+    ids = []
+    for i in range(n):
+        iid = new_id()
+        row = {
+            "id": iid,
+            "provider": "fake",
+            "pid": f"P{i}-{iid[:6]}",
+            "product": product,
+            "status": "pending",
+            "amount": 1000,
+            "created": format_ts(T0 + timedelta(seconds=i)),
+            "subscription_id": None,
+        } | invoice
+        await b.raw.execute(
+            "INSERT INTO invoices (id, payment_provider_id, provider_invoice_id, product_id, status, amount_sats,"
+            " subscription_id, created_at, updated_at)"
+            " VALUES (:id, :provider, :pid, :product, :status, :amount, :subscription_id, :created, :created)",
+            row,
+        )
+        ids.append(iid)
+    return product, ids
+
+
+async def claim(b: Backend, owner: str = "me", batch: int = 10, now: Any = NOW) -> list[Invoice]:
+    return await b.store.claim(
+        owner=owner, pass_start=now, now=now, lease=LEASE, max_age=AGE, batch_size=batch
+    )
+
+
+async def test_schema_is_ours(backend: Backend) -> None:
+    assert await backend.store.schema_version() == base.SCHEMA_VERSION
+    assert await backend.store.init_schema() is False
+
+
+async def test_claim_leases_due_candidates_oldest_first(backend: Backend) -> None:
+    _, ids = await seed(backend, 5)
+    await backend.raw.execute(
+        "UPDATE invoices SET next_check_at = :t WHERE id = :id",
+        {"t": format_ts(NOW - timedelta(minutes=1)), "id": ids[0]},
+    )
+    await backend.raw.execute(
+        "UPDATE invoices SET next_check_at = :t WHERE id = :id",
+        {"t": format_ts(NOW + timedelta(minutes=1)), "id": ids[1]},
+    )
+    first = await claim(backend, batch=2)
+    assert [i.id for i in first] == ids[2:4]  # never-checked first, by created_at
+    assert all(i.lease_token for i in first)
+    second = await claim(backend, owner="other", batch=10)
+    assert sorted(i.id for i in second) == sorted([ids[4], ids[0]])  # not the leased, not the not-yet-due
+    assert await claim(backend) == []
+    leased = await backend.scalar("SELECT count(*) FROM invoices WHERE lease_owner IS NOT NULL")
+    assert leased == 4
+
+
+async def test_expired_leases_can_be_claimed_by_anyone(backend: Backend) -> None:
+    await seed(backend, 1)
+    (mine,) = await claim(backend)
+    assert await claim(backend, owner="other", now=NOW + LEASE - timedelta(seconds=1)) == []
+    (theirs,) = await claim(backend, owner="other", now=NOW + LEASE + timedelta(seconds=1))
+    assert theirs.id == mine.id and theirs.lease_token != mine.lease_token
+    # the old holder is fenced out
+    assert not await backend.store.record_check(mine, now=NOW, next_check_at=NOW, observation="New")
+    assert await backend.store.record_check(theirs, now=NOW, next_check_at=NOW, observation="New")
+
+
+async def test_claim_respects_max_age_and_candidate_kinds(backend: Backend) -> None:
+    await seed(backend, 1, created=format_ts(NOW - AGE - timedelta(seconds=1)))
+    _, (settled,) = await seed(backend, 1, status="settled")
+    _, (renewal,) = await seed(backend, 1, status="settled", subscription_id=new_id())
+    _, (expired,) = await seed(backend, 1, status="expired")
+    claimed = {i.id: i for i in await claim(backend)}
+    assert set(claimed) == {settled, expired}
+    assert claimed[settled].has_license is False
+    assert renewal not in claimed
+
+
+async def test_release_clears_the_lease_only(backend: Backend) -> None:
+    await seed(backend, 1)
+    (inv,) = await claim(backend)
+    assert await backend.store.release(inv, next_check_at=None)
+    rows = await backend.raw.rows("SELECT lease_token, next_check_at, check_attempts FROM invoices")
+    assert rows == [{"lease_token": None, "next_check_at": None, "check_attempts": 0}]
+
+
+async def test_transition_cancels_the_redemption_once(backend: Backend) -> None:
+    _, (iid,) = await seed(backend, 1)
+    code = new_id()
+    await backend.raw.execute(
+        "INSERT INTO discount_codes (id, code, used_count) VALUES (:id, 'C', 2)", {"id": code}
+    )
+    await backend.raw.execute(
+        "INSERT INTO discount_redemptions (id, code_id, invoice_id, created_at, updated_at)"
+        " VALUES (:id, :code, :inv, :t, :t)",
+        {"id": new_id(), "code": code, "inv": iid, "t": format_ts(T0)},
+    )
+    (inv,) = await claim(backend)
+    audit = AuditRecord("invoice.expired", "invoice", iid, {"provider_id": "fake"})
+    outcome = await backend.store.record_transition(
+        inv,
+        new_status=InvoiceStatus.EXPIRED,
+        now=NOW,
+        next_check_at=NOW,
+        observation="Expired",
+        audits=[audit],
+    )
+    assert outcome == base.TransitionOutcome(redemption_cancelled=True)
+    assert await backend.scalar("SELECT used_count FROM discount_codes") == 1
+    assert await backend.scalar("SELECT status FROM discount_redemptions") == "cancelled"
+    details = json.loads(await backend.scalar("SELECT details FROM audit_log"))
+    assert details == {"provider_id": "fake", "redemption_cancelled": True}
+    # the same (stale) claim cannot write twice
+    again = await backend.store.record_transition(
+        inv,
+        new_status=InvoiceStatus.EXPIRED,
+        now=NOW,
+        next_check_at=NOW,
+        observation="Expired",
+        audits=[audit],
+    )
+    assert again is None
+    assert await backend.scalar("SELECT used_count FROM discount_codes") == 1
+
+
+def _settlement(product: str, *, license_id: str | None = None, recurring: bool = False) -> base.Settlement:
+    lid = license_id or new_id()
+    return base.Settlement(
+        now=NOW,
+        next_check_at=NOW + timedelta(minutes=1),
+        observation="Settled",
+        provider_id="fake",
+        audits=(),
+        license=base.LicenseDraft(lid, product, None, "LIC1-X-Y", NOW, None, 0, 1, ("a",), False, None),
+        subscription=base.SubscriptionDraft(new_id(), None, product, NOW, 30, "SAT", 1000, "fake", NOW)
+        if recurring
+        else None,
+        post_settle_kinds=("fake.capture",) if recurring else (),
+    )
+
+
+async def test_settlement_is_exactly_once_per_invoice(backend: Backend) -> None:
+    product, (iid,) = await seed(backend, 1)
+    (inv,) = await claim(backend)
+    outcome = await backend.store.record_settlement(inv, _settlement(product, recurring=True))
+    assert outcome is not None and outcome.license_issued and outcome.subscription_created
+    assert await backend.store.record_settlement(inv, _settlement(product, recurring=True)) is None  # fenced
+    assert await backend.scalar("SELECT count(*) FROM licenses") == 1
+    assert await backend.scalar("SELECT count(*) FROM subscriptions") == 1
+    assert await backend.scalar("SELECT count(*) FROM post_settle_tasks") == 1
+    row = (await backend.raw.rows("SELECT status, settled_at, lease_token FROM invoices"))[0]
+    assert row == {"status": "settled", "settled_at": format_ts(NOW), "lease_token": None}
+
+
+async def test_settlement_carries_on_with_an_existing_license(backend: Backend) -> None:
+    product, (iid,) = await seed(backend, 1)
+    theirs = new_id()
+    await backend.raw.execute(
+        "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at) VALUES (:id, :p, :i, 'K', :t)",
+        {"id": theirs, "p": product, "i": iid, "t": format_ts(T0)},
+    )
+    (inv,) = await claim(backend)  # status pending: still a candidate
+    outcome = await backend.store.record_settlement(inv, _settlement(product, recurring=True))
+    assert outcome is not None and outcome.license_id == theirs and not outcome.license_issued
+    assert await backend.scalar("SELECT license_id FROM subscriptions") == theirs
+    assert await backend.scalar("SELECT count(*) FROM audit_log WHERE action = 'license.issued'") == 0
+
+
+async def test_post_settle_task_attempts_are_compare_and_set(backend: Backend) -> None:
+    product, (iid,) = await seed(backend, 1)
+    (inv,) = await claim(backend)
+    await backend.store.record_settlement(inv, _settlement(product, recurring=True))
+    (task,) = await backend.store.due_tasks(now=NOW, batch_size=10)
+    assert (task.invoice_id, task.kind, task.attempts, task.has_profile) == (iid, "fake.capture", 0, False)
+    assert await backend.store.claim_task(task, now=NOW, lease_until=NOW + LEASE)
+    assert not await backend.store.claim_task(task, now=NOW, lease_until=NOW + LEASE)
+    assert await backend.store.due_tasks(now=NOW, batch_size=10) == []
+    profile = PaymentProfile("c1", "pp1", "CARD", format_ts(NOW))
+    assert await backend.store.finish_task(task, base.TaskResult("done", profile=profile), now=NOW)
+    assert not await backend.store.finish_task(task, base.TaskResult("done"), now=NOW)
+    rows = await backend.raw.rows("SELECT payment_profile_id, payment_profile_method FROM subscriptions")
+    assert rows == [{"payment_profile_id": "pp1", "payment_profile_method": "CARD"}]
+
+
+async def test_instances_and_status_report(backend: Backend) -> None:
+    await seed(backend, 3)
+    await seed(backend, 1, created=format_ts(NOW - AGE - timedelta(hours=1)))
+    row = base.InstanceRow("host:1:abc", "host", 1, T0, NOW)
+    await backend.store.upsert_instance(row)
+    await backend.store.upsert_instance(
+        base.InstanceRow(
+            "host:1:abc", "host", 1, T0, None, NOW + timedelta(seconds=3), {"counts": {"settle": 1}}
+        )
+    )
+    report = await backend.store.status_report(now=NOW, max_age=AGE)
+    assert [(p.provider_id, p.pending) for p in report.pending] == [("fake", 3)]
+    assert report.no_longer_checked == 1
+    (instance,) = report.instances
+    assert instance.last_pass_started_at == NOW  # kept from the first upsert
+    assert instance.last_summary == {"counts": {"settle": 1}}
