@@ -88,6 +88,7 @@ class Provider:
 class PassSummary:
     started_at: datetime
     finished_at: datetime | None = None
+    claimed: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     by_provider: dict[str, Counter[str]] = field(default_factory=dict)
     degraded: dict[str, str] = field(default_factory=dict)
@@ -106,15 +107,12 @@ class PassSummary:
     def is_degraded(self) -> bool:
         return bool(self.degraded)
 
-    @property
-    def total(self) -> int:
-        return sum(v for k, v in self.counts.items() if k not in (FENCED, RELEASED))
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "started_at": format_ts(self.started_at),
             "finished_at": format_ts(self.finished_at) if self.finished_at else None,
             "duration_seconds": round(self.duration, 3),
+            "claimed": self.claimed,
             "counts": dict(sorted(self.counts.items())),
             "by_provider": {p: dict(sorted(c.items())) for p, c in sorted(self.by_provider.items())},
             "degraded": dict(sorted(self.degraded.items())),
@@ -212,6 +210,7 @@ class Runner:
                 )
                 if not batch:
                     break
+                self._summary.claimed += len(batch)
                 lease_until = self.clock() + self.settings.lease
                 self._held.update((invoice.id, invoice) for invoice in batch)
                 async with asyncio.TaskGroup() as group:
@@ -346,11 +345,11 @@ class Runner:
                 observation=decision.observation,
                 audits=decision.audits,
             )
-            return decision.kind if outcome is not None else FENCED
+            return decision.kind if outcome is not None else await self._fenced(invoice)
         done = await self.store.record_check(
             invoice, now=now, next_check_at=next_at, observation=decision.observation, audits=decision.audits
         )
-        return decision.kind if done else FENCED
+        return decision.kind if done else await self._fenced(invoice)
 
     async def _settle(
         self,
@@ -395,7 +394,7 @@ class Runner:
             ),
         )
         if outcome is None:
-            return FENCED
+            return await self._fenced(invoice)
         if recovered:
             logger.info(
                 "invoice {}: settled without a license; license {} issued", invoice.id, outcome.license_id
@@ -434,7 +433,12 @@ class Runner:
             observation=observation,
             audits=audits,
         )
-        return DecisionKind.ISSUE_FAILED if done else FENCED
+        return DecisionKind.ISSUE_FAILED if done else await self._fenced(invoice)
+
+    async def _fenced(self, invoice: Invoice) -> str:
+        """Another writer changed the row first: do nothing more, but give back our lease if still ours."""
+        await self.store.release(invoice, next_check_at=None)
+        return FENCED
 
     async def _note_redemption(
         self, invoice: Invoice, audits: tuple[AuditRecord, ...]

@@ -535,6 +535,7 @@ async def test_transition_refused_when_another_writer_changed_the_row_first(
     assert await run(make_runner, driver) == {"fenced": 1}
     assert [row["id"] for row in shop.licenses(inv)] == [theirs]
     assert shop.audits() == []
+    assert no_lease_held(shop)
     assert shop.invoice_row(inv)["settled_at"] == format_ts(T0)
 
 

@@ -184,7 +184,7 @@ def _settlement(product: str, *, license_id: str | None = None, recurring: bool 
 
 
 async def test_settlement_is_exactly_once_per_invoice(backend: Backend) -> None:
-    product, (iid,) = await seed(backend, 1)
+    product, _ = await seed(backend, 1)
     (inv,) = await claim(backend)
     outcome = await backend.store.record_settlement(inv, _settlement(product, recurring=True))
     assert outcome is not None and outcome.license_issued and outcome.subscription_created
