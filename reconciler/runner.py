@@ -199,23 +199,8 @@ class Runner:
             base.InstanceRow(self.owner, socket.gethostname(), os.getpid(), self.started_at, pass_start)
         )
         try:
-            while stop is None or not stop.is_set():
-                batch = await self.store.claim(
-                    owner=self.owner,
-                    pass_start=pass_start,
-                    now=self.clock(),
-                    lease=self.settings.lease,
-                    max_age=self.settings.max_age,
-                    batch_size=self.settings.batch_size,
-                )
-                if not batch:
-                    break
-                self._summary.claimed += len(batch)
-                lease_until = self.clock() + self.settings.lease
-                self._held.update((invoice.id, invoice) for invoice in batch)
-                async with asyncio.TaskGroup() as group:
-                    for invoice in batch:
-                        group.create_task(self._one(invoice, lease_until))
+            async with asyncio.TaskGroup() as group:
+                await self._claim_and_reconcile(group, pass_start, stop)
             if stop is None or not stop.is_set():
                 await self._post_settle_tasks()
         except asyncio.CancelledError:
@@ -234,6 +219,34 @@ class Runner:
             )
         )
         return summary
+
+    async def _claim_and_reconcile(
+        self, group: asyncio.TaskGroup, pass_start: datetime, stop: asyncio.Event | None
+    ) -> None:
+        """Keep between one and two batches in flight: the next claim overlaps the current provider calls,
+        so a slow answer never idles the rest of the batch. A claim that returns nothing ends the pass."""
+        in_flight: set[asyncio.Task[None]] = set()
+        while stop is None or not stop.is_set():
+            if len(in_flight) >= self.settings.batch_size:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            batch = await self.store.claim(
+                owner=self.owner,
+                pass_start=pass_start,
+                now=self.clock(),
+                lease=self.settings.lease,
+                max_age=self.settings.max_age,
+                batch_size=self.settings.batch_size,
+            )
+            if not batch:
+                return
+            self._summary.claimed += len(batch)
+            lease_until = self.clock() + self.settings.lease
+            self._held.update((invoice.id, invoice) for invoice in batch)
+            for invoice in batch:
+                task = group.create_task(self._one(invoice, lease_until))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
 
     async def dry_run(
         self, emit: Callable[[dict[str, Any]], None], *, only: str | None = None

@@ -6,7 +6,7 @@ Imported only when `database.url` is a postgresql:// URL; asyncpg comes with the
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -56,6 +56,10 @@ def _mapped(what: str) -> Iterator[None]:
         raise errors.StoreConflict(f"PostgreSQL {what}: {exc}") from exc
     except _UNAVAILABLE as exc:
         raise errors.StoreUnavailable(f"PostgreSQL {what}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """We keep no session state (no SET, no LISTEN, no prepared names), so skip the reset round trip."""
 
 
 class _Query:
@@ -133,3 +137,7 @@ class _PgTx:
     async def returning(self, name: str, params: dict[str, Any]) -> list[Row]:
         query = self._q[name]
         return list(await self._conn.fetch(query.sql, *query.args(params)))
+
+    async def exec_many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
+        query = self._q[name]
+        await self._conn.executemany(query.sql, [query.args(p) for p in params])

@@ -33,6 +33,10 @@ class Tx(Protocol):
         """Run a statement and read the rows it returns."""
         ...
 
+    async def exec_many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
+        """Run a statement once per parameter set, in as few round trips as the driver allows."""
+        ...
+
 
 class SqlStore(base.Store):
     @abc.abstractmethod
@@ -44,9 +48,11 @@ class SqlStore(base.Store):
         """Run a read-only named query outside any explicit transaction."""
 
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[base.AuditRecord]) -> None:
-        for record in records:
-            await tx.exec(
-                "insert_audit",
+        if not records:
+            return
+        await tx.exec_many(
+            "insert_audit",
+            [
                 {
                     "id": ids.uuid7(now),
                     "occurred_at": format_ts(now),
@@ -54,8 +60,10 @@ class SqlStore(base.Store):
                     "target_kind": record.target_kind,
                     "target_id": record.target_id,
                     "details": json.dumps(record.details, sort_keys=True, default=str),
-                },
-            )
+                }
+                for record in records
+            ],
+        )
 
     # -- reconcile pass -----------------------------------------------------------------------------------
     async def claim(

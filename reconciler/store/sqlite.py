@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -141,3 +141,6 @@ class _SqliteTx:
     async def returning(self, name: str, params: dict[str, Any]) -> list[Row]:
         cursor = await self._db.execute(self._q[name], params)
         return list(await cursor.fetchall())
+
+    async def exec_many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
+        await self._db.executemany(self._q[name], params)
