@@ -20,6 +20,9 @@ from reconciler import __version__, app, errors, licenses, logs, registry
 from reconciler import config as config_module
 from reconciler.config import Config
 from reconciler.daemon import Daemon
+from reconciler.health import HealthServer
+from reconciler.metrics import Metrics
+from reconciler.notify import Notifier
 from reconciler.runner import PassSummary, Runner
 from reconciler.timeutil import format_ts, utcnow
 
@@ -148,24 +151,64 @@ async def _run(args: argparse.Namespace) -> int:
                 summary = await runner.run_pass()
                 _report(summary)
                 return EXIT_DEGRADED if summary.is_degraded else EXIT_OK
-            daemon = Daemon(
-                runner,
-                interval=cfg.reconcile.interval,
-                initial_delay=cfg.reconcile.initial_delay,
-                shutdown_grace=cfg.daemon.shutdown_grace,
-            )
-            daemon.install_signal_handlers()
-            logger.info(
-                "reconciler {} started: {} provider(s), database {}",
-                __version__,
-                len(loaded),
-                cfg.database.display_url,
-            )
-            await daemon.run()
-            logger.info("stopped after {} pass(es)", daemon.passes)
-            return EXIT_OK
+            return await _daemon(cfg, store, runner, loaded)
     finally:
         await store.close()
+
+
+async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
+    """The service: READY once every check passed, a pass every interval, metrics and health if asked."""
+    notifier = Notifier.from_env()
+    metrics = Metrics()
+    runner.observer = metrics
+    providers = sorted(loaded)
+
+    async def after_pass(summary: PassSummary) -> None:
+        metrics.backlog(
+            await store.status_report(now=utcnow(), max_age=cfg.reconcile.max_age), utcnow(), providers
+        )
+
+    daemon = Daemon(
+        runner,
+        interval=cfg.reconcile.interval,
+        initial_delay=cfg.reconcile.initial_delay,
+        shutdown_grace=cfg.daemon.shutdown_grace,
+        stall_after=cfg.reconcile.lease,
+        notifier=notifier,
+        after_pass=after_pass,
+    )
+    daemon.install_signal_handlers()
+    server = None
+    if cfg.http is not None:
+
+        async def alive() -> tuple[bool, str]:
+            return daemon.alive()
+
+        async def ready() -> tuple[bool, str]:
+            try:
+                await store.require_schema()
+            except errors.ReconcilerError as exc:
+                return False, f"database: {exc.message}"
+            return True, f"database reachable, {len(loaded)} driver(s) loaded"
+
+        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=ready)
+        port = await server.start()
+        logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
+    try:
+        logger.info(
+            "reconciler {} started: {} provider(s), database {}",
+            __version__,
+            len(loaded),
+            cfg.database.display_url,
+        )
+        notifier.ready(f"started: {len(loaded)} provider(s)")
+        await daemon.run()
+        logger.info("stopped after {} pass(es)", daemon.passes)
+        return EXIT_OK
+    finally:
+        if server is not None:
+            await server.stop()
+        notifier.close()
 
 
 def _report(summary: PassSummary) -> None:

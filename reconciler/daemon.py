@@ -1,31 +1,50 @@
 """The long-running loop: initial delay, a pass every interval, graceful stop on SIGTERM / SIGINT.
 
 On a stop signal the loop stops claiming, lets the pass in flight finish within `shutdown_grace`, then cancels
-it (the runner releases the leases it still holds) and returns, so the process exits 0.
+it (the runner releases the leases it still holds) and returns, so the process exits 0. Under systemd it
+reports READY / STATUS / STOPPING and pings the watchdog only while the loop makes progress, so a stuck loop
+or a stuck pass gets the service killed and restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from loguru import logger
 
 from reconciler import errors
-from reconciler.runner import Runner
+from reconciler.notify import Notifier
+from reconciler.runner import PassSummary, Runner
+
+AfterPass = Callable[[PassSummary], Awaitable[None]]
 
 
 class Daemon:
     def __init__(
-        self, runner: Runner, *, interval: timedelta, initial_delay: timedelta, shutdown_grace: timedelta
+        self,
+        runner: Runner,
+        *,
+        interval: timedelta,
+        initial_delay: timedelta,
+        shutdown_grace: timedelta,
+        stall_after: timedelta = timedelta(minutes=5),
+        notifier: Notifier | None = None,
+        after_pass: AfterPass | None = None,
     ) -> None:
         self.runner = runner
         self.interval = interval.total_seconds()
         self.initial_delay = initial_delay.total_seconds()
         self.grace = shutdown_grace.total_seconds()
+        self.stall_after = stall_after.total_seconds()
+        self.notifier = notifier or Notifier(None)
+        self.after_pass = after_pass
         self.stop = asyncio.Event()
         self.passes = 0
+        self.last_summary: PassSummary | None = None
+        self.in_pass = False
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -37,17 +56,45 @@ class Daemon:
             logger.info(
                 "{} received: finishing in-flight invoices, then stopping", signal.Signals(signum).name
             )
+            self.notifier.stopping()
         self.stop.set()
 
+    def alive(self) -> tuple[bool, str]:
+        """Between passes the loop is alive if it runs at all; in a pass, if it made progress lately."""
+        if not self.in_pass:
+            return True, "idle between passes"
+        quiet = asyncio.get_running_loop().time() - self.runner.heartbeat
+        if quiet > self.stall_after:
+            return False, f"no progress in the current pass for {quiet:.0f}s"
+        return True, "in a pass"
+
     async def run(self) -> None:
-        if await self._sleep(self.initial_delay):
-            return
-        while not self.stop.is_set():
-            await self._one_pass()
-            if await self._sleep(self.interval):
+        watchdog = None
+        if self.notifier.watchdog_seconds:
+            watchdog = asyncio.create_task(self._watchdog(self.notifier.watchdog_seconds / 2))
+        try:
+            if await self._sleep(self.initial_delay):
                 return
+            while not self.stop.is_set():
+                await self._one_pass()
+                if await self._sleep(self.interval):
+                    return
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            ok, why = self.alive()
+            if ok:
+                self.notifier.watchdog()
+            else:
+                logger.error("watchdog: {}; not pinging systemd", why)
+            await asyncio.sleep(every)
 
     async def _one_pass(self) -> None:
+        self.in_pass = True
+        self.runner.beat()
         task = asyncio.create_task(self.runner.run_pass(stop=self.stop))
         stopper = asyncio.create_task(self.stop.wait())
         try:
@@ -65,11 +112,16 @@ class Daemon:
                 return
             except errors.StoreUnavailable as exc:
                 logger.error("pass ended: database unavailable: {}; retrying next tick", exc.message)
+                self.notifier.status(f"database unavailable: {exc.message}")
                 return
             self.passes += 1
-            log = logger.warning if summary.is_degraded else logger.info
-            log(summary.line())
+            self.last_summary = summary
+            (logger.warning if summary.is_degraded else logger.info)(summary.line())
+            self.notifier.status(summary.line())
+            if self.after_pass is not None:
+                await self.after_pass(summary)
         finally:
+            self.in_pass = False
             stopper.cancel()
 
     async def _sleep(self, seconds: float) -> bool:

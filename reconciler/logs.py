@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -25,8 +26,20 @@ def resolve_format(fmt: LogFormat) -> Literal["human", "journal", "json"]:
     return "journal" if os.environ.get("JOURNAL_STREAM") else "human"
 
 
+class _Intercept(logging.Handler):
+    """Hands stdlib logging records (aiohttp, asyncio, tenacity) to loguru, keeping level and origin."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
+
+
 def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     """Route every log line to stderr in the chosen format (one sink; replaces loguru's default)."""
+    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)
     logger.remove()
     chosen = resolve_format(fmt)
     if chosen == "json":

@@ -50,6 +50,22 @@ FENCED = "fenced"
 RELEASED = "released"
 
 
+class Observer:
+    """Hooks the runner calls as it works (metrics implement them); this base ignores everything."""
+
+    def decision(self, provider_id: str | None, kind: str) -> None:
+        """An invoice left the pass with this decision kind."""
+
+    def request(self, provider_id: str, outcome: str, seconds: float) -> None:
+        """One provider request (one attempt) ended with this outcome."""
+
+    def task(self, provider_id: str | None, status: str) -> None:
+        """A post-settle task attempt ended: done, pending (retry later) or failed."""
+
+    def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
+        """A pass ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerSettings:
     """The `[reconcile]` settings a pass needs, plus `default_provider`."""
@@ -154,6 +170,13 @@ class _Failure:
     not_before: datetime | None = None
 
 
+_OUTCOMES: dict[type[BaseException], str] = {
+    errors.InvoiceNotFound: "not_found",
+    errors.BadProviderResponse: "bad_response",
+    errors.ProviderAuthError: "auth_error",
+    errors.ProviderUnavailable: "unavailable",
+}
+
 _RELEASE = object()  # the lease is too short for a fetch to start: release untouched, claim again
 
 
@@ -174,6 +197,7 @@ class Runner:
         owner: str | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.providers = dict(providers)
@@ -183,7 +207,10 @@ class Runner:
         self.owner = owner or instance_owner()
         self.rng = rng or random.Random()
         self.sleep = sleep
+        self.observer = observer or Observer()
         self.started_at = clock()
+        #: loop time of the last sign of progress (a claim, an invoice done); read by the watchdog
+        self.heartbeat = 0.0
         self._held: dict[str, Invoice] = {}
         self._gates: dict[str, _Gate] = {}
         self._warned: set[str] = set()
@@ -241,6 +268,7 @@ class Runner:
             if not batch:
                 return
             self._summary.claimed += len(batch)
+            self.beat()
             lease_until = self.clock() + self.settings.lease
             self._held.update((invoice.id, invoice) for invoice in batch)
             for invoice in batch:
@@ -294,7 +322,14 @@ class Runner:
                 summary.degraded[pid] = f"driver raised {gate.unexpected} unexpected exception(s)"
             elif gate.fetches and not gate.answers:
                 summary.degraded[pid] = f"none of {gate.fetches} fetch(es) got an answer"
+        circuits = {g.provider.id for g in self._gates.values() if g.circuit_open}
+        self.observer.pass_finished(summary, sorted(self.providers), circuits)
+        self.beat()
         return summary
+
+    def beat(self) -> None:
+        """Record progress for the watchdog and /healthz."""
+        self.heartbeat = asyncio.get_running_loop().time()
 
     # -- one invoice ----------------------------------------------------------------------------------------
     async def _one(self, invoice: Invoice, lease_until: datetime) -> None:
@@ -302,6 +337,8 @@ class Runner:
         # Only a finished invoice leaves `_held`: a cancelled one is still ours to release on shutdown.
         self._held.pop(invoice.id, None)
         self._summary.count(provider_id, kind)
+        self.observer.decision(provider_id, kind)
+        self.beat()
 
     async def _reconcile(self, invoice: Invoice, lease_until: datetime) -> tuple[str, str | None]:
         provider_id = invoice.payment_provider_id or self.settings.default_provider
@@ -617,16 +654,27 @@ class Runner:
 
     async def _fetch_once(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
         common = gate.provider.common
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = "ok"
         try:
             # Drivers time their own HTTP calls; this outer bound protects the pass from one that does not.
             async with asyncio.timeout(common.timeout * 2 + 1):
                 snapshot = await gate.provider.driver.fetch(provider_invoice_id)
         except TimeoutError as exc:
+            outcome = "unavailable"
             raise ProviderUnavailable(
                 f"{gate.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s",
                 provider_id=gate.provider.id,
                 invoice_id=provider_invoice_id,
             ) from exc
+        except BaseException as exc:
+            outcome = _OUTCOMES.get(
+                type(exc), "unavailable" if isinstance(exc, ProviderUnavailable) else "error"
+            )
+            raise
+        finally:
+            self.observer.request(gate.provider.id, outcome, loop.time() - started)
         if not isinstance(snapshot, Snapshot):
             raise errors.BadProviderResponse(
                 f"{gate.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
@@ -672,6 +720,7 @@ class Runner:
             return  # another instance took this attempt
         result = await self._attempt(task)
         self._summary.tasks[result.status] += 1
+        self.observer.task(task.provider_id, result.status)
         await self.store.finish_task(task, result, now=self.clock())
 
     async def _attempt(self, task: base.DueTask) -> base.TaskResult:

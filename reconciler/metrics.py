@@ -1,0 +1,112 @@
+"""Prometheus metrics (SPEC §13). Every name starts with `reconciler_`; provider ids are the `provider` label.
+
+`Metrics` observes the runner through the `runner.Observer` hooks and keeps its own registry, so tests (and
+several runners in one process) never share counters.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from reconciler.runner import Observer, PassSummary
+from reconciler.store.base import StatusReport
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_PASS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0)
+
+
+class Metrics(Observer):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "reconciler_decisions", "Invoice decisions by provider and kind", ["provider", "kind"], registry=r
+        )
+        self.requests = Counter(
+            "reconciler_provider_requests",
+            "Provider requests (each attempt) by outcome",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "reconciler_provider_request_seconds",
+            "Provider request latency",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pass_seconds = Histogram(
+            "reconciler_pass_duration_seconds",
+            "Duration of a reconcile pass",
+            buckets=_PASS_BUCKETS,
+            registry=r,
+        )
+        self.passes = Counter("reconciler_passes", "Reconcile passes by result", ["result"], registry=r)
+        self.last_pass = Gauge(
+            "reconciler_last_pass_timestamp_seconds", "When the last pass finished (unix time)", registry=r
+        )
+        self.pending = Gauge(
+            "reconciler_pending_invoices",
+            "Pending invoices still checked, by provider",
+            ["provider"],
+            registry=r,
+        )
+        self.oldest = Gauge(
+            "reconciler_oldest_pending_age_seconds",
+            "Age of the oldest pending invoice",
+            ["provider"],
+            registry=r,
+        )
+        self.stale = Gauge(
+            "reconciler_pending_not_checked_invoices", "Pending invoices older than max_age", registry=r
+        )
+        self.circuit = Gauge(
+            "reconciler_circuit_open",
+            "1 while a provider's circuit is open (last pass)",
+            ["provider"],
+            registry=r,
+        )
+        self.tasks = Counter(
+            "reconciler_post_settle_tasks",
+            "Post-settle task attempts by result",
+            ["provider", "status"],
+            registry=r,
+        )
+
+    # -- runner.Observer ----------------------------------------------------------------------------------
+    def decision(self, provider_id: str | None, kind: str) -> None:
+        self.decisions.labels(provider_id or "-", kind).inc()
+
+    def request(self, provider_id: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(provider_id, outcome).inc()
+        self.latency.labels(provider_id).observe(seconds)
+
+    def task(self, provider_id: str | None, status: str) -> None:
+        self.tasks.labels(provider_id or "-", status).inc()
+
+    def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
+        self.pass_seconds.observe(summary.duration)
+        self.passes.labels("degraded" if summary.is_degraded else "ok").inc()
+        if summary.finished_at is not None:
+            self.last_pass.set(summary.finished_at.timestamp())
+        for provider in providers:
+            self.circuit.labels(provider).set(1 if provider in circuits_open else 0)
+
+    # -- from the store -----------------------------------------------------------------------------------
+    def backlog(self, report: StatusReport, now: datetime, providers: list[str]) -> None:
+        seen = set()
+        for row in report.pending:
+            label = row.provider_id or "-"
+            seen.add(label)
+            self.pending.labels(label).set(row.pending)
+            self.oldest.labels(label).set(max(0.0, (now - row.oldest_created_at).total_seconds()))
+        for provider in providers:
+            if provider not in seen:
+                self.pending.labels(provider).set(0)
+                self.oldest.labels(provider).set(0)
+        self.stale.set(report.no_longer_checked)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
