@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy reconciler $(foreach d,$(DRIVERS),$(d)/reconciler_$(notdir $(d))) tests bench
+	$(BIN)/mypy reconciler $(foreach d,$(DRIVERS),$(d)/reconciler_$(notdir $(d))) tests bench demo
 
 pytest: $(STAMP)
 	$(BIN)/pytest --cov=reconciler $(foreach d,$(DRIVERS),--cov=$(d)) --cov-branch --cov-report=term:skip-covered

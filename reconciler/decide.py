@@ -176,7 +176,9 @@ def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: Pai
             return _settle(invoice, snapshot, observation, facts, audits)
         flag = observed("invoice.paid_late", policy="flag")
         if invoice.status is InvoiceStatus.EXPIRED:
-            return Decision(DecisionKind.PAID_LATE_FLAG, None, observation, flag, None, facts)
+            # already expired and already flagged: a re-check that writes nothing is no change
+            kind = DecisionKind.PAID_LATE_FLAG if flag else DecisionKind.NO_CHANGE
+            return Decision(kind, None, observation, flag, None, facts)
         return Decision(
             DecisionKind.PAID_LATE_FLAG,
             InvoiceStatus.EXPIRED,

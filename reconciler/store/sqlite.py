@@ -28,6 +28,7 @@ class SqliteStore(SqlStore):
         self._path = path
         self._lock = asyncio.Lock()
         self._q = queries.load("sqlite.sql")
+        self._wal = False
 
     @classmethod
     async def open(cls, path: Path, *, create: bool = False) -> SqliteStore:
@@ -41,8 +42,8 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
         connection.row_factory = sqlite3.Row
+        # Per-connection settings only: nothing touches the file until the schema has been checked.
         await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await connection.execute("PRAGMA journal_mode = WAL")
         await connection.execute("PRAGMA synchronous = NORMAL")
         await connection.execute("PRAGMA foreign_keys = ON")
         return cls(connection, path)
@@ -55,6 +56,7 @@ class SqliteStore(SqlStore):
     async def _transaction(self) -> AsyncIterator[_SqliteTx]:
         """One `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any exception."""
         async with self._lock:
+            await self._use_wal()
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -78,6 +80,14 @@ class SqliteStore(SqlStore):
                 if not _unavailable(exc):
                     raise
                 raise errors.StoreUnavailable(f"SQLite commit failed: {exc}") from exc
+
+    async def _use_wal(self) -> None:
+        """WAL (readers never block the writer) is a property of the file: set before our first write."""
+        if not self._wal:
+            cursor = await self._db.execute("PRAGMA journal_mode = WAL")
+            await cursor.fetchall()  # the pragma answers with a row; an open statement would block COMMIT
+            await cursor.close()
+            self._wal = True
 
     async def _rollback(self) -> None:
         # Some errors (SQLITE_FULL, IOERR, ...) have already rolled the transaction back.
@@ -116,6 +126,7 @@ class SqliteStore(SqlStore):
         if await self.schema_version() is not None:
             return False
         async with self._lock:
+            await self._use_wal()
             # executescript commits on its own; the script is a sequence of CREATEs and one INSERT.
             await self._db.executescript("BEGIN IMMEDIATE;\n" + queries.schema_sql() + "\nCOMMIT;")
         return True

@@ -299,7 +299,8 @@ def test_paid_late_flag_keeps_an_expired_invoice_and_audits_once() -> None:
     assert (decision.kind, decision.new_status) == (DecisionKind.PAID_LATE_FLAG, None)
     assert actions(decision) == Counter(["invoice.paid_late"])
     again = run(invoice(InvoiceStatus.EXPIRED, last="Expired/PaidLate"), PAID_LATE, "flag")
-    assert (again.kind, again.new_status, again.audits) == (DecisionKind.PAID_LATE_FLAG, None, ())
+    # already flagged: nothing to write, so it counts as no change (SPEC §4.5)
+    assert (again.kind, again.new_status, again.audits) == (DecisionKind.NO_CHANGE, None, ())
 
 
 @pytest.mark.parametrize("current", [InvoiceStatus.PENDING, InvoiceStatus.EXPIRED, InvoiceStatus.INVALID])

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
-from pydantic import field_validator
+from pydantic import BaseModel, field_validator
 
 from reconciler import driver_api
 from reconciler_zaprite import client, status
@@ -60,7 +60,7 @@ def expiry(profile: client.Profile) -> str | None:
 class ZapriteDriver:
     """Reads Zaprite orders by id or ``externalUniqId`` and captures card payment profiles."""
 
-    Settings: ClassVar[type[ZapriteSettings]] = ZapriteSettings
+    Settings: ClassVar[type[BaseModel]] = ZapriteSettings
     post_settle_kinds: ClassVar[tuple[str, ...]] = (CAPTURE_PAYMENT_PROFILE,)
 
     def __init__(
