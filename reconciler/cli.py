@@ -164,9 +164,13 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
     providers = sorted(loaded)
 
     async def after_pass(summary: PassSummary) -> None:
-        metrics.backlog(
-            await store.status_report(now=utcnow(), max_age=cfg.reconcile.max_age), utcnow(), providers
-        )
+        now = utcnow()
+        try:
+            report = await store.status_report(now=now, max_age=cfg.reconcile.max_age)
+        except errors.StoreUnavailable as exc:  # like a failed pass: the next tick tries again
+            logger.warning("pending-invoice metrics not refreshed: {}", exc.message)
+            return
+        metrics.backlog(report, now, providers)
 
     daemon = Daemon(
         runner,
@@ -228,7 +232,7 @@ async def _dry_run(runner: Runner, *, as_json: bool) -> int:
     if not as_json:
         _print_table(lines)
     _report(summary)
-    return EXIT_OK
+    return EXIT_DEGRADED if summary.is_degraded else EXIT_OK
 
 
 def _print_table(lines: list[dict[str, Any]]) -> None:

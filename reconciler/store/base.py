@@ -274,7 +274,7 @@ def check_schema(tables: set[str], versions: list[Any]) -> int | None:
     if len(versions) != 1 or not isinstance(versions[0], int):
         raise errors.SchemaError(
             "schema_meta does not hold exactly one version row: this database is not ours; "
-            "point dataurl at the reconciler's database"
+            "point database.url at the reconciler's database"
         )
     version = int(versions[0])
     if version != SCHEMA_VERSION:

@@ -1,0 +1,276 @@
+"""Bad input to the real command (issue #2, SPEC §3, §11, §12): the right exit code, one error line naming the
+problem, and nothing written to the database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from tests.acceptance.conftest import (
+    EXPIRED,
+    PENDING,
+    SETTLED,
+    Workspace,
+    assert_refused,
+    file_state,
+    recent,
+)
+
+SECRET = "btcpay-Secret-Value-8c1f4e"
+
+
+def seed_pending(ws: Workspace) -> str:
+    """One due pending invoice the provider reports settled: any pass that got this far would write."""
+    ws.answers({"*": [SETTLED]})
+    return ws.shop.invoice(ws.shop.product(), created_at=recent())
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+def test_malformed_toml_names_the_line(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+    config = workspace.root / "config.toml"
+    config.write_text(f'[database]\nurl = "sqlite://{workspace.db}"\n\n[reconcile]\ninterval = \n')
+
+    outcome = workspace.run("--once", config=config)
+
+    assert_refused(outcome, str(config), "TOML", "line 5")
+    assert workspace.state() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        pytest.param({"colour": "blue"}, ["colour: unknown key"], id="unknown-top-level-key"),
+        pytest.param(
+            {"reconcile": {"intervall": "60s"}},
+            ["reconcile.intervall: unknown key", "did you mean 'interval'"],
+            id="unknown-section-key",
+        ),
+        pytest.param(
+            {"providers": {"fake": {"latencyy": 0.1}}},
+            ["providers.fake.latencyy: unknown key", "did you mean 'latency'"],
+            id="unknown-provider-option",
+        ),
+        pytest.param(
+            {"reconcile": {"interval": "90 seconds"}},
+            ["reconcile.interval", "invalid duration '90 seconds'"],
+            id="bad-duration",
+        ),
+        pytest.param(
+            {"providers": {"fake": {"timeout": "10 s"}}},
+            ["providers.fake.timeout", "invalid duration '10 s'"],
+            id="bad-provider-duration",
+        ),
+        pytest.param(
+            {"reconcile": {"schedule": ["1m", "5m", "15m"]}},
+            ["reconcile.schedule", "exactly 4 steps", "got 3"],
+            id="schedule-with-3-steps",
+        ),
+        pytest.param(
+            {"default_provider": "nosuch"},
+            ["default_provider", "'nosuch'", "[providers.nosuch]"],
+            id="unknown-default-provider",
+        ),
+        pytest.param(
+            {"reconcile": {"lease": "1m"}, "providers": {"fake": {"timeout": "40s", "retry_attempts": 1}}},
+            ["reconcile.lease", "lease 1m is shorter than 2 × the worst fetch of provider 'fake'"],
+            id="lease-shorter-than-2x-worst-fetch",
+        ),
+        pytest.param(
+            {"providers": {"fake": {"driver": "nosuch"}}},
+            ["'nosuch' is not installed", "reconciler.drivers:nosuch"],
+            id="driver-not-installed",
+        ),
+    ],
+)
+def test_bad_configuration_exits_2_before_any_write(
+    workspace: Workspace, overrides: dict[str, Any], needles: list[str]
+) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+
+    outcome = workspace.run("--once", config=workspace.config(overrides))
+
+    assert_refused(outcome, *needles)
+    assert workspace.state() == before
+
+
+def test_a_missing_secret_file_exits_2_without_revealing_any_secret(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+    missing = workspace.root / "credentials" / "backup-key"
+    btcpay = {"driver": "btcpay", "base_url": "http://127.0.0.1:9", "store_id": "Store1"}
+    config = workspace.config(
+        {
+            "providers": {
+                "fake": None,
+                "shop": btcpay | {"api_key": SECRET},
+                "backup": btcpay | {"api_key_file": str(missing)},
+            }
+        }
+    )
+
+    outcome = workspace.run("--once", config=config)
+
+    assert_refused(outcome, "providers.backup.api_key_file", str(missing), "no such file")
+    assert SECRET not in outcome.stdout + outcome.stderr
+    assert workspace.state() == before
+
+
+# -- the signing key ---------------------------------------------------------------------------------------------
+def _x25519_pem() -> bytes:
+    return X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_key", "needle"),
+    [
+        pytest.param(lambda key: key.unlink(), "does not exist", id="missing"),
+        pytest.param(
+            lambda key: key.write_bytes(b"garbage, not a key\n"), "not a PEM private key", id="garbage"
+        ),
+        pytest.param(lambda key: key.write_bytes(_x25519_pem()), "not an Ed25519 key", id="not-ed25519"),
+        pytest.param(lambda key: key.unlink() or key.mkdir(), "cannot be read", id="a-directory"),
+    ],
+)
+def test_a_bad_signing_key_stops_run_but_not_status(workspace: Workspace, make_key: Any, needle: str) -> None:
+    seed_pending(workspace)
+    make_key(workspace.key)
+    config = workspace.config()
+    before = workspace.state()
+
+    outcome = workspace.run("--once", config=config)
+
+    assert_refused(outcome, f"signing key file {workspace.key}", needle)
+    assert workspace.state() == before
+    assert workspace.run("status", config=config).returncode == 0
+    assert workspace.run("check-config", config=config).returncode == 0
+
+
+# -- the database ----------------------------------------------------------------------------------------------
+FOREIGN = {
+    "unrelated-schema-meta-with-two-rows": (
+        "CREATE TABLE schema_meta (name TEXT, value TEXT); INSERT INTO schema_meta VALUES ('a', '1'), ('b', '2');",
+        "schema_meta",
+    ),
+    "schema-meta-with-two-versions": (
+        "CREATE TABLE schema_meta (version INTEGER NOT NULL); INSERT INTO schema_meta VALUES (1), (1);",
+        "schema_meta",
+    ),
+    "unknown-version-99": (
+        "CREATE TABLE schema_meta (version INTEGER NOT NULL); INSERT INTO schema_meta VALUES (99);",
+        "version 99",
+    ),
+    "our-tables-without-schema-meta": (
+        "CREATE TABLE invoices (id TEXT PRIMARY KEY); CREATE TABLE licenses (id TEXT PRIMARY KEY);",
+        "no schema_meta",
+    ),
+}
+
+
+def foreign_database(path: Path, ddl: str) -> None:
+    """A database somebody else made (default rollback journal), with a table of theirs holding a row."""
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(
+            ddl + " CREATE TABLE orders (id INTEGER PRIMARY KEY); INSERT INTO orders VALUES (7);"
+        )
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("command", [("--once",), ("status",), ("init-db",), ("explain", "x")])
+@pytest.mark.parametrize("kind", list(FOREIGN))
+def test_a_database_that_is_not_ours_is_refused_with_exit_2(
+    tmp_path: Path, workspace: Workspace, kind: str, command: tuple[str, ...]
+) -> None:
+    ddl, needle = FOREIGN[kind]
+    db = tmp_path / "theirs.db"
+    foreign_database(db, ddl)
+    before = file_state(db)
+
+    outcome = workspace.run(*command, config=workspace.config({"database": {"url": f"sqlite://{db}"}}))
+
+    assert_refused(outcome, needle)
+    assert file_state(db) == before  # byte for byte: not even its journal mode changed
+
+
+@pytest.mark.parametrize("command", [("--once",), ("status",), ("explain", "x")])
+def test_a_missing_database_names_init_db_and_is_not_created(
+    tmp_path: Path, workspace: Workspace, command: tuple[str, ...]
+) -> None:
+    db = tmp_path / "nowhere.db"
+
+    outcome = workspace.run(*command, config=workspace.config({"database": {"url": f"sqlite://{db}"}}))
+
+    assert_refused(outcome, str(db), "reconciler init-db")
+    assert sorted(p.name for p in tmp_path.glob("nowhere.db*")) == []
+
+
+@pytest.mark.parametrize("start", ["missing", "empty", "storefront-tables-only"])
+def test_init_db_creates_the_schema_then_does_nothing(
+    tmp_path: Path, workspace: Workspace, start: str
+) -> None:
+    db = tmp_path / "new.db"
+    if start == "empty":
+        db.touch()
+    elif start == "storefront-tables-only":
+        foreign_database(db, "")
+    config = workspace.config({"database": {"url": f"sqlite://{db}"}})
+
+    first = workspace.run("init-db", config=config)
+
+    assert first.returncode == 0, first
+    assert "created the reconciler schema" in first.stderr
+    tables = {
+        row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    assert {"schema_meta", "invoices", "licenses", "audit_log", "reconciler_instances"} <= tables
+    assert sqlite3.connect(db).execute("SELECT version FROM schema_meta").fetchall() == [(1,)]
+    if start == "storefront-tables-only":
+        assert sqlite3.connect(db).execute("SELECT id FROM orders").fetchall() == [(7,)]
+    before = file_state(db)
+
+    second = workspace.run("init-db", config=config)
+
+    assert second.returncode == 0, second
+    assert "nothing to do" in second.stderr
+    assert file_state(db) == before
+
+
+# -- a driver that crashes ---------------------------------------------------------------------------------------
+def test_a_crashing_driver_degrades_the_pass_and_leaves_its_invoices_untouched(workspace: Workspace) -> None:
+    shop = workspace.shop
+    product = shop.product()
+    shop.policy(product)
+    crashing = [shop.invoice(product, provider_invoice_id=f"C{i}", created_at=recent()) for i in range(2)]
+    settled = shop.invoice(product, provider_invoice_id="S", created_at=recent())
+    expired = shop.invoice(product, provider_invoice_id="E", created_at=recent())
+    pending = shop.invoice(product, provider_invoice_id="P", created_at=recent())
+    crash = [{"error": "crash"}]
+    workspace.answers({"C0": crash, "C1": crash, "S": [SETTLED], "E": [EXPIRED], "P": [PENDING]})
+
+    outcome = workspace.run("--once")
+
+    assert outcome.returncode == 75, outcome
+    assert outcome.stderr.count("Traceback (most recent call last)") == 1, outcome
+    assert outcome.stderr.count("RuntimeError: fake: scripted crash") == 1, outcome
+    assert "DEGRADED" in outcome.stderr
+    assert shop.status(settled) == "settled" and len(shop.licenses(settled)) == 1
+    assert shop.status(expired) == "expired"
+    assert shop.status(pending) == "pending"
+    for invoice_id in crashing:
+        row = shop.invoice_row(invoice_id)
+        assert row["status"] == "pending"
+        assert row["last_provider_status"] is None
+        assert row["lease_token"] is None
+        assert shop.audits(invoice_id) == []
+        assert shop.licenses(invoice_id) == []
