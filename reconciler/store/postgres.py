@@ -32,6 +32,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.QueryCanceledError,
+    # a connection the server closed while idle in the pool can surface as a protocol-state error
+    asyncpg.InternalClientError,
 )
 
 
@@ -89,16 +91,27 @@ class PostgresStore(SqlStore):
         await self._pool.close()
 
     @asynccontextmanager
+    async def _connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one that failed in a way that leaves its state unknown is closed, not reused."""
+        with _mapped(what):
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except _UNAVAILABLE:
+                    # the server may have dropped every connection (restart, failover): start afresh
+                    conn.terminate()
+                    await self._pool.expire_connections()
+                    raise
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_PgTx]:
-        with _mapped("transaction"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield _PgTx(conn, self._q)
+        async with self._connection("transaction") as conn, conn.transaction():
+            yield _PgTx(conn, self._q)
 
     async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
         query = self._q[name]
-        with _mapped(name):
-            async with self._pool.acquire() as conn:
-                return list(await conn.fetch(query.sql, *query.args(params)))
+        async with self._connection(name) as conn:
+            return list(await conn.fetch(query.sql, *query.args(params)))
 
     # -- schema -------------------------------------------------------------------------------------------
     async def schema_version(self) -> int | None:
@@ -114,12 +127,11 @@ class PostgresStore(SqlStore):
         return base.check_schema(tables, versions)
 
     async def init_schema(self) -> bool:
-        with _mapped("init-db"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-                if await self.schema_version() is not None:
-                    return False
-                await conn.execute(queries.schema_sql())
+        async with self._connection("init-db") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
+            if await self.schema_version() is not None:
+                return False
+            await conn.execute(queries.schema_sql())
         return True
 
 

@@ -81,7 +81,8 @@ async def postgres_backend(conn: Any, schema: str, url: str) -> AsyncIterator[Ba
     from reconciler.store.postgres import PostgresStore
 
     sep = "&" if "?" in url else "?"
-    store = await PostgresStore.open(f"{url}{sep}search_path={schema}", max_size=4)
+    # application_name lets a test find (and kill) exactly this store's connections
+    store = await PostgresStore.open(f"{url}{sep}search_path={schema}&application_name={schema}", max_size=4)
     try:
         assert await store.init_schema() is True
         assert await store.schema_version() == base.SCHEMA_VERSION

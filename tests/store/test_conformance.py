@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from reconciler import errors
 from reconciler.driver_api import PaymentProfile
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus
 from reconciler.store import base, queries
@@ -242,3 +243,27 @@ async def test_instances_and_status_report(backend: Backend) -> None:
     (instance,) = report.instances
     assert instance.last_pass_started_at == NOW  # kept from the first upsert
     assert instance.last_summary == {"counts": {"settle": 1}}
+
+
+async def test_postgres_unreachable_is_store_unavailable() -> None:
+    pytest.importorskip("asyncpg")
+    from reconciler.store.postgres import PostgresStore
+
+    with pytest.raises(errors.StoreUnavailable, match="PostgreSQL connect"):
+        await PostgresStore.open("postgresql://postgres@127.0.0.1:9/test")
+
+
+async def test_postgres_connection_lost_mid_pass_is_store_unavailable(tmp_path: Path) -> None:
+    async with pg_connection() as (conn, schema):
+        async for backend in postgres_backend(conn, schema, PG_URL):
+            await seed(backend, 2)
+            # an operator (or a failover) kills every connection of the store's pool
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                schema,
+            )
+            assert killed >= 1
+            with pytest.raises(errors.StoreUnavailable):
+                await claim(backend)
+            # the pool reconnects on the next use: the next tick works
+            assert len(await claim(backend)) == 2
