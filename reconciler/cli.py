@@ -196,7 +196,12 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
             return True, f"database reachable, {len(loaded)} driver(s) loaded"
 
         server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=ready)
-        port = await server.start()
+        try:
+            port = await server.start()
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"http.listen {cfg.http.listen}: cannot listen there: {exc.strerror}"
+            ) from exc
         logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
     try:
         logger.info(
@@ -285,7 +290,7 @@ async def _check_config(args: argparse.Namespace) -> int:
 
 
 async def _init_db(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, resolve_files=False)  # no provider is called: secret files are not read
     store = await app.open_store(cfg, create=True)
     try:
         created = await store.init_schema()
@@ -310,7 +315,7 @@ async def _drivers(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, resolve_files=False)  # no provider is called: secret files are not read
     store = await app.open_store(cfg)
     now = utcnow()
     try:
@@ -384,14 +389,27 @@ async def _explain(args: argparse.Namespace) -> int:
     result = {"invoice": _invoice_dict(invoice), "decision": lines[0], "audit_history": history}
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    else:
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    decision = lines[0]
+    print(f"invoice     {invoice.id} ({invoice.status.value}, {invoice.amount_sats} sats)")
+    print(f"provider    {decision['provider_id'] or '-'}: {invoice.provider_invoice_id}")
+    raw = "/".join(p for p in (decision["raw_status"], decision["raw_additional_status"]) if p) or "-"
+    print(f"answer      {raw}")
+    print(f"decision    {decision['decision']} (dry run: nothing written)")
+    for key, value in sorted(decision["evidence"].items()):
+        print(f"  {key:<22} {value}")
+    print(f"audit history ({len(history)}):")
+    for row in history:
+        print(f"  {row['occurred_at']}  {row['action']}")
     return EXIT_OK
 
 
 def _invoice_dict(invoice: Any) -> dict[str, Any]:
-    fields = ("id", "payment_provider_id", "provider_invoice_id", "status", "amount_sats", "created_at")
-    return {f: getattr(invoice, f) for f in fields} | {"last_provider_status": invoice.last_provider_status}
+    fields = ("id", "payment_provider_id", "provider_invoice_id", "status", "amount_sats")
+    return {f: getattr(invoice, f) for f in fields} | {
+        "created_at": format_ts(invoice.created_at),
+        "last_provider_status": invoice.last_provider_status,
+    }
 
 
 async def _keygen(args: argparse.Namespace) -> int:

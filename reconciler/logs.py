@@ -48,7 +48,8 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         logger.add(
             sys.stderr,
             level=level,
-            format=lambda record: f"<{_PRIORITY.get(record['level'].name, 6)}>{{message}}\n{{exception}}",
+            # `\\<` escapes loguru's colour markup: an unescaped `<6>` is rejected as an unknown tag
+            format=lambda record: f"\\<{_PRIORITY.get(record['level'].name, 6)}>{{message}}\n{{exception}}",
             colorize=False,
             diagnose=False,  # tracebacks with variable values could show secrets
             backtrace=False,

@@ -74,6 +74,7 @@ class Metrics(Observer):
             ["provider", "status"],
             registry=r,
         )
+        self._backlog_labels: set[str] = set()
 
     # -- runner.Observer ----------------------------------------------------------------------------------
     def decision(self, provider_id: str | None, kind: str) -> None:
@@ -102,10 +103,12 @@ class Metrics(Observer):
             seen.add(label)
             self.pending.labels(label).set(row.pending)
             self.oldest.labels(label).set(max(0.0, (now - row.oldest_created_at).total_seconds()))
-        for provider in providers:
-            if provider not in seen:
-                self.pending.labels(provider).set(0)
-                self.oldest.labels(provider).set(0)
+        # Zero configured providers and every label of an earlier refresh (NULL "-", unconfigured ids):
+        # a gauge left at its last value would keep a backlog alert firing after the backlog is gone.
+        for label in (set(providers) | self._backlog_labels) - seen:
+            self.pending.labels(label).set(0)
+            self.oldest.labels(label).set(0)
+        self._backlog_labels = seen | set(providers)
         self.stale.set(report.no_longer_checked)
 
     def render(self) -> bytes:

@@ -721,6 +721,7 @@ class Runner:
         result = await self._attempt(task)
         self._summary.tasks[result.status] += 1
         self.observer.task(task.provider_id, result.status)
+        self.beat()
         await self.store.finish_task(task, result, now=self.clock())
 
     async def _attempt(self, task: base.DueTask) -> base.TaskResult:

@@ -21,6 +21,9 @@ __all__ = ["AuditRecord"]  # re-exported: part of the store interface
 
 SCHEMA_VERSION = 1
 
+#: `reconciler_instances` rows whose last pass is older than this are deleted by later passes.
+INSTANCE_RETENTION = timedelta(days=7)
+
 #: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
 OUR_TABLES = frozenset(
     {

@@ -213,3 +213,7 @@ UPDATE subscriptions
 SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
     payment_profile_expires_at = :expires_at, updated_at = :now
 WHERE id = :subscription_id AND payment_profile_id IS NULL;
+
+-- name: prune_instances
+DELETE FROM reconciler_instances
+WHERE COALESCE(last_pass_finished_at, started_at) < :cutoff AND lease_owner <> :lease_owner;

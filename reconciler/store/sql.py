@@ -368,6 +368,12 @@ class SqlStore(base.Store):
     async def upsert_instance(self, row: base.InstanceRow) -> None:
         async with self._transaction() as tx:
             await tx.exec("upsert_instance", _instance_params(row))
+            if row.last_pass_finished_at is not None:
+                # one row per process: a timer's `--once` runs would pile up forever without this
+                cutoff = row.last_pass_finished_at - base.INSTANCE_RETENTION
+                await tx.exec(
+                    "prune_instances", {"cutoff": format_ts(cutoff), "lease_owner": row.lease_owner}
+                )
 
     async def status_report(self, *, now: datetime, max_age: timedelta) -> base.StatusReport:
         min_created = format_ts(now - max_age)

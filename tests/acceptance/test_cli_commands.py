@@ -141,7 +141,7 @@ def test_explain_shows_the_decision_without_writing(workspace: Workspace) -> Non
     workspace.answers({"A": [SETTLED]})
     before = workspace.state()
 
-    outcome = workspace.run("explain", invoice_id)
+    outcome = workspace.run("explain", invoice_id, "--json")
 
     assert outcome.returncode == 0, outcome
     shown = json.loads(outcome.stdout)
@@ -150,6 +150,11 @@ def test_explain_shows_the_decision_without_writing(workspace: Workspace) -> Non
     assert shown["decision"]["raw_status"] == "Settled"
     assert shown["decision"]["evidence"]["new_status"] == "settled"
     assert shown["audit_history"] == []
+    assert workspace.state() == before
+    human = workspace.run("explain", invoice_id)
+    assert human.returncode == 0, human
+    assert "decision    settle (dry run: nothing written)" in human.stdout
+    assert "answer      Settled" in human.stdout
     assert workspace.state() == before
 
 

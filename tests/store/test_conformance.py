@@ -267,3 +267,25 @@ async def test_postgres_connection_lost_mid_pass_is_store_unavailable(tmp_path: 
                 await claim(backend)
             # the pool reconnects on the next use: the next tick works
             assert len(await claim(backend)) == 2
+
+
+async def test_instance_rows_of_long_gone_processes_are_pruned(backend: Backend) -> None:
+    old = base.InstanceRow("old:1:a", "old", 1, T0, T0, T0 + timedelta(seconds=1), {})
+    await backend.store.upsert_instance(old)
+    recent = base.InstanceRow(
+        "new:2:b", "new", 2, NOW, NOW, NOW + base.INSTANCE_RETENTION - timedelta(hours=2), {}
+    )
+    await backend.store.upsert_instance(recent)
+    assert {
+        r["lease_owner"] for r in await backend.raw.rows("SELECT lease_owner FROM reconciler_instances")
+    } == {
+        "old:1:a",
+        "new:2:b",
+    }
+    later = base.InstanceRow(
+        "new:2:b", "new", 2, NOW, NOW, NOW + base.INSTANCE_RETENTION + timedelta(hours=2), {}
+    )
+    await backend.store.upsert_instance(later)
+    assert [
+        r["lease_owner"] for r in await backend.raw.rows("SELECT lease_owner FROM reconciler_instances")
+    ] == ["new:2:b"]
