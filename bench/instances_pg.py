@@ -3,7 +3,8 @@
     .venv/bin/python bench/instances_pg.py [--invoices 4000] [--latency 0.02] [--instances 1 4] [--runs 3]
 
 Each run seeds a fresh schema with pending invoices, then starts the instances at once (`reconciler --once`
-subprocesses with the test-only scripted driver answering after `latency` seconds, max_concurrency 16) and
+subprocesses with the test-only scripted driver answering after `latency` seconds, `--concurrency` requests
+in flight per instance) and
 measures the wall time until all have finished. Reports invoices per second (median of the runs) and the
 ratio to one instance. Needs RECONCILER_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/test).
 """
@@ -31,7 +32,7 @@ from tests.support.pg_cluster import reconciler, search_path_url, seed, wait_all
 PG_URL = os.environ.get("RECONCILER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-async def one_run(invoices: int, instances: int, latency: float) -> float:
+async def one_run(invoices: int, instances: int, latency: float, concurrency: int) -> float:
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(PG_URL)
     await conn.execute(f"CREATE SCHEMA {schema}")
@@ -39,7 +40,9 @@ async def one_run(invoices: int, instances: int, latency: float) -> float:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             url = search_path_url(PG_URL, schema)
-            config = write_config(Path(tmp), url, count=invoices, latency=latency)
+            config = write_config(
+                Path(tmp), url, count=invoices, latency=latency, max_concurrency=concurrency
+            )
             subprocess.run(
                 [sys.executable, "-m", "reconciler", "--config", str(config), "init-db"],
                 check=True,
@@ -67,13 +70,15 @@ async def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16, help="max_concurrency per instance")
     args = parser.parse_args()
     medians = {}
     for n in args.instances:
-        rates = [await one_run(args.invoices, n, args.latency) for _ in range(args.runs)]
+        rates = [await one_run(args.invoices, n, args.latency, args.concurrency) for _ in range(args.runs)]
         medians[n] = statistics.median(rates)
         print(
-            f"instances={n} invoices={args.invoices} latency={args.latency}s runs={args.runs} "
+            f"instances={n} invoices={args.invoices} latency={args.latency}s concurrency={args.concurrency} "
+            f"runs={args.runs} "
             f"invoices_per_s_median={medians[n]:.0f} (runs: {', '.join(f'{r:.0f}' for r in rates)})"
         )
     base = medians[args.instances[0]]

@@ -214,6 +214,7 @@ class Runner:
         self._held: dict[str, Invoice] = {}
         self._gates: dict[str, _Gate] = {}
         self._warned: set[str] = set()
+        self._policies: dict[tuple[str, str | None], tuple[Policy | None, list[Policy]]] = {}
         self._summary = PassSummary(started_at=self.started_at)
 
     # -- the pass -------------------------------------------------------------------------------------------
@@ -309,6 +310,7 @@ class Runner:
         self._summary = PassSummary(started_at=pass_start)
         self._gates = {}
         self._warned = set()
+        self._policies = {}  # read once per pass: storefront configuration, not per-invoice state
         return pass_start
 
     def _finish(self) -> PassSummary:
@@ -418,7 +420,7 @@ class Runner:
         kinds: tuple[str, ...] = ()
         audits: tuple[AuditRecord, ...] = decision.audits if decision else ()
         if not renewal:
-            own, product = await self.store.policies_for(invoice)
+            own, product = await self._policies_for(invoice)
             policy = licenses.choose_policy(own, product)
             try:
                 license_draft = self._license(invoice, policy, now)
@@ -452,6 +454,13 @@ class Runner:
             return DecisionKind.RECOVER
         assert decision is not None
         return decision.kind
+
+    async def _policies_for(self, invoice: Invoice) -> tuple[Policy | None, list[Policy]]:
+        key = (invoice.product_id, invoice.policy_id)
+        found = self._policies.get(key)
+        if found is None:
+            found = self._policies[key] = await self.store.policies_for(invoice)
+        return found
 
     async def _issue_failed(
         self,

@@ -108,6 +108,11 @@ class PostgresStore(SqlStore):
         async with self._connection("transaction") as conn, conn.transaction():
             yield _PgTx(conn, self._q)
 
+    async def _write_one(self, name: str, params: dict[str, Any]) -> int:
+        query = self._q[name]
+        async with self._connection(name) as conn:
+            return _row_count(await conn.execute(query.sql, *query.args(params)))
+
     async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
         query = self._q[name]
         async with self._connection(name) as conn:
@@ -135,6 +140,11 @@ class PostgresStore(SqlStore):
         return True
 
 
+def _row_count(status: str) -> int:
+    """asyncpg's command tag ("UPDATE 3", "INSERT 0 1", "DELETE 0"): the last word is the row count."""
+    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+
 class _PgTx:
     def __init__(self, conn: asyncpg.Connection, queries: dict[str, _Query]) -> None:
         self._conn = conn
@@ -142,9 +152,7 @@ class _PgTx:
 
     async def exec(self, name: str, params: dict[str, Any]) -> int:
         query = self._q[name]
-        status: str = await self._conn.execute(query.sql, *query.args(params))
-        # "UPDATE 3", "INSERT 0 1", "DELETE 0": the last word is the row count
-        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+        return _row_count(await self._conn.execute(query.sql, *query.args(params)))
 
     async def returning(self, name: str, params: dict[str, Any]) -> list[Row]:
         query = self._q[name]

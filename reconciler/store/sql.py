@@ -47,6 +47,10 @@ class SqlStore(base.Store):
     async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
         """Run a read-only named query outside any explicit transaction."""
 
+    @abc.abstractmethod
+    async def _write_one(self, name: str, params: dict[str, Any]) -> int:
+        """Run one statement as its own transaction (atomic by itself); the number of rows it changed."""
+
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[base.AuditRecord]) -> None:
         if not records:
             return
@@ -111,15 +115,14 @@ class SqlStore(base.Store):
         return _invoice(rows[0]) if rows else None
 
     async def release(self, invoice: Invoice, *, next_check_at: datetime | None) -> bool:
-        async with self._transaction() as tx:
-            changed = await tx.exec(
-                "release",
-                {
-                    "invoice_id": invoice.id,
-                    "token": invoice.lease_token,
-                    "next_check_at": format_ts(next_check_at) if next_check_at else None,
-                },
-            )
+        changed = await self._write_one(
+            "release",
+            {
+                "invoice_id": invoice.id,
+                "token": invoice.lease_token,
+                "next_check_at": format_ts(next_check_at) if next_check_at else None,
+            },
+        )
         return changed == 1
 
     async def record_check(
@@ -131,18 +134,18 @@ class SqlStore(base.Store):
         observation: str | None,
         audits: Sequence[base.AuditRecord] = (),
     ) -> bool:
+        params = {
+            "invoice_id": invoice.id,
+            "status": invoice.status.value,
+            "token": invoice.lease_token,
+            "next_check_at": format_ts(next_check_at),
+            "checked_at": format_ts(now) if observation is not None else None,
+            "observation": observation,
+        }
+        if not audits:  # the common case: one fenced UPDATE, no transaction round trips around it
+            return await self._write_one("record_check", params) == 1
         async with self._transaction() as tx:
-            changed = await tx.exec(
-                "record_check",
-                {
-                    "invoice_id": invoice.id,
-                    "status": invoice.status.value,
-                    "token": invoice.lease_token,
-                    "next_check_at": format_ts(next_check_at),
-                    "checked_at": format_ts(now) if observation is not None else None,
-                    "observation": observation,
-                },
-            )
+            changed = await tx.exec("record_check", params)
             if changed == 1:
                 await self._audit(tx, now, audits)
         return changed == 1

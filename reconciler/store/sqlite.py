@@ -81,6 +81,17 @@ class SqliteStore(SqlStore):
                     raise
                 raise errors.StoreUnavailable(f"SQLite commit failed: {exc}") from exc
 
+    async def _write_one(self, name: str, params: dict[str, Any]) -> int:
+        async with self._lock:
+            await self._use_wal()
+            try:
+                cursor = await self._db.execute(self._q[name], params)
+            except sqlite3.OperationalError as exc:
+                if not _unavailable(exc):
+                    raise
+                raise errors.StoreUnavailable(f"SQLite write {name} failed: {exc}") from exc
+            return cursor.rowcount
+
     async def _use_wal(self) -> None:
         """WAL (readers never block the writer) is a property of the file: set before our first write."""
         if not self._wal:

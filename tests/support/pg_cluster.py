@@ -66,6 +66,7 @@ def write_config(
     latency: float,
     lease: str = "5m",
     fast_fail: bool = False,
+    max_concurrency: int = 16,
 ) -> Path:
     """A config for the scripted `fake` driver answering `planned(i)` for `P<i>`.
 
@@ -77,7 +78,7 @@ def write_config(
     if not key.exists():
         licenses.write_new_key(key)
     provider = f'[providers.fake]\ndriver = "fake"\nscript_path = "{tmp_path / "script.json"}"\n'
-    provider += f"latency = {latency}\nmax_concurrency = 16\n"
+    provider += f"latency = {latency}\nmax_concurrency = {max_concurrency}\n"
     if fast_fail:
         provider += 'timeout = "1s"\nretry_attempts = 1\nretry_max_delay = "0s"\n'
     config = tmp_path / "config.toml"
