@@ -180,6 +180,11 @@ _OUTCOMES: dict[type[BaseException], str] = {
 _RELEASE = object()  # the lease is too short for a fetch to start: release untouched, claim again
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 def instance_owner() -> str:
     """`hostname:pid:random`, the lease owner and `reconciler_instances` key of this process."""
     return f"{socket.gethostname()}:{os.getpid()}:{ids.new_id()[:8]}"
@@ -234,6 +239,13 @@ class Runner:
         except asyncio.CancelledError:
             await asyncio.shield(self._release_held())
             raise
+        except BaseExceptionGroup as group:
+            # A store failure ends the pass (the daemon retries next tick): surface it as itself, not
+            # wrapped in the task group's ExceptionGroup. Anything else is a bug and stays loud.
+            unavailable, others = group.split(errors.StoreUnavailable)
+            if unavailable is None or others is not None:
+                raise
+            raise _first_leaf(unavailable) from group
         summary = self._finish()
         await self.store.upsert_instance(
             base.InstanceRow(

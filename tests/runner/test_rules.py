@@ -730,3 +730,27 @@ async def test_dry_run_reads_and_writes_nothing(
         "decision",
         "evidence",
     }
+
+
+async def test_a_store_failure_ends_the_pass_as_store_unavailable(
+    shop: Shop, make_runner: RunnerFactory
+) -> None:
+    from reconciler import errors
+
+    product = shop.product()
+    for i in range(3):
+        shop.invoice(product, provider_invoice_id=f"P{i}")
+    driver = FakeDriver()
+    driver.script_many([f"P{i}" for i in range(3)], snapshot("PENDING"))
+    runner = make_runner({"fake": driver})
+
+    async def unavailable(*_: object, **__: object) -> bool:
+        raise errors.StoreUnavailable("database is locked")
+
+    real = runner.store.record_check
+    runner.store.record_check = unavailable  # type: ignore[method-assign]
+    try:
+        with pytest.raises(errors.StoreUnavailable):  # itself, not wrapped in an ExceptionGroup
+            await runner.run_pass()
+    finally:
+        runner.store.record_check = real  # type: ignore[method-assign]
