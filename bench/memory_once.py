@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sqlite3
 import statistics
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler import licenses  # noqa: E402
 from reconciler.store import queries  # noqa: E402
 from reconciler.timeutil import format_ts  # noqa: E402
+from tests.support.process import clean_env  # noqa: E402
 
 
 def seed(path: Path, count: int) -> dict[str, list[dict[str, object]]]:
@@ -79,7 +79,7 @@ def one_run(count: int, batch_size: int) -> tuple[float, float]:
             [sys.executable, "-m", "reconciler", "--config", str(work / "config.toml"), "--once"],
             capture_output=True,
             text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")},
+            env=clean_env(),
             check=False,
         )
         wall = time.perf_counter() - started

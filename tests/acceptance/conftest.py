@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler import licenses
+from tests.support.process import clean_env, minutes_ago
 from tests.support.shop import Shop, create_schema
 
 #: The command under test; every call gets a timeout so a hang fails the test instead of the run.
 COMMAND = (sys.executable, "-m", "reconciler")
 TIMEOUT = 60.0
 #: Variables that would change what the command does behind the test's back.
-_FOREIGN_ENV = ("RECONCILER_", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM", "NOTIFY_SOCKET")
 
 Outcomes = Mapping[str, list[dict[str, Any]]]
 SETTLED: dict[str, Any] = {"status": "SETTLED", "raw_status": "Settled", "amount_sats": 10_000}
@@ -37,14 +36,9 @@ INVALID: dict[str, Any] = {"status": "INVALID", "raw_status": "Invalid", "amount
 PENDING: dict[str, Any] = {"status": "PENDING", "raw_status": "New", "amount_sats": 10_000}
 
 
-def clean_env() -> dict[str, str]:
-    """The test's environment without any RECONCILER_* setting, credential directory or journal stream."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_ENV)}
-
-
 def recent(minutes: float = 10) -> datetime:
     """A creation time well inside the default `max_age`."""
-    return datetime.now(UTC) - timedelta(minutes=minutes)
+    return minutes_ago(minutes)
 
 
 def toml(data: Mapping[str, Any]) -> str:

@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from reconciler import licenses
 from tests.fakes.btcpay import FakeBTCPay
 from tests.fakes.zaprite import FakeZaprite
+from tests.support.process import clean_env
 
 #: The console script installed with the distribution (drivers are found through entry points).
 RECONCILER = Path(sys.executable).with_name("reconciler")
 
 Section = Mapping[str, object]
-
-
-def minutes_ago(minutes: float) -> datetime:
-    """A creation time inside the default ``max_age``: the subprocess uses the real clock."""
-    return datetime.now(UTC) - timedelta(minutes=minutes)
 
 
 def btcpay_provider(fake: FakeBTCPay, api_key: str, **options: object) -> dict[str, object]:
@@ -97,11 +91,7 @@ class Result:
 
 async def spawn_once(config: Path) -> asyncio.subprocess.Process:
     """Start ``reconciler --config FILE --log-format json run --once`` with a clean environment."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("RECONCILER_", "NOTIFY_SOCKET", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY"))
-    }
+    env = clean_env()
     return await asyncio.create_subprocess_exec(
         str(RECONCILER),
         "--config",

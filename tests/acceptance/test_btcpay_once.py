@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 from reconciler import licenses
 from reconciler.timeutil import parse_ts
 from tests.fakes.btcpay import API_KEY, STORE_ID, FakeBTCPay, Payment, make_invoice
+from tests.support.process import clean_env
 from tests.support.shop import Shop, create_schema
 
 PROVIDER = "btcpay_main"
@@ -77,7 +77,7 @@ class World:
         return path
 
     async def reconciler(self, config: Path, *args: str) -> Run:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_", "NOTIFY_SOCKET"))}
+        env = clean_env()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

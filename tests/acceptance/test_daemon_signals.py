@@ -4,7 +4,6 @@ period (or cancel them and release their leases), exit 0."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import licenses
+from tests.support.process import clean_env
 from tests.support.shop import Shop, create_schema
 
 
@@ -39,7 +39,7 @@ def start_daemon(
         f'[daemon]\nshutdown_grace = "{grace}"\n'
         f'[providers.fake]\ndriver = "fake"\nscript_path = "{script}"\nlatency = {latency}\nmax_concurrency = 2\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_", "NOTIFY_SOCKET"))}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--config", str(config), "run"],
         stdout=subprocess.PIPE,

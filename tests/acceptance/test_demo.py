@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.process import clean_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_demo_runs_the_reconciler_and_shows_its_decisions() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env = clean_env()
     done = subprocess.run(
         [sys.executable, "-m", "demo"],
         cwd=ROOT,

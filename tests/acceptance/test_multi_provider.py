@@ -15,13 +15,13 @@ import pytest
 from reconciler import ids
 from tests.acceptance.providers import (
     btcpay_provider,
-    minutes_ago,
     reconcile_once,
     write_config,
     zaprite_provider,
 )
 from tests.fakes.btcpay import FakeBTCPay, Payment, make_invoice
 from tests.fakes.zaprite import FakeZaprite, make_order, make_transaction
+from tests.support.process import minutes_ago
 from tests.support.shop import Shop
 
 STORE_A, KEY_A = "StoreAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "btcpay-key-a-0123456789"

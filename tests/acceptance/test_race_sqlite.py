@@ -22,10 +22,10 @@ from tests.acceptance.conftest import (
     SETTLED,
     TIMEOUT,
     Workspace,
-    clean_env,
     recent,
     start,
 )
+from tests.support.process import clean_env
 from tests.support.shop import new_id
 
 WEBHOOK = Path(__file__).with_name("storefront_webhook.py")

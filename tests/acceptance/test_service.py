@@ -31,7 +31,8 @@ from reconciler import cli
 from reconciler.config import DaemonSettings
 from reconciler.notify import Notifier
 from reconciler.timeutil import format_ts, parse_duration
-from tests.acceptance.conftest import COMMAND, PENDING, SETTLED, Workspace, clean_env, merged, recent
+from tests.acceptance.conftest import COMMAND, PENDING, SETTLED, Workspace, merged, recent
+from tests.support.process import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"

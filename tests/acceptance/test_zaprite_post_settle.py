@@ -26,7 +26,6 @@ from reconciler.timeutil import format_ts, parse_ts
 from tests.acceptance.providers import (
     btcpay_provider,
     finish,
-    minutes_ago,
     reconcile_once,
     spawn_once,
     write_config,
@@ -43,6 +42,7 @@ from tests.fakes.zaprite import (
     make_profile,
     make_transaction,
 )
+from tests.support.process import minutes_ago
 from tests.support.shop import Shop
 
 KIND = "zaprite.capture_payment_profile"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -14,6 +13,7 @@ from typing import Any
 
 from reconciler import licenses
 from reconciler.timeutil import format_ts
+from tests.support.process import clean_env
 
 OUTCOMES: dict[str, dict[str, Any]] = {
     "settle": {"status": "SETTLED", "raw_status": "Settled", "amount_sats": 1000, "currency": "BTC"},
@@ -90,7 +90,7 @@ def write_config(
 
 
 def reconciler(config: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env = clean_env()
     return subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--config", str(config), "--log-format", "json", *args],
         stdout=subprocess.PIPE,
