@@ -8,14 +8,15 @@ backoff honouring Retry-After, a circuit per provider) and accounts for every in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
@@ -37,6 +38,7 @@ from reconciler.driver_api import (
     PostSettleTask,
     ProviderUnavailable,
     Snapshot,
+    SupportsFetchMany,
     SupportsPostSettle,
 )
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
@@ -44,6 +46,7 @@ from reconciler.store import base
 from reconciler.timeutil import Clock, format_ts, utcnow
 
 Sleep = Callable[[float], Awaitable[None]]
+_T = TypeVar("_T")
 
 #: Extra counters beside the decision kinds: rows another writer changed first, rows released untouched.
 FENCED = "fenced"
@@ -160,6 +163,7 @@ class _Gate:
     fetches: int = 0
     answers: int = 0
     unexpected: int = 0
+    batcher: _Batcher | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,94 @@ _OUTCOMES: dict[type[BaseException], str] = {
 }
 
 _RELEASE = object()  # the lease is too short for a fetch to start: release untouched, claim again
+
+
+class _Batcher:
+    """Gathers one provider's fetches into `fetch_many` calls (SPEC §10) for drivers that offer it.
+
+    A fetch waits at most `WINDOW` seconds for company, or until `SIZE` ids are waiting; each call goes
+    through the provider's semaphore, rate, retries and timeout like a single fetch. An id the answer
+    leaves out is not found; a DriverError in the answer is that invoice's alone.
+    """
+
+    SIZE = 100
+    WINDOW = 0.01
+
+    def __init__(self, runner: Runner, gate: _Gate, driver: SupportsFetchMany) -> None:
+        self._runner = runner
+        self._gate = gate
+        self._driver = driver
+        self._waiting: dict[str, list[asyncio.Future[Snapshot]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def fetch(self, provider_invoice_id: str) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Snapshot] = loop.create_future()
+        self._waiting.setdefault(provider_invoice_id, []).append(future)
+        if len(self._waiting) >= self.SIZE:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.WINDOW, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, {}
+        if batch:
+            task = asyncio.create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: dict[str, list[asyncio.Future[Snapshot]]]) -> None:
+        ids: Sequence[str] = list(batch)
+        try:
+            async with self._gate.semaphore:
+                answers = await self._runner._with_retries(self._gate, lambda: self._driver.fetch_many(ids))
+        except BaseException as exc:  # the whole call failed: every waiting invoice sees the same error
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        provider_id = self._gate.provider.id
+        if not isinstance(answers, Mapping):
+            answers = {
+                invoice_id: errors.BadProviderResponse(
+                    f"{provider_id}: fetch_many returned {type(answers).__name__}, not a mapping",
+                    provider_id=provider_id,
+                )
+                for invoice_id in batch
+            }
+        for invoice_id, futures in batch.items():
+            answer = answers.get(invoice_id)
+            for future in futures:
+                if future.done():
+                    continue
+                if isinstance(answer, Snapshot):
+                    future.set_result(answer)
+                elif isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                elif answer is None:
+                    future.set_exception(
+                        errors.InvoiceNotFound(
+                            f"{provider_id}: invoice {invoice_id} not in the batch answer",
+                            provider_id=provider_id,
+                            invoice_id=invoice_id,
+                        )
+                    )
+                else:
+                    future.set_exception(
+                        errors.BadProviderResponse(
+                            f"{provider_id}: fetch_many answered {type(answer).__name__} for {invoice_id}",
+                            provider_id=provider_id,
+                            invoice_id=invoice_id,
+                        )
+                    )
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -578,6 +670,8 @@ class Runner:
         gate = self._gates.get(provider.id)
         if gate is None:
             gate = _Gate(provider, asyncio.Semaphore(provider.common.max_concurrency))
+            if isinstance(provider.driver, SupportsFetchMany):
+                gate.batcher = _Batcher(self, gate, provider.driver)
             self._gates[provider.id] = gate
         return gate
 
@@ -586,7 +680,8 @@ class Runner:
     ) -> Answer | _Failure | object:
         provider = gate.provider
         common = provider.common
-        async with gate.semaphore:
+        # A batching provider's semaphore bounds its fetch_many calls, not the invoices waiting in a batch.
+        async with gate.semaphore if gate.batcher is None else contextlib.nullcontext():
             if gate.circuit_open:
                 return _Failure(DecisionKind.PROVIDER_ERROR)
             if gate.ended_until is not None:
@@ -640,6 +735,18 @@ class Runner:
             return answer
 
     async def _fetch_with_retries(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
+        if gate.batcher is not None:
+            return await gate.batcher.fetch(provider_invoice_id)
+        snapshot = await self._with_retries(gate, lambda: gate.provider.driver.fetch(provider_invoice_id))
+        if not isinstance(snapshot, Snapshot):
+            raise errors.BadProviderResponse(
+                f"{gate.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
+                provider_id=gate.provider.id,
+            )
+        return snapshot
+
+    async def _with_retries(self, gate: _Gate, call: Callable[[], Awaitable[_T]]) -> _T:
+        """One provider call with the provider's retries, pauses, rate, timeout and metrics."""
         common = gate.provider.common
 
         def retryable(exc: BaseException) -> bool:
@@ -665,7 +772,7 @@ class Runner:
             with attempt:
                 await self._take_turn(gate)
                 try:
-                    return await self._fetch_once(gate, provider_invoice_id)
+                    return await self._call_once(gate, call)
                 except ProviderUnavailable as exc:
                     if exc.retry_after is not None:
                         loop = asyncio.get_running_loop()
@@ -673,7 +780,7 @@ class Runner:
                     raise
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _fetch_once(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
+    async def _call_once(self, gate: _Gate, call: Callable[[], Awaitable[_T]]) -> _T:
         common = gate.provider.common
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -681,13 +788,12 @@ class Runner:
         try:
             # Drivers time their own HTTP calls; this outer bound protects the pass from one that does not.
             async with asyncio.timeout(common.timeout * 2 + 1):
-                snapshot = await gate.provider.driver.fetch(provider_invoice_id)
+                return await call()
         except TimeoutError as exc:
             outcome = "unavailable"
             raise ProviderUnavailable(
                 f"{gate.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s",
                 provider_id=gate.provider.id,
-                invoice_id=provider_invoice_id,
             ) from exc
         except BaseException as exc:
             outcome = _OUTCOMES.get(
@@ -696,12 +802,6 @@ class Runner:
             raise
         finally:
             self.observer.request(gate.provider.id, outcome, loop.time() - started)
-        if not isinstance(snapshot, Snapshot):
-            raise errors.BadProviderResponse(
-                f"{gate.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
-                provider_id=gate.provider.id,
-            )
-        return snapshot
 
     async def _take_turn(self, gate: _Gate) -> None:
         """Wait out a provider-wide Retry-After pause and the provider's request rate."""
