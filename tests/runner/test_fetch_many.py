@@ -34,7 +34,7 @@ class Batching(FakeDriver):
             if not queue:
                 continue  # left out: not found
             outcome = queue[0]
-            if isinstance(outcome, DriverError) or isinstance(outcome, Snapshot):
+            if isinstance(outcome, DriverError | Snapshot):
                 answers[pid] = outcome
         return answers
 
@@ -78,7 +78,9 @@ async def test_a_failed_batch_is_retried_as_a_whole(shop: Shop, make_runner: Run
     assert len(driver.batches) == 3
 
 
-async def test_a_batch_that_keeps_failing_degrades_the_provider(shop: Shop, make_runner: RunnerFactory) -> None:
+async def test_a_batch_that_keeps_failing_degrades_the_provider(
+    shop: Shop, make_runner: RunnerFactory
+) -> None:
     ids = seed(shop, 4)
     driver = Batching()
     driver.fail_batches = [ProviderUnavailable("down")] * 9
