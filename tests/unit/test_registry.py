@@ -1,0 +1,77 @@
+"""Driver discovery: what makes a loaded entry point a driver, and the errors that name it (SPEC §10)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import BaseModel
+
+from reconciler import errors, registry
+from reconciler.testing import FakeDriver
+
+
+class _NoSettings:
+    post_settle_kinds: ClassVar[tuple[str, ...]] = ()
+
+    async def fetch(self, _: str) -> Any: ...
+
+    async def check(self) -> None: ...
+
+
+class _SyncFetch(FakeDriver):
+    def fetch(self, provider_invoice_id: str) -> Any:
+        return None
+
+
+class _BadKinds(FakeDriver):
+    post_settle_kinds = ["x"]  # type: ignore[assignment]  # noqa: RUF012 - wrong on purpose
+
+
+class _SyncPostSettle(FakeDriver):
+    def post_settle(self, task: Any) -> Any:
+        return None
+
+
+class _SettingsNotAModel(FakeDriver):
+    Settings: ClassVar[type[BaseModel]] = dict  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "problem"),
+    [
+        (FakeDriver(), "is not a class"),
+        (_NoSettings, "no pydantic `Settings`"),
+        (_SettingsNotAModel, "no pydantic `Settings`"),
+        (_BadKinds, "`post_settle_kinds` is not a tuple"),
+        (_SyncFetch, "`fetch` is not an async method"),
+        (_SyncPostSettle, "`post_settle` is not an async method"),
+    ],
+)
+def test_a_broken_driver_is_described(candidate: object, problem: str) -> None:
+    found = registry._shape_problem(candidate)
+    assert found is not None and problem in found
+
+
+def test_a_good_driver_has_no_problem() -> None:
+    assert registry._shape_problem(FakeDriver) is None
+
+
+def test_installed_drivers_name_their_distribution() -> None:
+    found = {d.name: d for d in registry.installed()}
+    assert found["btcpay"].distribution == "reconciler-btcpay"
+    assert found["zaprite"].distribution == "reconciler-zaprite"
+    assert "entry point reconciler.drivers:btcpay" in found["btcpay"].origin
+
+
+def test_a_missing_driver_names_the_entry_point_and_what_is_installed() -> None:
+    with pytest.raises(errors.DriverLoadError) as caught:
+        registry.load("nosuch")
+    assert "reconciler.drivers:nosuch" in caught.value.message
+    assert "btcpay" in caught.value.message
+    assert caught.value.entry_point == "reconciler.drivers:nosuch"
+
+
+def test_a_real_driver_loads() -> None:
+    driver = registry.load("btcpay")
+    assert driver.__name__ == "BTCPayDriver"
