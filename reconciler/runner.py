@@ -13,40 +13,28 @@ import os
 import random
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from reconciler import decide, errors, ids, licenses
 from reconciler.decide import Answer, BadResponse, Decision, DecisionKind, NotFound
 from reconciler.driver_api import (
-    CommonSettings,
     Done,
-    Driver,
     NotApplicable,
     PostSettleTask,
-    ProviderUnavailable,
     Snapshot,
-    SupportsFetchMany,
     SupportsPostSettle,
 )
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
 from reconciler.store import base
 from reconciler.timeutil import Clock, format_ts, utcnow
-
-Sleep = Callable[[float], Awaitable[None]]
-_T = TypeVar("_T")
+from reconciler.traffic import Provider as Provider  # re-exported: part of the runner's interface
+from reconciler.traffic import ProviderGate, Sleep
 
 #: Extra counters beside the decision kinds: rows another writer changed first, rows released untouched.
 FENCED = "fenced"
@@ -92,15 +80,6 @@ class RunnerSettings:
         timedelta(minutes=15),
         timedelta(hours=1),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    """A configured provider: its id, live driver and the core-owned settings."""
-
-    id: str
-    driver: Driver
-    common: CommonSettings
 
 
 @dataclass
@@ -150,22 +129,6 @@ class PassSummary:
         return f"pass finished in {self.duration:.2f}s: {counts}{suffix}"
 
 
-@dataclass
-class _Gate:
-    """One provider's traffic state for one pass."""
-
-    provider: Provider
-    semaphore: asyncio.Semaphore
-    next_slot: float = 0.0
-    paused_until: float = 0.0
-    circuit_open: bool = False
-    ended_until: datetime | None = None
-    fetches: int = 0
-    answers: int = 0
-    unexpected: int = 0
-    batcher: _Batcher | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _Failure:
     """A fetch that produced no answer: the invoice stays untouched and is rescheduled."""
@@ -174,102 +137,7 @@ class _Failure:
     not_before: datetime | None = None
 
 
-_OUTCOMES: dict[type[BaseException], str] = {
-    errors.InvoiceNotFound: "not_found",
-    errors.BadProviderResponse: "bad_response",
-    errors.ProviderAuthError: "auth_error",
-    errors.ProviderUnavailable: "unavailable",
-}
-
 _RELEASE = object()  # the lease is too short for a fetch to start: release untouched, claim again
-
-
-class _Batcher:
-    """Gathers one provider's fetches into `fetch_many` calls (SPEC §10) for drivers that offer it.
-
-    A fetch waits at most `WINDOW` seconds for company, or until `SIZE` ids are waiting; each call goes
-    through the provider's semaphore, rate, retries and timeout like a single fetch. An id the answer
-    leaves out is not found; a DriverError in the answer is that invoice's alone.
-    """
-
-    SIZE = 100
-    WINDOW = 0.01
-
-    def __init__(self, runner: Runner, gate: _Gate, driver: SupportsFetchMany) -> None:
-        self._runner = runner
-        self._gate = gate
-        self._driver = driver
-        self._waiting: dict[str, list[asyncio.Future[Snapshot]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._calls: set[asyncio.Task[None]] = set()
-
-    async def fetch(self, provider_invoice_id: str) -> Snapshot:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Snapshot] = loop.create_future()
-        self._waiting.setdefault(provider_invoice_id, []).append(future)
-        if len(self._waiting) >= self.SIZE:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.WINDOW, self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._waiting = self._waiting, {}
-        if batch:
-            task = asyncio.create_task(self._call(batch))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
-
-    async def _call(self, batch: dict[str, list[asyncio.Future[Snapshot]]]) -> None:
-        ids: Sequence[str] = list(batch)
-        try:
-            async with self._gate.semaphore:
-                answers = await self._runner._with_retries(self._gate, lambda: self._driver.fetch_many(ids))
-        except BaseException as exc:  # the whole call failed: every waiting invoice sees the same error
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        provider_id = self._gate.provider.id
-        if not isinstance(answers, Mapping):
-            answers = {
-                invoice_id: errors.BadProviderResponse(
-                    f"{provider_id}: fetch_many returned {type(answers).__name__}, not a mapping",
-                    provider_id=provider_id,
-                )
-                for invoice_id in batch
-            }
-        for invoice_id, futures in batch.items():
-            answer = answers.get(invoice_id)
-            for future in futures:
-                if future.done():
-                    continue
-                if isinstance(answer, Snapshot):
-                    future.set_result(answer)
-                elif isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                elif answer is None:
-                    future.set_exception(
-                        errors.InvoiceNotFound(
-                            f"{provider_id}: invoice {invoice_id} not in the batch answer",
-                            provider_id=provider_id,
-                            invoice_id=invoice_id,
-                        )
-                    )
-                else:
-                    future.set_exception(
-                        errors.BadProviderResponse(
-                            f"{provider_id}: fetch_many answered {type(answer).__name__} for {invoice_id}",
-                            provider_id=provider_id,
-                            invoice_id=invoice_id,
-                        )
-                    )
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -309,7 +177,7 @@ class Runner:
         #: loop time of the last sign of progress (a claim, an invoice done); read by the watchdog
         self.heartbeat = 0.0
         self._held: dict[str, Invoice] = {}
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, ProviderGate] = {}
         self._warned: set[str] = set()
         self._policies: dict[tuple[str, str | None], tuple[Policy | None, list[Policy]]] = {}
         self._summary = PassSummary(started_at=self.started_at)
@@ -666,17 +534,16 @@ class Runner:
         )
 
     # -- provider traffic -----------------------------------------------------------------------------------
-    def _gate(self, provider: Provider) -> _Gate:
+    def _gate(self, provider: Provider) -> ProviderGate:
         gate = self._gates.get(provider.id)
         if gate is None:
-            gate = _Gate(provider, asyncio.Semaphore(provider.common.max_concurrency))
-            if isinstance(provider.driver, SupportsFetchMany):
-                gate.batcher = _Batcher(self, gate, provider.driver)
-            self._gates[provider.id] = gate
+            gate = self._gates[provider.id] = ProviderGate(
+                provider, sleep=self.sleep, on_request=self.observer.request
+            )
         return gate
 
     async def _ask(
-        self, gate: _Gate, invoice: Invoice, lease_until: datetime | None
+        self, gate: ProviderGate, invoice: Invoice, lease_until: datetime | None
     ) -> Answer | _Failure | object:
         provider = gate.provider
         common = provider.common
@@ -690,7 +557,7 @@ class Runner:
                 return _RELEASE
             gate.fetches += 1
             try:
-                answer: Answer = await self._fetch_with_retries(gate, invoice.provider_invoice_id)
+                answer: Answer = await gate.fetch(invoice.provider_invoice_id)
             except errors.InvoiceNotFound as exc:
                 gate.answers += 1
                 return NotFound(exc.message)
@@ -734,89 +601,6 @@ class Runner:
             gate.answers += 1
             return answer
 
-    async def _fetch_with_retries(self, gate: _Gate, provider_invoice_id: str) -> Snapshot:
-        if gate.batcher is not None:
-            return await gate.batcher.fetch(provider_invoice_id)
-        snapshot = await self._with_retries(gate, lambda: gate.provider.driver.fetch(provider_invoice_id))
-        if not isinstance(snapshot, Snapshot):
-            raise errors.BadProviderResponse(
-                f"{gate.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
-                provider_id=gate.provider.id,
-            )
-        return snapshot
-
-    async def _with_retries(self, gate: _Gate, call: Callable[[], Awaitable[_T]]) -> _T:
-        """One provider call with the provider's retries, pauses, rate, timeout and metrics."""
-        common = gate.provider.common
-
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, ProviderUnavailable) and (
-                exc.retry_after is None or exc.retry_after <= common.retry_max_delay
-            )
-
-        backoff = wait_random_exponential(multiplier=0.5, max=common.retry_max_delay)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, ProviderUnavailable) and exc.retry_after is not None:
-                return 0.0  # the pause below already holds every request of this provider
-            return float(backoff(state))
-
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(common.retry_attempts),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            sleep=self.sleep,
-            reraise=True,
-        ):
-            with attempt:
-                await self._take_turn(gate)
-                try:
-                    return await self._call_once(gate, call)
-                except ProviderUnavailable as exc:
-                    if exc.retry_after is not None:
-                        loop = asyncio.get_running_loop()
-                        gate.paused_until = max(gate.paused_until, loop.time() + exc.retry_after)
-                    raise
-        raise AssertionError("unreachable: tenacity reraises the last error")
-
-    async def _call_once(self, gate: _Gate, call: Callable[[], Awaitable[_T]]) -> _T:
-        common = gate.provider.common
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        outcome = "ok"
-        try:
-            # Drivers time their own HTTP calls; this outer bound protects the pass from one that does not.
-            async with asyncio.timeout(common.timeout * 2 + 1):
-                return await call()
-        except TimeoutError as exc:
-            outcome = "unavailable"
-            raise ProviderUnavailable(
-                f"{gate.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s",
-                provider_id=gate.provider.id,
-            ) from exc
-        except BaseException as exc:
-            outcome = _OUTCOMES.get(
-                type(exc), "unavailable" if isinstance(exc, ProviderUnavailable) else "error"
-            )
-            raise
-        finally:
-            self.observer.request(gate.provider.id, outcome, loop.time() - started)
-
-    async def _take_turn(self, gate: _Gate) -> None:
-        """Wait out a provider-wide Retry-After pause and the provider's request rate."""
-        loop = asyncio.get_running_loop()
-        pause = gate.paused_until - loop.time()
-        if pause > 0:
-            await self.sleep(pause)
-        rate = gate.provider.common.rate_limit
-        if rate > 0:
-            now = loop.time()
-            slot = max(now, gate.next_slot)
-            gate.next_slot = slot + 1.0 / rate
-            if slot > now:
-                await self.sleep(slot - now)
-
     async def _release_held(self) -> None:
         held, self._held = list(self._held.values()), {}
         for invoice in held:
@@ -859,7 +643,7 @@ class Runner:
         gate = self._gate(provider)
         try:
             async with gate.semaphore:
-                await self._take_turn(gate)
+                await gate.take_turn()
                 async with asyncio.timeout(provider.common.timeout * 4 + 1):
                     outcome = await driver.post_settle(
                         PostSettleTask(
