@@ -146,6 +146,8 @@ class PostSettleTask:
 
 @dataclass(frozen=True, slots=True)
 class PaymentProfile:
+    """A buyer's saved payment method at the provider, stored on the subscription for renewals."""
+
     contact_id: str
     profile_id: str
     method: str | None
@@ -154,16 +156,22 @@ class PaymentProfile:
 
 @dataclass(frozen=True, slots=True)
 class Done:
+    """The task is finished (with the profile it found, if any); it is not run again."""
+
     profile: PaymentProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NotYet:
+    """Not possible yet (the provider has not caught up): retried on a later pass."""
+
     reason: str = "not there yet"
 
 
 @dataclass(frozen=True, slots=True)
 class NotApplicable:
+    """Nothing to do for this invoice (e.g. paid in bitcoin): finished without a change."""
+
     reason: str = "not applicable"
 
 

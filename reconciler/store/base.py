@@ -44,6 +44,8 @@ OUR_TABLES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class LicenseDraft:
+    """A license row the settle transaction inserts unless the invoice already has one."""
+
     id: str
     product_id: str
     policy_id: str | None
@@ -59,6 +61,8 @@ class LicenseDraft:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionDraft:
+    """The subscription row of a recurring policy, inserted unless the license already has one."""
+
     id: str
     policy_id: str | None
     product_id: str
@@ -92,6 +96,8 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class SettleOutcome:
+    """What the settle transaction found and wrote (`license_id` is ours or the one already there)."""
+
     license_id: str | None
     license_issued: bool
     subscription_created: bool
@@ -101,6 +107,8 @@ class SettleOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TransitionOutcome:
+    """What the expire / invalidate transaction did besides the status."""
+
     redemption_cancelled: bool
 
 
@@ -130,6 +138,8 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class InstanceRow:
+    """A `reconciler_instances` row: one running process and its last pass."""
+
     lease_owner: str
     hostname: str
     pid: int
@@ -141,6 +151,8 @@ class InstanceRow:
 
 @dataclass(frozen=True, slots=True)
 class PendingByProvider:
+    """Pending invoices still checked (created within `max_age`) for one provider id."""
+
     provider_id: str | None
     pending: int
     oldest_created_at: datetime
@@ -148,6 +160,8 @@ class PendingByProvider:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
+    """What `reconciler status` shows: backlog, instances and audit actions for review."""
+
     pending: tuple[PendingByProvider, ...]
     no_longer_checked: int
     instances: tuple[InstanceRow, ...]
@@ -198,7 +212,8 @@ class Store(abc.ABC):
         """The candidates `claim` would take, without leasing them (dry run)."""
 
     @abc.abstractmethod
-    async def get_invoice(self, invoice_id: str) -> Invoice | None: ...
+    async def get_invoice(self, invoice_id: str) -> Invoice | None:
+        """One invoice by `invoices.id`, without leasing it."""
 
     @abc.abstractmethod
     async def release(self, invoice: Invoice, *, next_check_at: datetime | None) -> bool:
@@ -238,7 +253,8 @@ class Store(abc.ABC):
         """The invoice's own policy (active or not) and its product's active policies."""
 
     @abc.abstractmethod
-    async def redemption_status(self, invoice_id: str) -> str | None: ...
+    async def redemption_status(self, invoice_id: str) -> str | None:
+        """The status of the invoice's discount redemption, or None when it has none."""
 
     # -- post-settle tasks --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -255,13 +271,16 @@ class Store(abc.ABC):
 
     # -- instances and reporting --------------------------------------------------------------------------
     @abc.abstractmethod
-    async def upsert_instance(self, row: InstanceRow) -> None: ...
+    async def upsert_instance(self, row: InstanceRow) -> None:
+        """Record this process and its pass; a finished pass also prunes long-gone instances."""
 
     @abc.abstractmethod
-    async def status_report(self, *, now: datetime, max_age: timedelta) -> StatusReport: ...
+    async def status_report(self, *, now: datetime, max_age: timedelta) -> StatusReport:
+        """Backlog per provider, instances and recent audit actions that need review."""
 
     @abc.abstractmethod
-    async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]: ...
+    async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]:
+        """The audit rows about one invoice, oldest first."""
 
 
 def check_schema(tables: set[str], versions: list[Any]) -> int | None:
