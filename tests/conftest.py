@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,6 +20,10 @@ from reconciler.runner import Provider, Runner, RunnerSettings
 from reconciler.store.sqlite import SqliteStore
 from reconciler.testing import FakeDriver
 from tests.support.shop import T0, Shop, create_schema
+
+# Timing is not what property tests check: on a loaded CI machine a slow example must not fail the run.
+hypothesis.settings.register_profile("reconciler", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("reconciler")
 
 
 class Clock:
