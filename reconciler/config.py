@@ -52,7 +52,6 @@ _PROVIDER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_KEY = re.compile(r"^(api_key|password|.+_secret|.+_token)$")
 _COMMON_KEYS = frozenset(driver_api.CommonSettings.model_fields)
 _COMMON_DURATIONS = ("timeout", "retry_max_delay")
-_SCHEDULE_AGES = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
 _DURATION_FORM = 'a quoted whole number and a unit, e.g. "90s", "15m", "72h", "2d"'
 
 
@@ -151,13 +150,6 @@ class ReconcileSettings(_Section):
             )
         return value
 
-    def schedule_step(self, age: timedelta) -> timedelta:
-        """The wait before the next check of an invoice this old (SPEC §4.10), without jitter."""
-        for limit, step in zip(_SCHEDULE_AGES, self.schedule, strict=False):
-            if age < limit:
-                return step
-        return self.schedule[-1]
-
 
 class PostSettleSettings(_Section):
     """``[post_settle]``: retries of post-settle tasks (SPEC §8)."""
@@ -167,10 +159,6 @@ class PostSettleSettings(_Section):
         default=(timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1)),
         min_length=1,
     )
-
-    def backoff_step(self, attempts: int) -> timedelta:
-        """The wait after a task's ``attempts``-th attempt; the last step repeats."""
-        return self.backoff[min(max(attempts, 1), len(self.backoff)) - 1]
 
 
 class DaemonSettings(_Section):

@@ -473,26 +473,6 @@ def test_bad_http_listen(tmp_path: Path, listen: str) -> None:
     assert "http.listen: expected host:port" in message
 
 
-def test_schedule_step_grows_with_age() -> None:
-    settings = config.ReconcileSettings()
-
-    assert settings.schedule_step(timedelta(0)) == timedelta(minutes=1)
-    assert settings.schedule_step(timedelta(minutes=59)) == timedelta(minutes=1)
-    assert settings.schedule_step(timedelta(hours=1)) == timedelta(minutes=5)
-    assert settings.schedule_step(timedelta(hours=6)) == timedelta(minutes=15)
-    assert settings.schedule_step(timedelta(hours=23, minutes=59)) == timedelta(minutes=15)
-    assert settings.schedule_step(timedelta(hours=24)) == timedelta(hours=1)
-    assert settings.schedule_step(timedelta(days=30)) == timedelta(hours=1)
-
-
-def test_backoff_repeats_its_last_step() -> None:
-    settings = config.PostSettleSettings()
-
-    steps = [settings.backoff_step(attempts) for attempts in range(1, 7)]
-
-    assert steps == [timedelta(minutes=m) for m in (1, 5, 15, 60, 60, 60)]
-
-
 def test_post_settle_needs_a_backoff_step(tmp_path: Path) -> None:
     message = load_error(tmp_path, "[post_settle]\nbackoff = []\n")
 
