@@ -121,10 +121,7 @@ def _config(args: argparse.Namespace, *, resolve_files: bool = True) -> Config:
     cfg = config_module.load_config(
         getattr(args, "config", config_module.DEFAULT_CONFIG_PATH), resolve_files=resolve_files
     )
-    if not hasattr(args, "log_format"):
-        logs.configure(cfg.log.format, cfg.log.level)
-    else:
-        logs.configure(args.log_format, cfg.log.level)
+    logs.configure(getattr(args, "log_format", cfg.log.format), cfg.log.level)  # --log-format wins
     return cfg
 
 
