@@ -265,8 +265,17 @@ async def test_postgres_connection_lost_mid_pass_is_store_unavailable(tmp_path: 
             assert killed >= 1
             with pytest.raises(errors.StoreUnavailable):
                 await claim(backend)
-            # the pool reconnects on the next use: the next tick works
-            assert len(await claim(backend)) == 2
+            # Each failed tick drops the broken connection and expires the pool's others, so the pool heals
+            # within a few ticks (asyncpg sometimes hands one more dead connection out first).
+            for _tick in range(5):
+                try:
+                    claimed = await claim(backend)
+                except errors.StoreUnavailable:
+                    continue
+                break
+            else:
+                pytest.fail("the pool never recovered from the lost connections")
+            assert len(claimed) == 2
 
 
 async def test_instance_rows_of_long_gone_processes_are_pruned(backend: Backend) -> None:
