@@ -35,6 +35,8 @@ class DecisionKind(StrEnum):
     NOT_FOUND = "not_found"
     BAD_RESPONSE = "bad_response"
     ISSUE_FAILED = "issue_failed"
+    UNREADABLE = "unreadable"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)

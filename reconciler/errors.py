@@ -10,6 +10,7 @@
     ├── LicenseEncodingError     a license cannot be encoded (SPEC §7 limits): audited, rescheduled
     ├── StoreError               the database failed
     │   ├── StoreUnavailable     connection lost, lock timeout: the pass ends, the next tick retries
+    │   │   └── StoreContention  deadlock / serialization failure: the transaction is retried first
     │   └── StoreConflict        a constraint said someone else did it first
     └── DriverError              raised by drivers, translated from HTTP/JSON at one boundary
         ├── ProviderUnavailable  transient (timeout, 5xx, 408, 429): retried, then rescheduled
@@ -73,6 +74,10 @@ class StoreError(ReconcilerError):
 
 class StoreUnavailable(StoreError):
     """The database is unavailable."""
+
+
+class StoreContention(StoreUnavailable):
+    """The database aborted the transaction to resolve contention (deadlock, serialization failure)."""
 
 
 class StoreConflict(StoreError):

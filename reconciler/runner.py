@@ -53,8 +53,13 @@ class Observer:
     def task(self, provider_id: str | None, status: str) -> None:
         """A post-settle task attempt ended: done, pending (retry later) or failed."""
 
+    def credentials(self, provider_id: str, refused: str | None) -> None:
+        """A provider refused our credentials (`refused` says why), or a later request to it succeeded
+        (`None`). Called on every change; the state outlives the pass that saw it."""
+
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
-        """A pass ended."""
+        """A pass ended; `circuits_open` holds every provider whose circuit opened in it or whose
+        credentials are still refused."""
 
 
 @dataclass(frozen=True, slots=True)
