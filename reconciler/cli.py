@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from reconciler.config import Config
 from reconciler.daemon import Daemon
 from reconciler.health import HealthServer
 from reconciler.metrics import Metrics
+from reconciler.models import Invoice, Unreadable
 from reconciler.notify import Notifier
 from reconciler.runner import PassSummary, Runner
-from reconciler.timeutil import format_ts, utcnow
+from reconciler.timeutil import format_duration, format_ts, utcnow
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -63,8 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("drivers", parents=[common], help="list installed drivers")
     status = sub.add_parser("status", parents=[common], help="pending work, instances, items for review")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sub.add_parser(
+        "doctor", parents=[common], help="every start-up check of `run` (config, drivers, key, database)"
+    )
     explain = sub.add_parser("explain", parents=[common], help="dry-run one invoice and show the evidence")
-    explain.add_argument("invoice_id")
+    explain.add_argument("invoice_id", nargs="?", help="invoices.id")
+    explain.add_argument(
+        "--provider-invoice-id", help="look the invoice up by the provider's id instead (every row with it)"
+    )
+    explain.add_argument("--provider", help="with --provider-invoice-id: only rows of this provider id")
     explain.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     keygen = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 license signing key")
     keygen.add_argument("--out", type=Path, help="where to write it (default: license.signing_key_file)")
@@ -85,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "init-db": _init_db,
         "drivers": _drivers,
         "status": _status,
+        "doctor": _doctor,
         "explain": _explain,
         "keygen": _keygen,
     }[command]
@@ -145,12 +156,49 @@ async def _run(args: argparse.Namespace) -> int:
             if dry_run:
                 return await _dry_run(runner, as_json=getattr(args, "json", False))
             if once:
-                summary = await runner.run_pass()
-                _report(summary)
-                return EXIT_DEGRADED if summary.is_degraded else EXIT_OK
+                return await _once(runner, cfg.daemon.shutdown_grace.total_seconds())
             return await _daemon(cfg, store, runner, loaded)
     finally:
         await store.close()
+
+
+async def _once(runner: Runner, grace: float) -> int:
+    """One pass. SIGTERM / SIGINT drain it like the daemon: stop claiming, let in-flight invoices finish
+    within `shutdown_grace`, then cancel (the runner releases what it still holds)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            logger.info(
+                "{} received: finishing in-flight invoices, then stopping", signal.Signals(signum).name
+            )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    task = asyncio.create_task(runner.run_pass(stop=stop))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                logger.warning("shutdown grace of {:.0f}s ran out: cancelling the pass", grace)
+                task.cancel()
+        try:
+            summary = await task
+        except asyncio.CancelledError:
+            logger.warning("stopped before the pass finished: the invoices left are checked next time")
+            return EXIT_DEGRADED
+    finally:
+        stopper.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    _report(summary)
+    if stop.is_set():
+        logger.info("stopped on request after the invoices in flight")
+    return EXIT_DEGRADED if summary.is_degraded else EXIT_OK
 
 
 async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
@@ -315,48 +363,98 @@ async def _status(args: argparse.Namespace) -> int:
     cfg = _config(args, resolve_files=False)  # no provider is called: secret files are not read
     store = await app.open_store(cfg)
     now = utcnow()
+    live_window = max(3 * cfg.reconcile.interval, cfg.reconcile.lease)
     try:
         await store.require_schema()
-        report = await store.status_report(now=now, max_age=cfg.reconcile.max_age)
+        report = await store.status_report(
+            now=now, max_age=cfg.reconcile.max_age, instances_since=now - live_window
+        )
     finally:
         await store.close()
-    data: dict[str, Any] = {
-        "pending": [
-            {
-                "provider_id": p.provider_id,
-                "pending": p.pending,
-                "oldest_age_seconds": int((now - p.oldest_created_at).total_seconds()),
-            }
-            for p in report.pending
-        ],
-        "no_longer_checked": report.no_longer_checked,
-        "instances": [
-            {
-                "lease_owner": i.lease_owner,
-                "last_pass_started_at": format_ts(i.last_pass_started_at) if i.last_pass_started_at else None,
-                "last_pass_finished_at": format_ts(i.last_pass_finished_at)
-                if i.last_pass_finished_at
-                else None,
-                "last_summary": i.last_summary,
-            }
-            for i in report.instances
-        ],
-        "review": [{"action": a, "count": n, "latest": format_ts(t)} for a, n, t in report.review],
-    }
+    data = _status_data(report, now, cfg)
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
     print("pending invoices (checked):")
     for p in data["pending"] or [{"provider_id": "-", "pending": 0, "oldest_age_seconds": 0}]:
-        print(f"  {p['provider_id'] or '(default)'}: {p['pending']} (oldest {_age(p['oldest_age_seconds'])})")
+        label = p["provider_id"] or _no_provider_label(cfg.default_provider)
+        age = _age(p["oldest_age_seconds"]) if p["oldest_age_seconds"] is not None else "unreadable"
+        print(f"  {label}: {p['pending']} (oldest {age})")
     print(f"pending invoices older than max_age, no longer checked: {data['no_longer_checked']}")
-    print("instances:")
-    for i in data["instances"] or [{"lease_owner": "(none yet)", "last_pass_finished_at": None}]:
-        print(f"  {i['lease_owner']}: last pass finished {i['last_pass_finished_at'] or 'never'}")
+    print(f"instances (a pass in the last {format_duration(live_window)}):")
+    for i in data["instances"]:
+        print(f"  {i['lease_owner']}: {_instance_state(i)}")
+    if not data["instances"]:
+        print("  (none)")
+    if data["other_instances"]:
+        print(f"  and {data['other_instances']} older instance row(s), kept for 7 days")
+    held = data["quarantined"]
+    print(f"held back for a person ({held['total']}):")
+    for q in held["invoices"]:
+        what = f"unreadable {q['detail']}" if q["kind"] == "unreadable" else f"duplicate of {q['detail']}"
+        print(f"  {q['invoice_id']}: {what}" + (f" (since {q['since']})" if q["since"] else ""))
+    if held["total"] > len(held["invoices"]):
+        print(f"  … and {held['total'] - len(held['invoices'])} more")
+    if not held["total"]:
+        print("  (nothing)")
     print("for review (last 30 days):")
     for r in data["review"] or [{"action": "(nothing)", "count": "", "latest": ""}]:
         print(f"  {r['action']} {r['count']} {r['latest']}".rstrip())
     return EXIT_OK
+
+
+def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
+    def ts(moment: datetime | None) -> str | None:
+        return format_ts(moment) if moment else None
+
+    return {
+        "pending": [
+            {
+                "provider_id": p.provider_id,
+                "pending": p.pending,
+                "oldest_age_seconds": int((now - p.oldest_created_at).total_seconds())
+                if p.oldest_created_at is not None
+                else None,
+            }
+            for p in report.pending
+        ],
+        "default_provider": cfg.default_provider,
+        "no_longer_checked": report.no_longer_checked,
+        "instances": [
+            {
+                "lease_owner": i.lease_owner,
+                "started_at": ts(i.started_at),
+                "last_pass_started_at": ts(i.last_pass_started_at),
+                "last_pass_finished_at": ts(i.last_pass_finished_at),
+                "last_summary": i.last_summary,
+            }
+            for i in report.instances
+        ],
+        "other_instances": report.other_instances,
+        "quarantined": {
+            "total": report.quarantined_total,
+            "invoices": [
+                {"invoice_id": q.invoice_id, "kind": q.kind, "detail": q.detail, "since": ts(q.since)}
+                for q in report.quarantined
+            ],
+        },
+        "review": [{"action": a, "count": n, "latest": format_ts(t)} for a, n, t in report.review],
+    }
+
+
+def _no_provider_label(default_provider: str | None) -> str:
+    if default_provider is None:
+        return "(no provider id: skipped, no default_provider is set)"
+    return f"(no provider id: default_provider {default_provider})"
+
+
+def _instance_state(instance: dict[str, Any]) -> str:
+    finished, started = instance["last_pass_finished_at"], instance["last_pass_started_at"]
+    if started is None:
+        return f"started {instance['started_at']}, no pass yet"
+    if finished is None or finished < started:
+        return f"pass started {started}, not finished (running, or the process died)"
+    return f"last pass finished {finished}"
 
 
 def _age(seconds: int) -> str:
@@ -364,48 +462,138 @@ def _age(seconds: int) -> str:
     return f"{hours}h{rest // 60:02d}m"
 
 
+async def _doctor(args: argparse.Namespace) -> int:
+    """Every check `run` makes before its first pass, each reported, without a pass."""
+    cfg = _config(args)
+    results: list[tuple[str, str, BaseException | None]] = []
+
+    def record(name: str, ok: str, error: BaseException | None = None) -> None:
+        results.append((name, ok, error))
+
+    try:
+        loaded = app.load_drivers(cfg)
+    except errors.ReconcilerError as exc:
+        record("drivers", "", exc)
+    else:
+        described = ", ".join(f"{pid} ({item.config.common.driver})" for pid, item in loaded.items())
+        record("drivers", described or "no provider configured")
+    try:
+        licenses.load_signing_key(cfg.license.signing_key_file)
+    except errors.SigningKeyError as exc:
+        record("signing key", "", exc)
+    else:
+        record("signing key", str(cfg.license.signing_key_file))
+    try:
+        store = await app.open_store(cfg)
+        try:
+            await store.require_schema()
+            version = await store.schema_version()
+        finally:
+            await store.close()
+    except errors.ReconcilerError as exc:
+        record("database", "", exc)
+    else:
+        record("database", f"{cfg.database.display_url}, schema version {version}")
+    code = EXIT_OK
+    for name, ok, error in results:
+        if error is None:
+            print(f"ok      {name}: {ok}")
+            continue
+        usage = isinstance(error, _USAGE_ERRORS)
+        code = max(code, EXIT_USAGE if usage else EXIT_FAILURE)
+        message = error.message if isinstance(error, errors.ReconcilerError) else str(error)
+        for n, line in enumerate(message.splitlines()):
+            print(f"{'FAILED' if n == 0 else '      '}  {name}: {line}")
+    return code
+
+
 async def _explain(args: argparse.Namespace) -> int:
+    if (args.invoice_id is None) == (args.provider_invoice_id is None):
+        raise errors.ConfigError(
+            "explain takes an INVOICE_ID (invoices.id) or --provider-invoice-id, not both"
+        )
     cfg = _config(args)
     loaded = app.load_drivers(cfg)
     store = await app.open_store(cfg)
+    results: list[dict[str, Any]] = []
     try:
         await store.require_schema()
-        invoice = await store.get_invoice(args.invoice_id)
-        if invoice is None:
-            logger.error("no invoice with id {} (explain takes invoices.id)", args.invoice_id)
+        if args.invoice_id is not None:
+            found = await store.get_invoice(args.invoice_id)
+            rows = [found] if found is not None else []
+        else:
+            rows = await store.find_invoices(args.provider_invoice_id, args.provider)
+        if not rows:
+            what = args.invoice_id or f"provider invoice id {args.provider_invoice_id!r}"
+            logger.error("no invoice with {} (explain takes invoices.id or --provider-invoice-id)", what)
             return EXIT_FAILURE
-        history = await store.invoice_audits(invoice.id)
         async with app.http_session(loaded) as session:
             runner = Runner(
                 store, app.build_providers(loaded, session), app.runner_settings(cfg), signing_key=None
             )
-            lines: list[dict[str, Any]] = []
-            await runner.dry_run(lines.append, only=invoice.id)
+            for row in rows:
+                lines: list[dict[str, Any]] = []
+                await runner.dry_run(lines.append, only=row)
+                invoice_id = row.id if isinstance(row, Invoice) else row.label
+                results.append(
+                    {
+                        "invoice": _invoice_dict(row),
+                        "decision": lines[0],
+                        "license": await store.license_of(invoice_id),
+                        "audit_history": await store.invoice_audits(invoice_id),
+                    }
+                )
     finally:
         await store.close()
-    result = {"invoice": _invoice_dict(invoice), "decision": lines[0], "audit_history": history}
     if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        single = results[0] if args.invoice_id is not None else results
+        print(json.dumps(single, indent=2, sort_keys=True, default=str))
         return EXIT_OK
-    decision = lines[0]
-    print(f"invoice     {invoice.id} ({invoice.status.value}, {invoice.amount_sats} sats)")
-    print(f"provider    {decision['provider_id'] or '-'}: {invoice.provider_invoice_id}")
+    for n, result in enumerate(results):
+        if n:
+            print()
+        _print_explained(result)
+    return EXIT_OK
+
+
+def _print_explained(result: dict[str, Any]) -> None:
+    invoice, decision, license_row = result["invoice"], result["decision"], result["license"]
+    if invoice.get("unreadable"):
+        print(f"invoice     {invoice['id']} (unreadable: {invoice['unreadable']})")
+    else:
+        print(f"invoice     {invoice['id']} ({invoice['status']}, {invoice['amount_sats']} sats)")
+    print(f"provider    {decision['provider_id'] or '-'}: {invoice['provider_invoice_id']}")
     raw = "/".join(p for p in (decision["raw_status"], decision["raw_additional_status"]) if p) or "-"
     print(f"answer      {raw}")
     print(f"decision    {decision['decision']} (dry run: nothing written)")
     for key, value in sorted(decision["evidence"].items()):
         print(f"  {key:<22} {value}")
+    if license_row is not None:
+        expires = license_row["expires_at"] or "never"
+        print(
+            f"license     {license_row['id']} ({license_row['status']}), issued {license_row['issued_at']}, "
+            f"expires {expires}"
+        )
+    history = result["audit_history"]
     print(f"audit history ({len(history)}):")
     for row in history:
         print(f"  {row['occurred_at']}  {row['action']}")
-    return EXIT_OK
 
 
-def _invoice_dict(invoice: Any) -> dict[str, Any]:
+def _invoice_dict(row: Invoice | Unreadable) -> dict[str, Any]:
+    if isinstance(row, Unreadable):
+        return {
+            "id": row.label,
+            "payment_provider_id": row.payment_provider_id,
+            "provider_invoice_id": row.provider_invoice_id,
+            "unreadable": f"{row.column} {row.reason}",
+            "last_provider_status": row.last_provider_status,
+        }
     fields = ("id", "payment_provider_id", "provider_invoice_id", "status", "amount_sats")
-    return {f: getattr(invoice, f) for f in fields} | {
-        "created_at": format_ts(invoice.created_at),
-        "last_provider_status": invoice.last_provider_status,
+    return {f: getattr(row, f) for f in fields} | {
+        "status": row.status.value,
+        "created_at": format_ts(row.created_at),
+        "last_provider_status": row.last_provider_status,
     }
 
 

@@ -5,14 +5,14 @@ No I/O and no clock: the runner passes everything in and applies the returned `D
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
 from reconciler.driver_api import ProviderStatus, Snapshot
-from reconciler.models import AuditRecord, Invoice, InvoiceStatus
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus, PaymentRow, Unreadable
 
 PaidLatePolicy = Literal["flag", "settle"]
 
@@ -247,6 +247,56 @@ def _settle(
         )
     kind = DecisionKind.RENEW if invoice.subscription_id is not None else DecisionKind.SETTLE
     return Decision(kind, InvoiceStatus.SETTLED, observation, audits, drift, facts)
+
+
+def payment_winner(rows: Sequence[PaymentRow]) -> PaymentRow | None:
+    """The one row of a payment the reconciler may settle and license: the one already licensed, else
+    the one already settled, else the oldest by (created_at, id). Every other row is a duplicate."""
+    return min(
+        rows,
+        key=lambda row: (not row.has_license, row.status != "settled", row.created_at, row.id),
+        default=None,
+    )
+
+
+def duplicate_audit(invoice: Invoice, provider_id: str, winner_id: str) -> AuditRecord:
+    """`invoice.duplicate`: this row is another row of a payment `winner_id` stands for."""
+    return AuditRecord(
+        "invoice.duplicate",
+        "invoice",
+        invoice.id,
+        {
+            "provider_id": provider_id,
+            "provider_invoice_id": invoice.provider_invoice_id,
+            "raw_status": None,
+            "winner_invoice_id": winner_id,
+        },
+    )
+
+
+def duplicate_observation(winner_id: str) -> str:
+    """`last_provider_status` of a duplicate: written again (and audited again) only if the winner changes."""
+    return f"!duplicate:{winner_id}"
+
+
+def unreadable_audit(
+    row: Unreadable | Invoice, column: str, reason: str, provider_id: str | None, **extra: Any
+) -> AuditRecord:
+    """`invoice.unreadable`: the row (or a policy it needs) holds something the reconciler cannot read."""
+    target = row.label if isinstance(row, Unreadable) else row.id
+    return AuditRecord(
+        "invoice.unreadable",
+        "invoice",
+        target,
+        {
+            "provider_id": provider_id,
+            "provider_invoice_id": row.provider_invoice_id,
+            "raw_status": None,
+            "column": column,
+            "reason": reason,
+            **extra,
+        },
+    )
 
 
 def schedule_step(schedule: tuple[timedelta, ...], age: timedelta) -> timedelta:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler import errors
-from reconciler.models import Policy
+from reconciler.models import Policy, UnreadablePolicy
 
 PAYLOAD_VERSION = 2
 FLAG_FINGERPRINT_BOUND = 0b01
@@ -40,16 +40,26 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 
-def choose_policy(invoice_policy: Policy | None, product_policies: Sequence[Policy]) -> Policy | None:
+def choose_policy(
+    invoice_policy: Policy | UnreadablePolicy | None, product_policies: Sequence[Policy | UnreadablePolicy]
+) -> Policy | UnreadablePolicy | None:
     """The invoice's own policy (even if inactive); else the product's active `default`; else its first
-    active policy by (created_at, id); else None."""
+    active policy by (created_at, id); else None.
+
+    An unreadable policy is returned when the choice depends on it (it is the invoice's own, or there is no
+    readable active `default` and an unreadable active policy could be the one chosen): the invoice cannot be
+    licensed until it is fixed, and the caller quarantines it.
+    """
     if invoice_policy is not None:
         return invoice_policy
-    active = [policy for policy in product_policies if policy.active]
-    for policy in active:
+    readable = [p for p in product_policies if isinstance(p, Policy) and p.active]
+    unreadable = [p for p in product_policies if isinstance(p, UnreadablePolicy)]
+    for policy in readable:
         if policy.slug == "default":
             return policy
-    return min(active, key=lambda policy: (policy.created_at, policy.id), default=None)
+    if unreadable:
+        return unreadable[0]
+    return min(readable, key=lambda policy: (policy.created_at, policy.id), default=None)
 
 
 @dataclass(frozen=True, slots=True)

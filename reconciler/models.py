@@ -66,3 +66,53 @@ class AuditRecord:
     target_kind: str
     target_id: str
     details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A claimed invoice row the reconciler cannot read (SPEC §4.11): quarantined, never fatal.
+
+    `id` is the stored value as it came (fenced writes match on it); the other fields are what could be
+    read of the row, `None` where even that failed.
+    """
+
+    id: Any
+    lease_token: str | None
+    column: str
+    reason: str
+    payment_provider_id: str | None = None
+    provider_invoice_id: str | None = None
+    last_provider_status: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The id for logs and audit rows."""
+        return self.id if isinstance(self.id, str) else ascii(self.id)
+
+    @property
+    def observation(self) -> str:
+        """What `last_provider_status` records, so the audit is written once per reason (SPEC §4.13)."""
+        return f"!unreadable:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadablePolicy:
+    """A policy row that cannot be read; the invoices that need it are quarantined."""
+
+    id: str
+    slug: str | None
+    active: bool
+    column: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    """One row of a payment (rows sharing a provider and provider invoice id), as far as choosing the one
+    to settle needs it."""
+
+    id: str
+    provider_invoice_id: str
+    status: str
+    created_at: str  # as stored: text orders correctly and survives a row that is otherwise unreadable
+    has_license: bool

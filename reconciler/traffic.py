@@ -1,30 +1,34 @@
 """Provider traffic (SPEC §4.3, §9): per-provider concurrency, request rate, Retry-After pauses that hold the
-whole provider, retries with jittered exponential backoff, an outer timeout, and `fetch_many` batching.
+whole provider, retries with jittered exponential backoff, an outer timeout, `fetch_many` batching, and the
+error policy that turns what a driver raised into one invoice's outcome.
 
-Drivers make one attempt per call; everything about how often and how many is decided here, once.
+Drivers make one attempt per call; everything about how often and how many is decided here, once. A
+`Retry-After` longer than the provider's `retry_max_delay` ends the provider for the pass at once: every
+request waiting for a turn, a pause or a retry gives up, and their invoices are rescheduled past it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from loguru import logger
 
-from reconciler import errors
+from reconciler import driver_api, errors
+from reconciler.decide import Answer, BadResponse, DecisionKind, NotFound
 from reconciler.driver_api import CommonSettings, Driver, ProviderUnavailable, Snapshot, SupportsFetchMany
+from reconciler.timeutil import Clock
 
 Sleep = Callable[[float], Awaitable[None]]
 _T = TypeVar("_T")
+
+#: The longest wait a provider can ask of us; a longer (or absurd) Retry-After counts as this long.
+RETRY_AFTER_MAX = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,23 @@ class Provider:
     common: CommonSettings
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A fetch that produced no answer: the invoice stays untouched and is rescheduled (not before
+    `not_before` when the provider asked us to wait)."""
+
+    message: str
+    not_before: datetime | None = None
+    kind: DecisionKind = DecisionKind.PROVIDER_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The lease is too short for a fetch to start: release the invoice untouched; the pass claims it again."""
+
+
+RELEASE = Release()
+
 _OUTCOMES: dict[type[BaseException], str] = {
     errors.InvoiceNotFound: "not_found",
     errors.BadProviderResponse: "bad_response",
@@ -43,79 +64,204 @@ _OUTCOMES: dict[type[BaseException], str] = {
     errors.ProviderUnavailable: "unavailable",
 }
 
+#: Every outcome a request can be counted under (metrics create each series up front).
+REQUEST_OUTCOMES = ("ok", "not_found", "bad_response", "auth_error", "unavailable", "error")
+
+
+def retry_after_seconds(value: float | None) -> float | None:
+    """A driver's `retry_after` made safe: None unless a finite non-negative number, at most RETRY_AFTER_MAX."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(float(value), RETRY_AFTER_MAX)
+
+
+class _Ended(ProviderUnavailable):
+    """The provider asked us to come back later than `retry_max_delay`: no more requests this pass."""
+
 
 class ProviderGate:
     """One provider's traffic for one pass: its concurrency, request rate, Retry-After pauses, retries,
-    timeouts and batches, plus the state the runner keeps about it (circuit, counts)."""
+    timeouts and batches, and what the pass learned about it (circuit, counts)."""
 
     def __init__(
         self,
         provider: Provider,
         *,
+        clock: Clock,
         sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
         on_request: Callable[[str, str, float], None] = lambda *_: None,
+        on_credentials: Callable[[str, str | None], None] = lambda *_: None,
     ) -> None:
         self.provider = provider
         self.semaphore = asyncio.Semaphore(provider.common.max_concurrency)
+        self.clock = clock
         self.sleep = sleep
+        self._rng = rng or random.Random()
         self._on_request = on_request
-        self.next_slot = 0.0
-        self.paused_until = 0.0
-        #: set by the runner: credentials refused / told to come back later, for the rest of the pass
+        self._on_credentials = on_credentials
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._ended = asyncio.Event()
+        #: credentials refused / told to come back later, for the rest of the pass
         self.circuit_open = False
         self.ended_until: datetime | None = None
-        self.fetches = 0
-        self.answers = 0
-        self.unexpected = 0
+        self._fetches = 0
+        self._answers = 0
+        self._unexpected = 0
         driver = provider.driver
-        self.batcher = _Batcher(self, driver) if isinstance(driver, SupportsFetchMany) else None
+        self._batcher = _Batcher(self, driver) if isinstance(driver, SupportsFetchMany) else None
 
+    # -- the error policy: one invoice's answer, failure or release ----------------------------------------
+    async def ask(
+        self, provider_invoice_id: str, *, invoice_id: str, lease_until: datetime | None
+    ) -> Answer | Failure | Release:
+        """Ask about one invoice under this provider's rules; never raises a driver's error."""
+        # A batching provider's semaphore bounds its fetch_many calls, not the invoices waiting in a batch.
+        if self._batcher is None:
+            async with self.semaphore:
+                return await self._ask(provider_invoice_id, invoice_id, lease_until)
+        return await self._ask(provider_invoice_id, invoice_id, lease_until)
+
+    async def _ask(
+        self, provider_invoice_id: str, invoice_id: str, lease_until: datetime | None
+    ) -> Answer | Failure | Release:
+        provider = self.provider
+        if self.circuit_open:
+            return Failure("credentials refused earlier in this pass")
+        if self.ended_until is not None:
+            return Failure("the provider asked us to come back later", self.ended_until)
+        if lease_until is not None and lease_until - self.clock() < timedelta(
+            seconds=provider.common.worst_fetch
+        ):
+            return RELEASE
+        self._fetches += 1
+        try:
+            answer = await self.fetch(provider_invoice_id)
+        except errors.InvoiceNotFound as exc:
+            self._answered()
+            return NotFound(exc.message)
+        except errors.BadProviderResponse as exc:
+            return BadResponse(exc.message)
+        except errors.ProviderAuthError as exc:
+            if not self.circuit_open:
+                self.circuit_open = True
+                logger.error(
+                    "provider {}: credentials refused, skipping it for the rest of this pass: {}",
+                    provider.id,
+                    exc.message,
+                )
+                self._on_credentials(provider.id, exc.message)
+            return Failure(exc.message)
+        except _Ended as exc:
+            return Failure(exc.message, self.ended_until)
+        except errors.ProviderUnavailable as exc:
+            logger.bind(invoice_id=invoice_id, provider_id=provider.id).info(
+                "provider {}: invoice {} unavailable: {}", provider.id, invoice_id, exc.message
+            )
+            return Failure(exc.message)
+        except errors.DriverError as exc:
+            logger.bind(invoice_id=invoice_id, provider_id=provider.id).warning(
+                "provider {}: invoice {}: {}", provider.id, invoice_id, exc.message
+            )
+            return Failure(exc.message)
+        except Exception as exc:  # third-party driver code: isolate it (SPEC §4.11), never our own bugs
+            self._unexpected += 1
+            if self._unexpected == 1:
+                logger.opt(exception=True).bind(invoice_id=invoice_id, provider_id=provider.id).error(
+                    "provider {}: the driver raised an unexpected exception (invoice {}); "
+                    "further ones this pass are counted, not logged",
+                    provider.id,
+                    invoice_id,
+                )
+            return Failure(f"the driver raised {type(exc).__name__}")
+        self._answered()
+        return answer
+
+    def _answered(self) -> None:
+        self._answers += 1
+        self._on_credentials(self.provider.id, None)
+
+    def degraded(self) -> str | None:
+        """Why this provider degraded the pass (SPEC §12), or None."""
+        if self.circuit_open:
+            return "authentication failed"
+        if self._unexpected:
+            return f"driver raised {self._unexpected} unexpected exception(s)"
+        if self._fetches and not self._answers:
+            return f"none of {self._fetches} fetch(es) got an answer"
+        return None
+
+    # -- requests ------------------------------------------------------------------------------------------
     async def fetch(self, provider_invoice_id: str) -> Snapshot:
         """One invoice's snapshot under this provider's rules (gathered into a batch when the driver can)."""
-        if self.batcher is not None:
-            return await self.batcher.fetch(provider_invoice_id)
-        snapshot = await self.call(lambda: self.provider.driver.fetch(provider_invoice_id))
+        if self._batcher is not None:
+            snapshot = await self._batcher.fetch(provider_invoice_id)
+        else:
+            snapshot = await self.call(lambda: self.provider.driver.fetch(provider_invoice_id))
+        return self.checked(snapshot, provider_invoice_id)
+
+    def checked(self, snapshot: object, provider_invoice_id: str) -> Snapshot:
+        """A driver's answer as a Snapshot the store can write, or BadProviderResponse."""
         if not isinstance(snapshot, Snapshot):
             raise errors.BadProviderResponse(
                 f"{self.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
                 provider_id=self.provider.id,
             )
+        check = getattr(driver_api, "check_snapshot", None)
+        if check is not None:
+            checked: Snapshot = check(snapshot, provider_id=self.provider.id, invoice_id=provider_invoice_id)
+            return checked
         return snapshot
 
     async def call(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """One provider call with the provider's retries, pauses, rate, timeout and metrics."""
         common = self.provider.common
-
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, ProviderUnavailable) and (
-                exc.retry_after is None or exc.retry_after <= common.retry_max_delay
-            )
-
-        backoff = wait_random_exponential(multiplier=0.5, max=common.retry_max_delay)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, ProviderUnavailable) and exc.retry_after is not None:
-                return 0.0  # the pause below already holds every request of this provider
-            return float(backoff(state))
-
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(common.retry_attempts),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            sleep=self.sleep,
-            reraise=True,
-        ):
-            with attempt:
-                await self.take_turn()
-                try:
-                    return await self._call_once(call)
-                except ProviderUnavailable as exc:
-                    if exc.retry_after is not None:
-                        loop = asyncio.get_running_loop()
-                        self.paused_until = max(self.paused_until, loop.time() + exc.retry_after)
+        for attempt in range(1, common.retry_attempts + 1):
+            await self.take_turn()
+            try:
+                return await self._call_once(call)
+            except ProviderUnavailable as exc:
+                wait = retry_after_seconds(exc.retry_after)
+                if wait is not None and wait > common.retry_max_delay:
+                    self._end(wait)
+                    raise _Ended(
+                        f"{exc.message} (asked to come back in {wait:.0f}s)",
+                        provider_id=self.provider.id,
+                        http_status=exc.http_status,
+                    ) from None
+                if attempt == common.retry_attempts:
                     raise
-        raise AssertionError("unreachable: tenacity reraises the last error")
+                if wait is not None:
+                    # the pause holds every request of this provider, this one included
+                    loop = asyncio.get_running_loop()
+                    self._paused_until = max(self._paused_until, loop.time() + wait)
+                else:
+                    await self._pause(self._backoff(attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter over an exponential step: 0.5 s, 1 s, 2 s, ... capped at retry_max_delay."""
+        return self._rng.uniform(0, min(self.provider.common.retry_max_delay, 0.5 * 2**attempt))
+
+    def _end(self, seconds: float) -> None:
+        until = self.clock() + timedelta(seconds=seconds)
+        if self.ended_until is None:
+            logger.warning(
+                "provider {} asks us to come back in {:.0f}s: done with it for this pass",
+                self.provider.id,
+                seconds,
+            )
+        self.ended_until = max(self.ended_until or until, until)
+        self._ended.set()
+
+    def _check_ended(self) -> None:
+        if self._ended.is_set():
+            raise _Ended(
+                f"{self.provider.id}: the provider asked us to come back later", provider_id=self.provider.id
+            )
 
     async def _call_once(self, call: Callable[[], Awaitable[_T]]) -> _T:
         common = self.provider.common
@@ -141,18 +287,35 @@ class ProviderGate:
             self._on_request(self.provider.id, outcome, loop.time() - started)
 
     async def take_turn(self) -> None:
-        """Wait out a provider-wide Retry-After pause and the provider's request rate."""
+        """Wait out a provider-wide Retry-After pause and the provider's request rate; give up at once when
+        the provider has ended for this pass."""
+        self._check_ended()
         loop = asyncio.get_running_loop()
-        pause = self.paused_until - loop.time()
+        pause = self._paused_until - loop.time()
         if pause > 0:
-            await self.sleep(pause)
+            await self._pause(pause)
         rate = self.provider.common.rate_limit
         if rate > 0:
             now = loop.time()
-            slot = max(now, self.next_slot)
-            self.next_slot = slot + 1.0 / rate
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / rate
             if slot > now:
-                await self.sleep(slot - now)
+                await self._pause(slot - now)
+        self._check_ended()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the provider ends for this pass meanwhile (then raise)."""
+        if seconds <= 0:
+            self._check_ended()
+            return
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        ender = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({sleeper, ender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            ender.cancel()
+        self._check_ended()
 
 
 class _Batcher:

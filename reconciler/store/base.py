@@ -15,9 +15,25 @@ from typing import Any
 
 from reconciler import errors
 from reconciler.driver_api import PaymentProfile
-from reconciler.models import AuditRecord, Invoice, InvoiceStatus, Policy
+from reconciler.models import (
+    AuditRecord,
+    Invoice,
+    InvoiceStatus,
+    PaymentRow,
+    Policy,
+    Unreadable,
+    UnreadablePolicy,
+)
 
-__all__ = ["AuditRecord"]  # re-exported: part of the store interface
+__all__ = [
+    "AuditRecord",
+    "PaymentRow",
+    "Unreadable",
+    "UnreadablePolicy",
+]  # re-exported: part of the store interface
+
+#: What a claim, a peek or a lookup hands back for one row: readable, or quarantined with the reason.
+Row = Invoice | Unreadable
 
 SCHEMA_VERSION = 1
 
@@ -75,6 +91,24 @@ class SubscriptionDraft:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentKey:
+    """One payment at a provider: every row whose provider id (NULL counted as `default_provider` when
+    `include_null`) and provider invoice id are these is the same payment (SPEC §4.1, one payment, one
+    license)."""
+
+    provider_id: str
+    provider_invoice_id: str
+    include_null: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateFound:
+    """The settle transaction found that another row of the same payment is the one to settle."""
+
+    winner_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """Everything the settle transaction of SPEC §4.8 writes (or the recovery of §4.1 when `recovered`).
 
@@ -92,6 +126,8 @@ class Settlement:
     subscription: SubscriptionDraft | None  # only for a recurring policy
     post_settle_kinds: tuple[str, ...] = ()
     recovered: bool = False
+    #: set when other rows may be the same payment: checked again under a lock inside the transaction
+    payment: PaymentKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +191,17 @@ class PendingByProvider:
 
     provider_id: str | None
     pending: int
-    oldest_created_at: datetime
+    oldest_created_at: datetime | None  # None when the oldest row's timestamp cannot be read
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An invoice held back for a person: unreadable, or a duplicate of another row of its payment."""
+
+    invoice_id: str
+    kind: str  # "unreadable" or "duplicate"
+    detail: str  # the column, or the row that won
+    since: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +212,15 @@ class StatusReport:
     no_longer_checked: int
     instances: tuple[InstanceRow, ...]
     review: tuple[tuple[str, int, datetime], ...] = field(default=())
+    #: invoices quarantined now (at most `QUARANTINE_LISTED` of them) and how many there are in all
+    quarantined: tuple[Quarantined, ...] = field(default=())
+    quarantined_total: int = 0
+    #: instances left out of `instances` because their last pass started before `instances_since`
+    other_instances: int = 0
+
+
+#: How many quarantined invoices `status` lists by id (the count covers the rest).
+QUARANTINE_LISTED = 50
 
 
 class Store(abc.ABC):
@@ -202,22 +257,47 @@ class Store(abc.ABC):
         lease: timedelta,
         max_age: timedelta,
         batch_size: int,
-    ) -> list[Invoice]:
-        """Lease up to `batch_size` due candidates (SPEC §4.1), oldest due first."""
+    ) -> list[Row]:
+        """Lease up to `batch_size` due candidates (SPEC §4.1), oldest due first; rows that cannot be read
+        come back as `Unreadable`, still leased."""
 
     @abc.abstractmethod
     async def peek(
         self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
-    ) -> list[Invoice]:
+    ) -> list[Row]:
         """The candidates `claim` would take, without leasing them (dry run)."""
 
     @abc.abstractmethod
-    async def get_invoice(self, invoice_id: str) -> Invoice | None:
+    async def get_invoice(self, invoice_id: str) -> Row | None:
         """One invoice by `invoices.id`, without leasing it."""
 
     @abc.abstractmethod
-    async def release(self, invoice: Invoice, *, next_check_at: datetime | None) -> bool:
+    async def find_invoices(self, provider_invoice_id: str, provider_id: str | None) -> list[Row]:
+        """The invoices with this provider invoice id (of this provider id when given), oldest first."""
+
+    @abc.abstractmethod
+    async def release(self, invoice: Row, *, next_check_at: datetime | None) -> bool:
         """Clear the lease without any other change (but `next_check_at` when given)."""
+
+    @abc.abstractmethod
+    async def release_all(self, rows: Sequence[Row]) -> int:
+        """Clear the leases of `rows` that are still ours, in one transaction; how many were."""
+
+    @abc.abstractmethod
+    async def record_quarantine(
+        self,
+        row: Row,
+        *,
+        next_check_at: datetime,
+        observation: str,
+        audits: Sequence[AuditRecord],
+        now: datetime,
+    ) -> bool:
+        """Hold back a row for a person: schedule, observation, audits; nothing else. False when fenced."""
+
+    @abc.abstractmethod
+    async def payment_rows(self, keys: Sequence[PaymentKey]) -> list[PaymentRow]:
+        """Every row of each payment in `keys`, in one round trip."""
 
     @abc.abstractmethod
     async def record_check(
@@ -228,8 +308,10 @@ class Store(abc.ABC):
         next_check_at: datetime,
         observation: str | None,
         audits: Sequence[AuditRecord] = (),
+        checked: bool = True,
     ) -> bool:
-        """No status change: schedule, last check, observation and its audits. False when fenced out."""
+        """No status change: schedule, last check (unless not `checked`: no provider was asked),
+        observation and its audits. False when fenced out."""
 
     @abc.abstractmethod
     async def record_transition(
@@ -245,12 +327,22 @@ class Store(abc.ABC):
         """Expire or invalidate (SPEC §4.7) in one transaction; None when another writer got there first."""
 
     @abc.abstractmethod
-    async def record_settlement(self, invoice: Invoice, settlement: Settlement) -> SettleOutcome | None:
-        """The settle (or recovery) transaction of SPEC §4.8; None when another writer got there first."""
+    async def record_settlement(
+        self, invoice: Invoice, settlement: Settlement
+    ) -> SettleOutcome | DuplicateFound | None:
+        """The settle (or recovery) transaction of SPEC §4.8; None when another writer got there first,
+        `DuplicateFound` (nothing written) when another row of the same payment is the one to settle."""
 
     @abc.abstractmethod
-    async def policies_for(self, invoice: Invoice) -> tuple[Policy | None, list[Policy]]:
-        """The invoice's own policy (active or not) and its product's active policies."""
+    async def policies_for(
+        self, invoice: Invoice
+    ) -> tuple[Policy | UnreadablePolicy | None, list[Policy | UnreadablePolicy]]:
+        """The invoice's own policy (active or not) and its product's active policies, each readable or
+        not."""
+
+    @abc.abstractmethod
+    async def license_of(self, invoice_id: str) -> dict[str, Any] | None:
+        """The license row of an invoice (id, status, issued_at, expires_at, policy_id), if any."""
 
     @abc.abstractmethod
     async def redemption_status(self, invoice_id: str) -> str | None:
@@ -275,7 +367,9 @@ class Store(abc.ABC):
         """Record this process and its pass; a finished pass also prunes long-gone instances."""
 
     @abc.abstractmethod
-    async def status_report(self, *, now: datetime, max_age: timedelta) -> StatusReport:
+    async def status_report(
+        self, *, now: datetime, max_age: timedelta, instances_since: datetime | None = None
+    ) -> StatusReport:
         """Backlog per provider, instances and recent audit actions that need review."""
 
     @abc.abstractmethod

@@ -4,16 +4,26 @@ its connections and its transactions (`SqliteStore`, `PostgresStore`)."""
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from reconciler import ids
-from reconciler.models import Invoice, InvoiceStatus, Policy
-from reconciler.store import base
+from loguru import logger
+
+from reconciler import decide, errors, ids
+from reconciler.models import Invoice, InvoiceStatus, Policy, Unreadable, UnreadablePolicy
+from reconciler.store import base, rows
 from reconciler.timeutil import format_ts, parse_ts
+
+_T = TypeVar("_T")
+
+#: A transaction the database aborted to break a deadlock or a serialization conflict is run again, up to
+#: this many times in all, with a short jittered pause between tries (SPEC §9: the store survives contention).
+CONTENTION_ATTEMPTS = 5
 
 
 class Row(Protocol):
@@ -51,6 +61,31 @@ class SqlStore(base.Store):
     async def _write_one(self, name: str, params: dict[str, Any]) -> int:
         """Run one statement as its own transaction (atomic by itself); the number of rows it changed."""
 
+    async def _atomic(self, body: Callable[[Tx], Awaitable[_T]]) -> _T:
+        """Run `body` in one write transaction; run it again (from the start, in a new transaction) when
+        the database aborted it for contention. `body` must only talk to the database."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                async with self._transaction() as tx:
+                    return await body(tx)
+            except errors.StoreContention as exc:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                logger.info("database contention ({}); running the transaction again", exc.message)
+                await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _write(self, name: str, params: dict[str, Any]) -> int:
+        """`_write_one`, run again on contention like `_atomic`."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                return await self._write_one(name, params)
+            except errors.StoreContention:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[base.AuditRecord]) -> None:
         if not records:
             return
@@ -79,7 +114,7 @@ class SqlStore(base.Store):
         lease: timedelta,
         max_age: timedelta,
         batch_size: int,
-    ) -> list[Invoice]:
+    ) -> list[base.Row]:
         params = {
             "owner": owner,
             "token": ids.new_id(),
@@ -89,16 +124,18 @@ class SqlStore(base.Store):
             "now": format_ts(now),
             "batch_size": batch_size,
         }
-        async with self._transaction() as tx:
-            rows = await tx.returning("claim", params)
-        invoices = [_invoice(row) for row in rows]
-        invoices.sort(key=_claim_order)
-        return invoices
+
+        async def claim(tx: Tx) -> list[Row]:
+            return await tx.returning("claim", params)
+
+        found = [rows.invoice(row) for row in await self._atomic(claim)]
+        found.sort(key=_claim_order)
+        return found
 
     async def peek(
         self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
-    ) -> list[Invoice]:
-        rows = await self._read(
+    ) -> list[base.Row]:
+        found = await self._read(
             "peek",
             {
                 "min_created_at": format_ts(pass_start - max_age),
@@ -108,22 +145,70 @@ class SqlStore(base.Store):
                 "offset": offset,
             },
         )
-        return [_invoice(row) for row in rows]
+        return [rows.invoice(row) for row in found]
 
-    async def get_invoice(self, invoice_id: str) -> Invoice | None:
-        rows = await self._read("get_invoice", {"invoice_id": invoice_id})
-        return _invoice(rows[0]) if rows else None
+    async def get_invoice(self, invoice_id: str) -> base.Row | None:
+        found = await self._read("get_invoice", {"invoice_id": invoice_id})
+        return rows.invoice(found[0]) if found else None
 
-    async def release(self, invoice: Invoice, *, next_check_at: datetime | None) -> bool:
-        changed = await self._write_one(
-            "release",
-            {
-                "invoice_id": invoice.id,
-                "token": invoice.lease_token,
-                "next_check_at": format_ts(next_check_at) if next_check_at else None,
-            },
+    async def find_invoices(self, provider_invoice_id: str, provider_id: str | None) -> list[base.Row]:
+        found = await self._read(
+            "find_invoices", {"provider_invoice_id": provider_invoice_id, "provider_id": provider_id}
         )
-        return changed == 1
+        return [rows.invoice(row) for row in found]
+
+    async def release(self, invoice: base.Row, *, next_check_at: datetime | None) -> bool:
+        return await self._write("release", _release_params(invoice, next_check_at)) == 1
+
+    async def release_all(self, held: Sequence[base.Row]) -> int:
+        if not held:
+            return 0
+
+        async def release(tx: Tx) -> int:
+            released = 0
+            for row in held:
+                released += await tx.exec("release", _release_params(row, None))
+            return released
+
+        return await self._atomic(release)
+
+    async def record_quarantine(
+        self,
+        row: base.Row,
+        *,
+        next_check_at: datetime,
+        observation: str,
+        audits: Sequence[base.AuditRecord],
+        now: datetime,
+    ) -> bool:
+        params = {
+            "invoice_id": row.id,
+            "token": row.lease_token,
+            "next_check_at": format_ts(next_check_at),
+            "observation": observation,
+        }
+        if not audits:
+            return await self._write("quarantine", params) == 1
+
+        async def quarantine(tx: Tx) -> bool:
+            if await tx.exec("quarantine", params) != 1:
+                return False
+            await self._audit(tx, now, audits)
+            return True
+
+        return await self._atomic(quarantine)
+
+    async def payment_rows(self, keys: Sequence[base.PaymentKey]) -> list[base.PaymentRow]:
+        groups: dict[tuple[str, bool], list[str]] = {}
+        for key in keys:
+            groups.setdefault((key.provider_id, key.include_null), []).append(key.provider_invoice_id)
+        found: list[base.PaymentRow] = []
+        for (provider_id, include_null), provider_invoice_ids in groups.items():
+            result = await self._read(
+                "payment_rows", _payment_params(provider_id, include_null, provider_invoice_ids)
+            )
+            found.extend(_payment_row(row) for row in result)
+        return found
 
     async def record_check(
         self,
@@ -133,22 +218,26 @@ class SqlStore(base.Store):
         next_check_at: datetime,
         observation: str | None,
         audits: Sequence[base.AuditRecord] = (),
+        checked: bool = True,
     ) -> bool:
         params = {
             "invoice_id": invoice.id,
             "status": invoice.status.value,
             "token": invoice.lease_token,
             "next_check_at": format_ts(next_check_at),
-            "checked_at": format_ts(now) if observation is not None else None,
+            "checked_at": format_ts(now) if observation is not None and checked else None,
             "observation": observation,
         }
         if not audits:  # the common case: one fenced UPDATE, no transaction round trips around it
-            return await self._write_one("record_check", params) == 1
-        async with self._transaction() as tx:
-            changed = await tx.exec("record_check", params)
-            if changed == 1:
-                await self._audit(tx, now, audits)
-        return changed == 1
+            return await self._write("record_check", params) == 1
+
+        async def check(tx: Tx) -> bool:
+            if await tx.exec("record_check", params) != 1:
+                return False
+            await self._audit(tx, now, audits)
+            return True
+
+        return await self._atomic(check)
 
     async def record_transition(
         self,
@@ -161,7 +250,8 @@ class SqlStore(base.Store):
         audits: Sequence[base.AuditRecord],
     ) -> base.TransitionOutcome | None:
         stamp = format_ts(now)
-        async with self._transaction() as tx:
+
+        async def transition(tx: Tx) -> base.TransitionOutcome | None:
             changed = await tx.exec(
                 "transition",
                 {
@@ -181,108 +271,128 @@ class SqlStore(base.Store):
                 await tx.exec("give_back_slot", {"code_id": row[0]})
             extra = {"redemption_cancelled": bool(cancelled)}
             await self._audit(tx, now, [_with_details(a, extra) for a in audits])
-        return base.TransitionOutcome(redemption_cancelled=bool(cancelled))
+            return base.TransitionOutcome(redemption_cancelled=bool(cancelled))
+
+        return await self._atomic(transition)
 
     async def record_settlement(
         self, invoice: Invoice, settlement: base.Settlement
-    ) -> base.SettleOutcome | None:
+    ) -> base.SettleOutcome | base.DuplicateFound | None:
+        async def settle(tx: Tx) -> base.SettleOutcome | base.DuplicateFound | None:
+            return await self._settle(tx, invoice, settlement)
+
+        return await self._atomic(settle)
+
+    async def _settle(
+        self, tx: Tx, invoice: Invoice, settlement: base.Settlement
+    ) -> base.SettleOutcome | base.DuplicateFound | None:
         now = settlement.now
         stamp = format_ts(now)
-        async with self._transaction() as tx:
-            changed = await tx.exec(
-                "settle",
-                {
-                    "invoice_id": invoice.id,
-                    "status": invoice.status.value,
-                    "token": invoice.lease_token,
-                    "now": stamp,
-                    "next_check_at": format_ts(settlement.next_check_at),
-                    "observation": settlement.observation,
-                },
+        if settlement.payment is not None:
+            # One payment, one license: under the payment's lock, the rows as they are now decide.
+            key = settlement.payment
+            await tx.returning("lock_payment", {"key": f"{key.provider_id}\x1f{key.provider_invoice_id}"})
+            found = await tx.returning(
+                "payment_rows",
+                _payment_params(key.provider_id, key.include_null, [key.provider_invoice_id]),
             )
-            if changed != 1:
-                return None
-            audits: list[base.AuditRecord] = list(settlement.audits)
-            license_id: str | None = None
-            issued = subscription_created = renewed = False
-            if settlement.license is not None:
-                draft = settlement.license
-                inserted = await tx.returning("insert_license", _license_params(draft, invoice))
-                issued = bool(inserted)
-                if issued:
-                    license_id = draft.id
-                else:
-                    existing = await tx.returning("license_for_invoice", {"invoice_id": invoice.id})
-                    license_id = str(existing[0][0])
-                if settlement.subscription is not None:
-                    sub = settlement.subscription
-                    created = await tx.returning(
-                        "insert_subscription", _subscription_params(sub, license_id, invoice.id, stamp)
-                    )
-                    subscription_created = bool(created)
-                if issued:
-                    audits.append(
-                        base.AuditRecord(
-                            action="license.issued",
-                            target_kind="license",
-                            target_id=draft.id,
-                            details={
-                                "invoice_id": invoice.id,
-                                "provider_id": settlement.provider_id,
-                                "provider_invoice_id": invoice.provider_invoice_id,
-                                "policy_id": draft.policy_id,
-                                "recovered": settlement.recovered,
-                                "subscription_created": subscription_created,
-                            },
-                        )
-                    )
-            elif invoice.subscription_id is not None:
-                renewed = bool(
-                    await tx.returning(
-                        "renew_subscription", {"subscription_id": invoice.subscription_id, "now": stamp}
-                    )
+            winner = decide.payment_winner([_payment_row(row) for row in found])
+            if winner is not None and winner.id != invoice.id:
+                return base.DuplicateFound(winner.id)
+        changed = await tx.exec(
+            "settle",
+            {
+                "invoice_id": invoice.id,
+                "status": invoice.status.value,
+                "token": invoice.lease_token,
+                "now": stamp,
+                "next_check_at": format_ts(settlement.next_check_at),
+                "observation": settlement.observation,
+            },
+        )
+        if changed != 1:
+            return None
+        audits: list[base.AuditRecord] = list(settlement.audits)
+        license_id: str | None = None
+        issued = subscription_created = renewed = False
+        if settlement.license is not None:
+            draft = settlement.license
+            inserted = await tx.returning("insert_license", _license_params(draft, invoice))
+            issued = bool(inserted)
+            if issued:
+                license_id = draft.id
+            else:
+                existing = await tx.returning("license_for_invoice", {"invoice_id": invoice.id})
+                license_id = str(existing[0][0])
+            if settlement.subscription is not None:
+                sub = settlement.subscription
+                created = await tx.returning(
+                    "insert_subscription", _subscription_params(sub, license_id, invoice.id, stamp)
                 )
+                subscription_created = bool(created)
+            if issued:
                 audits.append(
                     base.AuditRecord(
-                        action="subscription.renewed",
-                        target_kind="invoice",
-                        target_id=invoice.id,
-                        details={
-                            "provider_id": settlement.provider_id,
-                            "provider_invoice_id": invoice.provider_invoice_id,
-                            "raw_status": _raw_status(settlement.observation),
-                            "subscription_id": invoice.subscription_id,
-                            "subscription_found": renewed,
-                        },
-                    )
-                )
-            redeemed = await tx.returning(
-                "redeem_redemption", {"invoice_id": invoice.id, "license_id": license_id, "now": stamp}
-            )
-            for row in redeemed:
-                audits.append(
-                    base.AuditRecord(
-                        action="code.redeemed",
-                        target_kind="discount_code",
-                        target_id=str(row["code_id"]),
+                        action="license.issued",
+                        target_kind="license",
+                        target_id=draft.id,
                         details={
                             "invoice_id": invoice.id,
-                            "license_id": license_id,
-                            "redemption_id": row["id"],
+                            "provider_id": settlement.provider_id,
+                            "provider_invoice_id": invoice.provider_invoice_id,
+                            "policy_id": draft.policy_id,
+                            "recovered": settlement.recovered,
+                            "subscription_created": subscription_created,
                         },
                     )
                 )
-            for kind in settlement.post_settle_kinds:
-                await tx.exec(
-                    "insert_post_settle_task",
-                    {
-                        "invoice_id": invoice.id,
-                        "kind": kind,
+        elif invoice.subscription_id is not None:
+            renewed = bool(
+                await tx.returning(
+                    "renew_subscription", {"subscription_id": invoice.subscription_id, "now": stamp}
+                )
+            )
+            audits.append(
+                base.AuditRecord(
+                    action="subscription.renewed",
+                    target_kind="invoice",
+                    target_id=invoice.id,
+                    details={
                         "provider_id": settlement.provider_id,
-                        "now": stamp,
+                        "provider_invoice_id": invoice.provider_invoice_id,
+                        "raw_status": _raw_status(settlement.observation),
+                        "subscription_id": invoice.subscription_id,
+                        "subscription_found": renewed,
                     },
                 )
-            await self._audit(tx, now, audits)
+            )
+        redeemed = await tx.returning(
+            "redeem_redemption", {"invoice_id": invoice.id, "license_id": license_id, "now": stamp}
+        )
+        for row in redeemed:
+            audits.append(
+                base.AuditRecord(
+                    action="code.redeemed",
+                    target_kind="discount_code",
+                    target_id=str(row["code_id"]),
+                    details={
+                        "invoice_id": invoice.id,
+                        "license_id": license_id,
+                        "redemption_id": row["id"],
+                    },
+                )
+            )
+        for kind in settlement.post_settle_kinds:
+            await tx.exec(
+                "insert_post_settle_task",
+                {
+                    "invoice_id": invoice.id,
+                    "kind": kind,
+                    "provider_id": settlement.provider_id,
+                    "now": stamp,
+                },
+            )
+        await self._audit(tx, now, audits)
         return base.SettleOutcome(
             license_id=license_id,
             license_issued=issued,
@@ -291,21 +401,30 @@ class SqlStore(base.Store):
             subscription_renewed=renewed,
         )
 
-    async def policies_for(self, invoice: Invoice) -> tuple[Policy | None, list[Policy]]:
-        own = None
+    async def policies_for(
+        self, invoice: Invoice
+    ) -> tuple[Policy | UnreadablePolicy | None, list[Policy | UnreadablePolicy]]:
+        own: Policy | UnreadablePolicy | None = None
         if invoice.policy_id is not None:
-            rows = await self._read("invoice_policy", {"policy_id": invoice.policy_id})
-            own = _policy(rows[0]) if rows else None
+            found = await self._read("invoice_policy", {"policy_id": invoice.policy_id})
+            own = rows.policy(found[0]) if found else None
         product = await self._read("product_policies", {"product_id": invoice.product_id})
-        return own, [_policy(row) for row in product]
+        return own, [rows.policy(row) for row in product]
+
+    async def license_of(self, invoice_id: str) -> dict[str, Any] | None:
+        found = await self._read("license_of", {"invoice_id": invoice_id})
+        if not found:
+            return None
+        row = found[0]
+        return {key: row[key] for key in ("id", "status", "issued_at", "expires_at", "policy_id")}
 
     async def redemption_status(self, invoice_id: str) -> str | None:
-        rows = await self._read("redemption_status", {"invoice_id": invoice_id})
-        return str(rows[0][0]) if rows else None
+        found = await self._read("redemption_status", {"invoice_id": invoice_id})
+        return str(found[0][0]) if found else None
 
     # -- post-settle tasks --------------------------------------------------------------------------------
     async def due_tasks(self, *, now: datetime, batch_size: int) -> list[base.DueTask]:
-        rows = await self._read("due_post_settle_tasks", {"now": format_ts(now), "batch_size": batch_size})
+        found = await self._read("due_post_settle_tasks", {"now": format_ts(now), "batch_size": batch_size})
         return [
             base.DueTask(
                 invoice_id=r["invoice_id"],
@@ -316,26 +435,23 @@ class SqlStore(base.Store):
                 subscription_id=r["subscription_id"],
                 has_profile=r["payment_profile_id"] is not None,
             )
-            for r in rows
+            for r in found
         ]
 
     async def claim_task(self, task: base.DueTask, *, now: datetime, lease_until: datetime) -> bool:
-        async with self._transaction() as tx:
-            changed = await tx.exec(
-                "claim_post_settle_task",
-                {
-                    "invoice_id": task.invoice_id,
-                    "kind": task.kind,
-                    "attempts": task.attempts,
-                    "now": format_ts(now),
-                    "lease_until": format_ts(lease_until),
-                },
-            )
-        return changed == 1
+        params = {
+            "invoice_id": task.invoice_id,
+            "kind": task.kind,
+            "attempts": task.attempts,
+            "now": format_ts(now),
+            "lease_until": format_ts(lease_until),
+        }
+        return await self._write("claim_post_settle_task", params) == 1
 
     async def finish_task(self, task: base.DueTask, result: base.TaskResult, *, now: datetime) -> bool:
         stamp = format_ts(now)
-        async with self._transaction() as tx:
+
+        async def finish(tx: Tx) -> bool:
             changed = await tx.exec(
                 "finish_post_settle_task",
                 {
@@ -365,11 +481,13 @@ class SqlStore(base.Store):
                 )
             if result.audit is not None:
                 await self._audit(tx, now, [result.audit])
-        return True
+            return True
+
+        return await self._atomic(finish)
 
     # -- instances and reporting --------------------------------------------------------------------------
     async def upsert_instance(self, row: base.InstanceRow) -> None:
-        async with self._transaction() as tx:
+        async def upsert(tx: Tx) -> None:
             await tx.exec("upsert_instance", _instance_params(row))
             if row.last_pass_finished_at is not None:
                 # one row per process: a timer's `--once` runs would pile up forever without this
@@ -378,21 +496,32 @@ class SqlStore(base.Store):
                     "prune_instances", {"cutoff": format_ts(cutoff), "lease_owner": row.lease_owner}
                 )
 
-    async def status_report(self, *, now: datetime, max_age: timedelta) -> base.StatusReport:
+        await self._atomic(upsert)
+
+    async def status_report(
+        self, *, now: datetime, max_age: timedelta, instances_since: datetime | None = None
+    ) -> base.StatusReport:
         min_created = format_ts(now - max_age)
+        since = _fmt(instances_since)
         pending = await self._read("status_pending", {"min_created_at": min_created})
         stale = await self._read("status_stale", {"min_created_at": min_created})
-        instances = await self._read("status_instances", {})
+        instances = await self._read("status_instances", {"since": since})
+        others = await self._read("status_other_instances", {"since": since})
         review = await self._read("status_review", {"since": format_ts(now - timedelta(days=30))})
+        held = await self._read("status_quarantined", {"limit": base.QUARANTINE_LISTED})
+        held_total = await self._read("status_quarantined_count", {})
         return base.StatusReport(
-            pending=tuple(base.PendingByProvider(r[0], int(r[1]), parse_ts(r[2])) for r in pending),
+            pending=tuple(base.PendingByProvider(r[0], int(r[1]), rows.lenient_ts(r[2])) for r in pending),
             no_longer_checked=int(stale[0][0]),
             instances=tuple(_instance(r) for r in instances),
             review=tuple((str(r[0]), int(r[1]), parse_ts(r[2])) for r in review),
+            quarantined=tuple(_quarantined(r) for r in held),
+            quarantined_total=int(held_total[0][0]),
+            other_instances=int(others[0][0]),
         )
 
     async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]:
-        rows = await self._read("invoice_audits", {"invoice_id": invoice_id})
+        found = await self._read("invoice_audits", {"invoice_id": invoice_id})
         return [
             {
                 "occurred_at": r["occurred_at"],
@@ -401,56 +530,53 @@ class SqlStore(base.Store):
                 "target_id": r["target_id"],
                 "details": json.loads(r["details"]),
             }
-            for r in rows
+            for r in found
         ]
 
 
-def _claim_order(invoice: Invoice) -> tuple[str, str]:
-    return (format_ts(invoice.created_at), invoice.id)
+def _claim_order(row: base.Row) -> tuple[str, str]:
+    if isinstance(row, Unreadable):
+        return ("", row.label)  # quarantined first: they cost no provider call
+    return (format_ts(row.created_at), row.id)
 
 
 def _ts(value: Any) -> datetime | None:
     return parse_ts(value) if value is not None else None
 
 
-def _invoice(row: Row) -> Invoice:
-    return Invoice(
-        id=row["id"],
-        payment_provider_id=row["payment_provider_id"],
-        provider_invoice_id=row["provider_invoice_id"],
-        product_id=row["product_id"],
-        policy_id=row["policy_id"],
-        status=InvoiceStatus(row["status"]),
-        amount_sats=int(row["amount_sats"]),
-        listed_currency=row["listed_currency"],
-        listed_value=row["listed_value"],
-        buyer_email=row["buyer_email"],
-        subscription_id=row["subscription_id"],
-        created_at=parse_ts(row["created_at"]),
-        settled_at=_ts(row["settled_at"]),
-        check_attempts=int(row["check_attempts"]),
-        last_provider_status=row["last_provider_status"],
-        lease_token=row["lease_token"],
+def _release_params(row: base.Row, next_check_at: datetime | None) -> dict[str, Any]:
+    return {
+        "invoice_id": row.id,
+        "token": row.lease_token,
+        "next_check_at": format_ts(next_check_at) if next_check_at else None,
+    }
+
+
+def _payment_params(
+    provider_id: str, include_null: bool, provider_invoice_ids: Sequence[str]
+) -> dict[str, Any]:
+    return {
+        "provider_id": provider_id,
+        "include_null": int(include_null),
+        "provider_invoice_ids": json.dumps(list(provider_invoice_ids)),
+    }
+
+
+def _payment_row(row: Row) -> base.PaymentRow:
+    created_at = row["created_at"]
+    return base.PaymentRow(
+        id=str(row["id"]),
+        provider_invoice_id=str(row["provider_invoice_id"]),
+        status=str(row["status"]),
+        created_at=created_at if isinstance(created_at, str) else "",
         has_license=bool(row["has_license"]),
     )
 
 
-def _policy(row: Row) -> Policy:
-    return Policy(
-        id=row["id"],
-        product_id=row["product_id"],
-        slug=row["slug"],
-        duration_seconds=int(row["duration_seconds"]),
-        is_trial=bool(row["is_trial"]),
-        is_recurring=bool(row["is_recurring"]),
-        trial_days=int(row["trial_days"]),
-        renewal_period_days=int(row["renewal_period_days"]),
-        grace_seconds=int(row["grace_seconds"]),
-        max_machines=int(row["max_machines"]),
-        entitlements=tuple(json.loads(row["entitlements"] or "[]")),
-        active=bool(row["active"]),
-        created_at=row["created_at"],
-    )
+def _quarantined(row: Row) -> base.Quarantined:
+    observation = str(row["last_provider_status"])
+    kind, _, detail = observation.removeprefix("!").partition(":")
+    return base.Quarantined(str(row["id"]), kind, detail, rows.lenient_ts(row["since"]))
 
 
 def _license_params(draft: base.LicenseDraft, invoice: Invoice) -> dict[str, Any]:

@@ -49,6 +49,37 @@ SELECT i.id, i.payment_provider_id, i.provider_invoice_id, i.product_id, i.polic
 FROM invoices AS i
 WHERE i.id = :invoice_id;
 
+-- name: find_invoices
+SELECT i.id, i.payment_provider_id, i.provider_invoice_id, i.product_id, i.policy_id, i.status, i.amount_sats,
+    i.listed_currency, i.listed_value, i.buyer_email, i.subscription_id, i.created_at, i.settled_at,
+    i.check_attempts, i.last_provider_status, i.lease_token,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id) AS has_license
+FROM invoices AS i
+WHERE i.provider_invoice_id = :provider_invoice_id
+  AND (:provider_id IS NULL OR i.payment_provider_id = :provider_id)
+ORDER BY i.created_at, i.id;
+
+-- name: payment_rows
+-- Every row of some payments: the provider's own rows and, for the default provider, rows without one.
+-- Two branches so that each is a lookup on UNIQUE(payment_provider_id, provider_invoice_id).
+SELECT i.id, i.provider_invoice_id, i.status, i.created_at,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id) AS has_license
+FROM invoices AS i
+WHERE i.payment_provider_id = :provider_id AND i.provider_invoice_id IN (SELECT value FROM json_each(:provider_invoice_ids))
+UNION ALL
+SELECT i.id, i.provider_invoice_id, i.status, i.created_at,
+    EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = i.id) AS has_license
+FROM invoices AS i
+WHERE :include_null = 1 AND i.payment_provider_id IS NULL AND i.provider_invoice_id IN (SELECT value FROM json_each(:provider_invoice_ids));
+
+-- name: lock_payment
+-- Held until the settle transaction ends, so two instances settle one payment's rows one after the other.
+-- SQLite serialises writers with BEGIN IMMEDIATE already: nothing more to lock.
+SELECT :key AS key;
+
+-- name: license_of
+SELECT id, status, issued_at, expires_at, policy_id FROM licenses WHERE invoice_id = :invoice_id;
+
 -- name: release
 UPDATE invoices
 SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,
@@ -62,6 +93,13 @@ SET next_check_at = :next_check_at, check_attempts = check_attempts + 1,
     last_provider_status = COALESCE(:observation, last_provider_status),
     lease_owner = NULL, lease_token = NULL, lease_until = NULL
 WHERE id = :invoice_id AND status = :status AND lease_token = :token;
+
+-- name: quarantine
+-- A row held back for a person (unreadable, duplicate): no status, no attempt counted, only the schedule.
+UPDATE invoices
+SET next_check_at = :next_check_at, last_provider_status = :observation,
+    lease_owner = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = :invoice_id AND lease_token = :token;
 
 -- name: transition
 UPDATE invoices
@@ -167,14 +205,33 @@ SELECT count(*) FROM invoices WHERE status = 'pending' AND created_at < :min_cre
 -- name: status_instances
 SELECT lease_owner, hostname, pid, started_at, last_pass_started_at, last_pass_finished_at, last_summary
 FROM reconciler_instances
+WHERE :since IS NULL OR COALESCE(last_pass_started_at, started_at) >= :since
 ORDER BY last_pass_finished_at DESC, lease_owner;
+
+-- name: status_other_instances
+SELECT count(*) FROM reconciler_instances
+WHERE NOT (:since IS NULL OR COALESCE(last_pass_started_at, started_at) >= :since);
+
+-- name: status_quarantined
+SELECT i.id, i.last_provider_status,
+    (SELECT max(a.occurred_at) FROM audit_log AS a
+     WHERE a.target_kind = 'invoice' AND a.target_id = i.id
+       AND a.action IN ('invoice.unreadable', 'invoice.duplicate')) AS since
+FROM invoices AS i
+WHERE i.last_provider_status LIKE '!unreadable:%' OR i.last_provider_status LIKE '!duplicate:%'
+ORDER BY i.created_at, i.id
+LIMIT :limit;
+
+-- name: status_quarantined_count
+SELECT count(*) FROM invoices
+WHERE last_provider_status LIKE '!unreadable:%' OR last_provider_status LIKE '!duplicate:%';
 
 -- name: status_review
 SELECT action, count(*) AS n, max(occurred_at) AS latest
 FROM audit_log
 WHERE action IN ('invoice.amount_mismatch', 'invoice.paid_late', 'invoice.underpaid', 'invoice.refunded',
     'invoice.unknown_status', 'invoice.provider_not_found', 'invoice.bad_provider_response',
-    'license.issue_failed', 'post_settle.failed')
+    'license.issue_failed', 'post_settle.failed', 'invoice.unreadable', 'invoice.duplicate')
   AND occurred_at >= :since
 GROUP BY action
 ORDER BY action;

@@ -53,15 +53,20 @@ async def test_null_provider_uses_default_provider(shop: Shop, make_runner: Runn
     assert json.loads(shop.audits(inv, "invoice.settled")[0]["details"])["provider_id"] == "fake"
 
 
-async def test_null_provider_without_default_is_skipped_silently(
+async def test_null_provider_without_default_is_skipped_with_one_warning_per_pass(
     shop: Shop, make_runner: RunnerFactory, clock: Clock, log_lines: list[str]
 ) -> None:
-    inv = shop.invoice(shop.product(), provider=None)
+    product = shop.product()
+    inv = shop.invoice(product, provider=None)
+    shop.invoice(product, provider=None, created_at=T0 + timedelta(minutes=1))
     driver = FakeDriver()
     counts = await run(make_runner, driver)
-    assert counts == {"skipped": 1}
+    assert counts == {"skipped": 2}
     assert driver.calls == []
-    assert log_lines == []
+    # issue 10: no longer silent; one line per pass names the first invoice and the setting to fix
+    (line,) = log_lines
+    assert line.startswith("WARNING invoices without a payment_provider_id are skipped")
+    assert inv in line and "default_provider" in line
     row = shop.invoice_row(inv)
     assert row["status"] == "pending" and row["last_checked_at"] is None
     assert parse_ts(row["next_check_at"]) == clock.now + timedelta(seconds=60)

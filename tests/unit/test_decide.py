@@ -101,6 +101,8 @@ def test_decision_kinds_are_the_spec_names() -> None:
         "not_found",
         "bad_response",
         "issue_failed",
+        "unreadable",
+        "duplicate",
     }
 
 
