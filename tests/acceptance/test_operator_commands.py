@@ -137,7 +137,11 @@ def test_explain_shows_the_provider_error_the_license_and_finds_provider_ids(wor
     failing = workspace.shop.invoice(product, provider_invoice_id="DOWN", created_at=recent())
     paid = workspace.shop.invoice(product, provider_invoice_id="PAID", created_at=recent())
     workspace.answers(
-        {"DOWN": [{"error": "unavailable"}], "PAID": [SETTLED], "*": [{"status": "PENDING", "raw_status": "New"}]}
+        {
+            "DOWN": [{"error": "unavailable"}],
+            "PAID": [SETTLED],
+            "*": [{"status": "PENDING", "raw_status": "New"}],
+        }
     )
     assert workspace.run("--once").returncode in (0, 75)
 
@@ -169,7 +173,9 @@ def test_doctor_runs_every_start_up_check_of_run(workspace: Workspace) -> None:
     assert "schema version 1" in healthy.stdout
 
     workspace.key.unlink()
-    config = workspace.config({"database": {"url": f"sqlite://{workspace.root / 'absent.db'}"}}, name="b.toml")
+    config = workspace.config(
+        {"database": {"url": f"sqlite://{workspace.root / 'absent.db'}"}}, name="b.toml"
+    )
     broken = workspace.run("doctor", config=config)
     assert broken.returncode == 2, broken
     assert "FAILED  signing key:" in broken.stdout and "FAILED  database:" in broken.stdout
