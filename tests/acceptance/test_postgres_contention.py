@@ -46,77 +46,83 @@ async def test_a_storefront_locking_in_the_opposite_order_never_ends_the_pass(tm
     """The handler inserts the license first, then flips the status; our settle flips first, then inserts.
     PostgreSQL aborts one of the two as a deadlock: ours is run again, never the end of the pass."""
     async with pg_connection() as (conn, schema):
-        async for backend in postgres_backend(conn, schema, PG_URL):
-            product = await seed_product(conn)
-            created = format_ts(datetime.now(UTC) - timedelta(minutes=5))
-            invoices = [str(uuid.uuid4()) for _ in range(6)]
-            for n, invoice_id in enumerate(invoices):
-                await conn.execute(
-                    "INSERT INTO invoices (id, payment_provider_id, provider_invoice_id, product_id, amount_sats,"
-                    " created_at) VALUES ($1, 'fake', $2, $3, 1000, $4)",
-                    invoice_id,
-                    f"P{n}",
+        backends = postgres_backend(conn, schema, PG_URL)
+        backend = await anext(backends)
+        try:
+            await _race_a_storefront(conn, schema, backend)
+        finally:
+            await backends.aclose()
+
+
+async def _race_a_storefront(conn: Any, schema: str, backend: Any) -> None:
+    product = await seed_product(conn)
+    created = format_ts(datetime.now(UTC) - timedelta(minutes=5))
+    invoices = [str(uuid.uuid4()) for _ in range(6)]
+    for n, invoice_id in enumerate(invoices):
+        await conn.execute(
+            "INSERT INTO invoices (id, payment_provider_id, provider_invoice_id, product_id, amount_sats,"
+            " created_at) VALUES ($1, 'fake', $2, $3, 1000, $4)",
+            invoice_id,
+            f"P{n}",
+            product,
+            created,
+        )
+    await conn.execute("SET deadlock_timeout = '100ms'")
+    handler = await __import__("asyncpg").connect(search_path_url(PG_URL, schema))
+    outcomes: list[str] = []
+
+    async def storefront(invoice_id: str, started: asyncio.Event) -> None:
+        try:
+            async with handler.transaction():
+                await handler.execute(
+                    "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at)"
+                    " VALUES ($1, $2, $3, 'WEBHOOK', $4) ON CONFLICT (invoice_id) DO NOTHING",
+                    str(uuid.uuid4()),
                     product,
-                    created,
+                    invoice_id,
+                    now_ts(),
                 )
-            await conn.execute("SET deadlock_timeout = '100ms'")
-            handler = await __import__("asyncpg").connect(search_path_url(PG_URL, schema))
-            outcomes: list[str] = []
+                started.set()
+                await asyncio.sleep(0.3)  # our settle takes the invoice row meanwhile
+                await handler.execute(
+                    "UPDATE invoices SET status = 'settled', settled_at = $1 WHERE id = $2"
+                    " AND status = 'pending'",
+                    now_ts(),
+                    invoice_id,
+                )
+            outcomes.append("committed")
+        except Exception as exc:  # the storefront's own handler: the deadlock victim, maybe
+            outcomes.append(type(exc).__name__)
 
-            async def storefront(invoice_id: str, started: asyncio.Event) -> None:
-                try:
-                    async with handler.transaction():
-                        await handler.execute(
-                            "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at)"
-                            " VALUES ($1, $2, $3, 'WEBHOOK', $4) ON CONFLICT (invoice_id) DO NOTHING",
-                            str(uuid.uuid4()),
-                            product,
-                            invoice_id,
-                            now_ts(),
-                        )
-                        started.set()
-                        await asyncio.sleep(0.3)  # our settle takes the invoice row meanwhile
-                        await handler.execute(
-                            "UPDATE invoices SET status = 'settled', settled_at = $1 WHERE id = $2"
-                            " AND status = 'pending'",
-                            now_ts(),
-                            invoice_id,
-                        )
-                    outcomes.append("committed")
-                except Exception as exc:  # the storefront's own handler: the deadlock victim, maybe
-                    outcomes.append(type(exc).__name__)
+    handlers: list[asyncio.Task[None]] = []
+    by_provider_id = {f"P{n}": invoice_id for n, invoice_id in enumerate(invoices)}
 
-            handlers: list[asyncio.Task[None]] = []
-            by_provider_id = {f"P{n}": invoice_id for n, invoice_id in enumerate(invoices)}
+    class WebhookRacing(FakeDriver):
+        async def fetch(self, provider_invoice_id: str) -> Snapshot:
+            if provider_invoice_id == "P0":
+                started = asyncio.Event()
+                handlers.append(asyncio.create_task(storefront(by_provider_id["P0"], started)))
+                await started.wait()
+            return await super().fetch(provider_invoice_id)
 
-            class WebhookRacing(FakeDriver):
-                async def fetch(self, provider_invoice_id: str) -> Snapshot:
-                    if provider_invoice_id == "P0":
-                        started = asyncio.Event()
-                        handlers.append(asyncio.create_task(storefront(by_provider_id["P0"], started)))
-                        await started.wait()
-                    return await super().fetch(provider_invoice_id)
+    driver = WebhookRacing()
+    driver.script_many(by_provider_id, SETTLED)
+    runner = Runner(
+        backend.store,
+        {"fake": Provider("fake", driver, CommonSettings(driver="fake"))},
+        RunnerSettings(batch_size=3),
+        signing_key=Ed25519PrivateKey.generate(),
+    )
+    summary = await runner.run_pass()  # must not raise
+    await asyncio.gather(*handlers)
+    await handler.close()
 
-            driver = WebhookRacing()
-            driver.script_many(by_provider_id, SETTLED)
-            runner = Runner(
-                backend.store,
-                {"fake": Provider("fake", driver, CommonSettings(driver="fake"))},
-                RunnerSettings(batch_size=3),
-                signing_key=Ed25519PrivateKey.generate(),
-            )
-            summary = await runner.run_pass()  # must not raise
-            await asyncio.gather(*handlers)
-            await handler.close()
-
-            assert outcomes  # the race happened
-            assert await conn.fetchval("SELECT count(*) FROM invoices WHERE lease_token IS NOT NULL") == 0
-            per_invoice = await conn.fetch(
-                "SELECT invoice_id, count(*) AS n FROM licenses GROUP BY invoice_id"
-            )
-            assert {r["invoice_id"]: r["n"] for r in per_invoice} == {i: 1 for i in invoices}
-            assert await conn.fetchval("SELECT count(*) FROM invoices WHERE status = 'settled'") == 6
-            assert summary.counts["settle"] >= 5
+    assert outcomes  # the race happened
+    assert await conn.fetchval("SELECT count(*) FROM invoices WHERE lease_token IS NOT NULL") == 0
+    per_invoice = await conn.fetch("SELECT invoice_id, count(*) AS n FROM licenses GROUP BY invoice_id")
+    assert {r["invoice_id"]: r["n"] for r in per_invoice} == {i: 1 for i in invoices}
+    assert await conn.fetchval("SELECT count(*) FROM invoices WHERE status = 'settled'") == 6
+    assert summary.counts["settle"] >= 5
 
 
 @pytest.mark.slow
