@@ -9,9 +9,10 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -46,7 +47,7 @@ async def test_a_storefront_locking_in_the_opposite_order_never_ends_the_pass(tm
     """The handler inserts the license first, then flips the status; our settle flips first, then inserts.
     PostgreSQL aborts one of the two as a deadlock: ours is run again, never the end of the pass."""
     async with pg_connection() as (conn, schema):
-        backends = postgres_backend(conn, schema, PG_URL)
+        backends = cast(AsyncGenerator[Any, None], postgres_backend(conn, schema, PG_URL))
         backend = await anext(backends)
         try:
             await _race_a_storefront(conn, schema, backend)
