@@ -42,6 +42,9 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
         connection.row_factory = sqlite3.Row
+        # Text a storefront wrote that is not UTF-8 must not fail a whole batch: it decodes to lone
+        # surrogates, which the row checks (store/rows.py) turn into that one row's quarantine.
+        connection.text_factory = _decode_text
         # Per-connection settings only: nothing touches the file until the schema has been checked.
         await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await connection.execute("PRAGMA synchronous = NORMAL")
@@ -141,6 +144,10 @@ class SqliteStore(SqlStore):
             # executescript commits on its own; the script is a sequence of CREATEs and one INSERT.
             await self._db.executescript("BEGIN IMMEDIATE;\n" + queries.schema_sql() + "\nCOMMIT;")
         return True
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 # SQLite primary result codes that mean "try again later", not "our SQL is wrong".
