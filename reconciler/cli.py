@@ -156,9 +156,9 @@ async def _run(args: argparse.Namespace) -> int:
 async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
     """The service: READY once every check passed, a pass every interval, metrics and health if asked."""
     notifier = Notifier.from_env()
-    metrics = Metrics()
-    runner.observer = metrics
     providers = sorted(loaded)
+    metrics = Metrics(providers=providers)
+    runner.observer = metrics
 
     async def after_pass(summary: PassSummary) -> None:
         now = utcnow()

@@ -6,19 +6,30 @@ several runners in one process) never share counters.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from reconciler.runner import Observer, PassSummary
+from reconciler import traffic
+from reconciler.decide import DecisionKind
+from reconciler.runner import FENCED, RELEASED, Observer, PassSummary
 from reconciler.store.base import StatusReport
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _PASS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0)
 
+#: Label values every series starts with, at 0: an alert on `increase(...)` needs a sample before the first
+#: event. `-` is the provider of invoices and tasks with no provider id (and no `default_provider`).
+NO_PROVIDER = "-"
+DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
+REQUEST_OUTCOMES = tuple(dict.fromkeys(("ok", *traffic._OUTCOMES.values(), "unavailable", "error")))
+TASK_STATUSES = ("done", "pending", "failed")
+PASS_RESULTS = ("ok", "degraded")
+
 
 class Metrics(Observer):
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, providers: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.decisions = Counter(
@@ -75,17 +86,34 @@ class Metrics(Observer):
             registry=r,
         )
         self._backlog_labels: set[str] = set()
+        self.initialise(providers)
+
+    def initialise(self, providers: Iterable[str]) -> None:
+        """Create every labelled series of these configured provider ids at 0 (idempotent)."""
+        providers = tuple(providers)
+        for result in PASS_RESULTS:
+            self.passes.labels(result)
+        for provider in providers:
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(provider, outcome)
+            self.latency.labels(provider)
+            self.circuit.labels(provider).set(0)
+        for provider in (*providers, NO_PROVIDER):
+            for kind in DECISION_KINDS:
+                self.decisions.labels(provider, kind)
+            for status in TASK_STATUSES:
+                self.tasks.labels(provider, status)
 
     # -- runner.Observer ----------------------------------------------------------------------------------
     def decision(self, provider_id: str | None, kind: str) -> None:
-        self.decisions.labels(provider_id or "-", kind).inc()
+        self.decisions.labels(provider_id or NO_PROVIDER, kind).inc()
 
     def request(self, provider_id: str, outcome: str, seconds: float) -> None:
         self.requests.labels(provider_id, outcome).inc()
         self.latency.labels(provider_id).observe(seconds)
 
     def task(self, provider_id: str | None, status: str) -> None:
-        self.tasks.labels(provider_id or "-", status).inc()
+        self.tasks.labels(provider_id or NO_PROVIDER, status).inc()
 
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         self.pass_seconds.observe(summary.duration)

@@ -561,3 +561,29 @@ def test_a_pass_runs_with_memory_deny_write_execute(workspace: Workspace) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert workspace.shop.scalar("SELECT count(*) FROM licenses") == 1
+
+
+# -- alerts that fire the first time (issue 10) ----------------------------------------------------------------
+def test_every_alerted_series_is_scraped_at_zero_before_the_first_pass(
+    workspace: Workspace, services: list[Service]
+) -> None:
+    """`increase(...) > 0` needs a 0 sample before the first event: the series exist from start-up."""
+    seed(workspace, P0=PENDING)
+    config = workspace.config(
+        {"reconcile": {"initial_delay": "1h"}, "http": {"listen": "127.0.0.1:0"}},
+    )
+    service = Service(config, env=clean_env())
+    services.append(service)
+    base = service.wait_for(r"metrics and health on (http://127\.0\.0\.1:\d+/)").group(1)
+    samples = scrape(base)
+    assert value(samples, "reconciler_pass_duration_seconds_count") == 0
+    assert value(samples, "reconciler_passes_total", result="degraded") == 0
+    assert value(samples, "reconciler_passes_total", result="ok") == 0
+    for provider in ("fake", "-"):
+        for kind in ("issue_failed", "not_found", "bad_response", "unreadable", "duplicate", "fenced"):
+            assert value(samples, "reconciler_decisions_total", provider=provider, kind=kind) == 0, kind
+        assert value(samples, "reconciler_post_settle_tasks_total", provider=provider, status="failed") == 0
+    for outcome in ("ok", "unavailable", "auth_error", "not_found", "bad_response", "error"):
+        assert value(samples, "reconciler_provider_requests_total", provider="fake", outcome=outcome) == 0
+    assert value(samples, "reconciler_circuit_open", provider="fake") == 0
+    assert service.stop() == 0, service.stderr

@@ -1,0 +1,83 @@
+"""Metrics (SPEC §13) through the `runner.Observer` hooks, called as the runner calls them.
+
+Every series an alert can match exists from start-up at 0, so `increase(...) > 0` sees the first event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler import runner, traffic
+from reconciler.decide import DecisionKind
+from reconciler.metrics import Metrics
+from reconciler.runner import PassSummary
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+PROVIDERS = ["btcpay_main", "shop_zaprite"]
+T = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def samples(metrics: Metrics) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def nothing_due() -> PassSummary:
+    return PassSummary(started_at=T, finished_at=T)
+
+
+# -- every labelled series from start-up -------------------------------------------------------------------------
+def test_every_labelled_series_exists_at_zero_before_any_event() -> None:
+    found = samples(Metrics(providers=PROVIDERS))
+    kinds = [*DecisionKind, runner.FENCED, runner.RELEASED]
+    outcomes = {"ok", "unavailable", "error", *traffic._OUTCOMES.values()}
+    for provider in [*PROVIDERS, "-"]:
+        for kind in kinds:
+            assert value(found, "reconciler_decisions_total", provider=provider, kind=kind) == 0, kind
+        for status in ("done", "pending", "failed"):
+            assert value(found, "reconciler_post_settle_tasks_total", provider=provider, status=status) == 0
+    for provider in PROVIDERS:
+        for outcome in outcomes:
+            assert (
+                value(found, "reconciler_provider_requests_total", provider=provider, outcome=outcome) == 0
+            ), outcome
+        assert value(found, "reconciler_provider_request_seconds_count", provider=provider) == 0
+        assert value(found, "reconciler_circuit_open", provider=provider) == 0
+    for result in ("ok", "degraded"):
+        assert value(found, "reconciler_passes_total", result=result) == 0
+
+
+def test_the_first_event_is_an_increase_of_one() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.decision("btcpay_main", DecisionKind.ISSUE_FAILED)
+    metrics.task("shop_zaprite", "failed")
+    metrics.request("btcpay_main", "auth_error", 0.2)
+    degraded = nothing_due()
+    degraded.degraded["btcpay_main"] = "authentication failed"
+    metrics.pass_finished(degraded, PROVIDERS, {"btcpay_main"})
+    found = samples(metrics)
+    assert value(found, "reconciler_decisions_total", provider="btcpay_main", kind="issue_failed") == 1
+    assert value(found, "reconciler_decisions_total", provider="shop_zaprite", kind="issue_failed") == 0
+    assert value(found, "reconciler_post_settle_tasks_total", provider="shop_zaprite", status="failed") == 1
+    assert (
+        value(found, "reconciler_provider_requests_total", provider="btcpay_main", outcome="auth_error") == 1
+    )
+    assert value(found, "reconciler_passes_total", result="degraded") == 1
+    assert value(found, "reconciler_passes_total", result="ok") == 0
+    assert value(found, "reconciler_circuit_open", provider="btcpay_main") == 1
+    assert value(found, "reconciler_circuit_open", provider="shop_zaprite") == 0
+
+
+def test_a_provider_id_without_a_section_still_gets_its_series_on_first_use() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.decision("gone", DecisionKind.SKIPPED)
+    assert value(samples(metrics), "reconciler_decisions_total", provider="gone", kind="skipped") == 1
