@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from reconciler import traffic
 from reconciler.decide import DecisionKind
@@ -141,3 +142,9 @@ class Metrics(Observer):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The body and its full content type (format version included) for a scraper's Accept header:
+        OpenMetrics when asked for, the Prometheus text format otherwise."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
