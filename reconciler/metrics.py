@@ -1,4 +1,5 @@
-"""Prometheus metrics (SPEC §13). Every name starts with `reconciler_`; provider ids are the `provider` label.
+"""Prometheus metrics (SPEC §13). Our names start with `reconciler_` (beside the client library's standard
+`process_*` and `python_*` ones); provider ids are the `provider` label.
 
 `Metrics` observes the runner through the `runner.Observer` hooks and keeps its own registry, so tests (and
 several runners in one process) never share counters.
@@ -6,13 +7,23 @@ several runners in one process) never share counters.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import choose_encoder
 
-from reconciler import traffic
+from reconciler import __version__, traffic
 from reconciler.decide import DecisionKind
 from reconciler.runner import FENCED, RELEASED, Observer, PassSummary
 from reconciler.store.base import StatusReport
@@ -33,6 +44,15 @@ class Metrics(Observer):
     def __init__(self, registry: CollectorRegistry | None = None, *, providers: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(
+            "reconciler_build_info",
+            "Always 1: the running reconciler and Python versions",
+            ["version", "python"],
+            registry=r,
+        ).labels(__version__, platform.python_version()).set(1)
         self.decisions = Counter(
             "reconciler_decisions", "Invoice decisions by provider and kind", ["provider", "kind"], registry=r
         )

@@ -5,11 +5,13 @@ Every series an alert can match exists from start-up at 0, so `increase(...) > 0
 
 from __future__ import annotations
 
+import platform
+import sys
 from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler import runner, traffic
+from reconciler import __version__, runner, traffic
 from reconciler.decide import DecisionKind
 from reconciler.metrics import Metrics
 from reconciler.runner import PassSummary
@@ -81,3 +83,20 @@ def test_a_provider_id_without_a_section_still_gets_its_series_on_first_use() ->
     metrics = Metrics(providers=PROVIDERS)
     metrics.decision("gone", DecisionKind.SKIPPED)
     assert value(samples(metrics), "reconciler_decisions_total", provider="gone", kind="skipped") == 1
+
+
+# -- what is running -------------------------------------------------------------------------------------------
+def test_build_info_and_the_standard_process_metrics() -> None:
+    found = samples(Metrics(providers=PROVIDERS))
+    python = platform.python_version()
+    assert value(found, "reconciler_build_info", version=__version__, python=python) == 1
+    names = {name for name, _ in found}
+    assert {"python_info", "python_gc_objects_collected_total"} <= names
+    if sys.platform.startswith("linux"):  # the process collector reads /proc
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} <= names
+
+
+def test_two_instances_in_one_process_keep_their_own_registries() -> None:
+    first, second = Metrics(providers=PROVIDERS), Metrics(providers=PROVIDERS)
+    first.decision("btcpay_main", DecisionKind.SETTLE)
+    assert value(samples(second), "reconciler_decisions_total", provider="btcpay_main", kind="settle") == 0
