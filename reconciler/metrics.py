@@ -38,6 +38,20 @@ DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
 REQUEST_OUTCOMES = tuple(dict.fromkeys(("ok", *traffic._OUTCOMES.values(), "unavailable", "error")))
 TASK_STATUSES = ("done", "pending", "failed")
 PASS_RESULTS = ("ok", "degraded")
+#: The audit actions `reconciler status` counts for review (the stores' `status_review` query).
+REVIEW_ACTIONS = (
+    "invoice.amount_mismatch",
+    "invoice.paid_late",
+    "invoice.underpaid",
+    "invoice.refunded",
+    "invoice.unknown_status",
+    "invoice.provider_not_found",
+    "invoice.bad_provider_response",
+    "invoice.unreadable",
+    "invoice.duplicate",
+    "license.issue_failed",
+    "post_settle.failed",
+)
 
 
 class Metrics(Observer):
@@ -106,7 +120,14 @@ class Metrics(Observer):
             ["provider", "status"],
             registry=r,
         )
+        self.review = Gauge(
+            "reconciler_review_items",
+            "Audit rows of the last 30 days that need review, by action (as `reconciler status`)",
+            ["action"],
+            registry=r,
+        )
         self._backlog_labels: set[str] = set()
+        self._review_labels: set[str] = set(REVIEW_ACTIONS)
         self.initialise(providers)
 
     def initialise(self, providers: Iterable[str]) -> None:
@@ -159,6 +180,10 @@ class Metrics(Observer):
             self.oldest.labels(label).set(0)
         self._backlog_labels = seen | set(providers)
         self.stale.set(report.no_longer_checked)
+        counts = {action: count for action, count, _ in report.review}
+        self._review_labels |= set(counts)
+        for action in self._review_labels:
+            self.review.labels(action).set(counts.get(action, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

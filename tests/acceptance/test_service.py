@@ -587,3 +587,25 @@ def test_every_alerted_series_is_scraped_at_zero_before_the_first_pass(
         assert value(samples, "reconciler_provider_requests_total", provider="fake", outcome=outcome) == 0
     assert value(samples, "reconciler_circuit_open", provider="fake") == 0
     assert service.stop() == 0, service.stderr
+
+
+def test_review_items_after_a_pass_count_the_audit_rows_for_review(
+    workspace: Workspace, services: list[Service]
+) -> None:
+    seed(workspace, N0={"error": "not_found"}, S0=SETTLED)
+    config = workspace.config(
+        {"reconcile": {"initial_delay": "0s", "interval": "1h"}, "http": {"listen": "127.0.0.1:0"}},
+    )
+    service = Service(config, env=clean_env())
+    services.append(service)
+    base = service.wait_for(r"metrics and health on (http://127\.0\.0\.1:\d+/)").group(1)
+    samples = scrape_until(base, after_first_pass, "a finished pass")
+    audited = workspace.shop.scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'invoice.provider_not_found'"
+    )
+    assert audited == 1
+    assert value(samples, "reconciler_review_items", action="invoice.provider_not_found") == audited
+    assert value(samples, "reconciler_decisions_total", provider="fake", kind="not_found") == 1
+    for action in ("invoice.unreadable", "invoice.duplicate", "license.issue_failed", "post_settle.failed"):
+        assert value(samples, "reconciler_review_items", action=action) == 0, action
+    assert service.stop() == 0, service.stderr

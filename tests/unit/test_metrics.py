@@ -6,15 +6,18 @@ Every series an alert can match exists from start-up at 0, so `increase(...) > 0
 from __future__ import annotations
 
 import platform
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__, runner, traffic
 from reconciler.decide import DecisionKind
-from reconciler.metrics import Metrics
+from reconciler.metrics import REVIEW_ACTIONS, Metrics
 from reconciler.runner import PassSummary
+from reconciler.store.base import PendingByProvider, StatusReport
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PROVIDERS = ["btcpay_main", "shop_zaprite"]
@@ -100,3 +103,49 @@ def test_two_instances_in_one_process_keep_their_own_registries() -> None:
     first, second = Metrics(providers=PROVIDERS), Metrics(providers=PROVIDERS)
     first.decision("btcpay_main", DecisionKind.SETTLE)
     assert value(samples(second), "reconciler_decisions_total", provider="btcpay_main", kind="settle") == 0
+
+
+# -- items for review ------------------------------------------------------------------------------------------
+def report(*review: tuple[str, int]) -> StatusReport:
+    return StatusReport(
+        pending=(PendingByProvider("btcpay_main", 2, T - timedelta(minutes=5)),),
+        no_longer_checked=0,
+        instances=(),
+        review=tuple((action, count, T) for action, count in review),
+    )
+
+
+def test_review_items_are_zero_for_every_review_action_and_follow_the_report() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.backlog(report(("invoice.paid_late", 2), ("post_settle.failed", 1)), T, PROVIDERS)
+    found = samples(metrics)
+    assert value(found, "reconciler_review_items", action="invoice.paid_late") == 2
+    assert value(found, "reconciler_review_items", action="post_settle.failed") == 1
+    for action in ("invoice.unreadable", "invoice.duplicate", "license.issue_failed"):
+        assert value(found, "reconciler_review_items", action=action) == 0, action
+    assert {labels for name, labels in found if name == "reconciler_review_items"} == {
+        frozenset({("action", action)}) for action in REVIEW_ACTIONS
+    }
+
+    # items older than the report's window leave it: the gauge drops back to 0
+    metrics.backlog(report(("post_settle.failed", 1)), T, PROVIDERS)
+    found = samples(metrics)
+    assert value(found, "reconciler_review_items", action="invoice.paid_late") == 0
+    assert value(found, "reconciler_review_items", action="post_settle.failed") == 1
+
+
+def test_an_action_the_store_adds_to_its_review_list_gets_a_series_too() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.backlog(report(("invoice.something_new", 3)), T, PROVIDERS)
+    assert value(samples(metrics), "reconciler_review_items", action="invoice.something_new") == 3
+    metrics.backlog(report(), T, PROVIDERS)
+    assert value(samples(metrics), "reconciler_review_items", action="invoice.something_new") == 0
+
+
+def test_the_metrics_name_every_action_the_stores_count_for_review() -> None:
+    store = Path(__file__).resolve().parents[2] / "reconciler" / "store"
+    for dialect in ("sqlite.sql", "postgres.sql"):
+        query = (store / dialect).read_text().split("-- name: status_review", 1)[1].split("-- name:", 1)[0]
+        counted = set(re.findall(r"'([a-z_]+\.[a-z_]+)'", query))
+        assert counted, dialect
+        assert counted <= set(REVIEW_ACTIONS), (dialect, counted - set(REVIEW_ACTIONS))
