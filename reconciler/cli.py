@@ -177,6 +177,7 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
         stall_after=cfg.reconcile.lease,
         notifier=notifier,
         after_pass=after_pass,
+        credentials_refused=lambda: metrics.refused,
     )
     daemon.install_signal_handlers()
     server = None
@@ -185,14 +186,7 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
         async def alive() -> tuple[bool, str]:
             return daemon.alive()
 
-        async def ready() -> tuple[bool, str]:
-            try:
-                await store.require_schema()
-            except errors.ReconcilerError as exc:
-                return False, f"database: {exc.message}"
-            return True, f"database reachable, {len(loaded)} driver(s) loaded"
-
-        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=ready)
+        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=daemon.ready)
         try:
             port = await server.start()
         except OSError as exc:

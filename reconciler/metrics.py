@@ -110,10 +110,18 @@ class Metrics(Observer):
         )
         self.circuit = Gauge(
             "reconciler_circuit_open",
-            "1 while a provider's circuit is open (last pass)",
+            "1 while a provider's circuit is open: credentials refused, no request succeeded since",
             ["provider"],
             registry=r,
         )
+        self.refused_credentials = Gauge(
+            "reconciler_provider_credentials_refused",
+            "1 from a provider's refusal of our credentials until a later request to it succeeds",
+            ["provider"],
+            registry=r,
+        )
+        #: provider id -> why its credentials were refused, until a later request to it succeeds
+        self.refused: dict[str, str] = {}
         self.tasks = Counter(
             "reconciler_post_settle_tasks",
             "Post-settle task attempts by result",
@@ -139,7 +147,8 @@ class Metrics(Observer):
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(provider, outcome)
             self.latency.labels(provider)
-            self.circuit.labels(provider).set(0)
+            self.circuit.labels(provider).set(1 if provider in self.refused else 0)
+            self.refused_credentials.labels(provider).set(1 if provider in self.refused else 0)
         for provider in (*providers, NO_PROVIDER):
             for kind in DECISION_KINDS:
                 self.decisions.labels(provider, kind)
@@ -157,13 +166,24 @@ class Metrics(Observer):
     def task(self, provider_id: str | None, status: str) -> None:
         self.tasks.labels(provider_id or NO_PROVIDER, status).inc()
 
+    def credentials(self, provider_id: str, refused: str | None) -> None:
+        if refused is None:
+            self.refused.pop(provider_id, None)
+        else:
+            self.refused[provider_id] = refused
+        flag = 0 if refused is None else 1
+        self.refused_credentials.labels(provider_id).set(flag)
+        self.circuit.labels(provider_id).set(flag)
+
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         self.pass_seconds.observe(summary.duration)
         self.passes.labels("degraded" if summary.is_degraded else "ok").inc()
         if summary.finished_at is not None:
             self.last_pass.set(summary.finished_at.timestamp())
         for provider in providers:
-            self.circuit.labels(provider).set(1 if provider in circuits_open else 0)
+            # A pass with nothing due for a refused provider asks it nothing: the refusal still stands.
+            is_open = provider in circuits_open or provider in self.refused
+            self.circuit.labels(provider).set(1 if is_open else 0)
 
     # -- from the store -----------------------------------------------------------------------------------
     def backlog(self, report: StatusReport, now: datetime, providers: list[str]) -> None:

@@ -149,3 +149,40 @@ def test_the_metrics_name_every_action_the_stores_count_for_review() -> None:
         counted = set(re.findall(r"'([a-z_]+\.[a-z_]+)'", query))
         assert counted, dialect
         assert counted <= set(REVIEW_ACTIONS), (dialect, counted - set(REVIEW_ACTIONS))
+
+
+# -- refused credentials ---------------------------------------------------------------------------------------
+def test_refused_credentials_keep_the_circuit_open_until_a_request_succeeds() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    for provider in PROVIDERS:
+        assert value(samples(metrics), "reconciler_provider_credentials_refused", provider=provider) == 0
+    refused = nothing_due()
+    refused.degraded["btcpay_main"] = "authentication failed"
+    metrics.credentials("btcpay_main", "HTTP 401: the API key was revoked")
+    metrics.pass_finished(refused, PROVIDERS, {"btcpay_main"})
+
+    # the next passes have nothing due for it: no request, no news, still refused
+    for _ in range(2):
+        metrics.pass_finished(nothing_due(), PROVIDERS, set())
+        found = samples(metrics)
+        assert value(found, "reconciler_circuit_open", provider="btcpay_main") == 1
+        assert value(found, "reconciler_provider_credentials_refused", provider="btcpay_main") == 1
+        assert value(found, "reconciler_circuit_open", provider="shop_zaprite") == 0
+        assert value(found, "reconciler_provider_credentials_refused", provider="shop_zaprite") == 0
+    assert metrics.refused == {"btcpay_main": "HTTP 401: the API key was revoked"}
+
+    metrics.credentials("btcpay_main", None)  # a later request to it succeeded
+    found = samples(metrics)
+    assert value(found, "reconciler_provider_credentials_refused", provider="btcpay_main") == 0
+    assert value(found, "reconciler_circuit_open", provider="btcpay_main") == 0
+    metrics.pass_finished(nothing_due(), PROVIDERS, set())
+    assert value(samples(metrics), "reconciler_circuit_open", provider="btcpay_main") == 0
+    assert metrics.refused == {}
+
+
+def test_a_circuit_the_runner_reports_open_is_open_whatever_the_credentials_say() -> None:
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.pass_finished(nothing_due(), PROVIDERS, {"shop_zaprite"})
+    assert value(samples(metrics), "reconciler_circuit_open", provider="shop_zaprite") == 1
+    metrics.pass_finished(nothing_due(), PROVIDERS, set())
+    assert value(samples(metrics), "reconciler_circuit_open", provider="shop_zaprite") == 0
