@@ -15,12 +15,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__, runner, traffic
 from reconciler.decide import DecisionKind
-from reconciler.metrics import REVIEW_ACTIONS, Metrics
+from reconciler.metrics import (
+    DECISION_KINDS,
+    PASS_RESULTS,
+    REQUEST_OUTCOMES,
+    REVIEW_ACTIONS,
+    TASK_STATUSES,
+    Metrics,
+)
 from reconciler.runner import PassSummary
 from reconciler.store.base import PendingByProvider, StatusReport
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PROVIDERS = ["btcpay_main", "shop_zaprite"]
+REPO = Path(__file__).resolve().parents[2]
 T = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
@@ -143,7 +151,7 @@ def test_an_action_the_store_adds_to_its_review_list_gets_a_series_too() -> None
 
 
 def test_the_metrics_name_every_action_the_stores_count_for_review() -> None:
-    store = Path(__file__).resolve().parents[2] / "reconciler" / "store"
+    store = REPO / "reconciler" / "store"
     for dialect in ("sqlite.sql", "postgres.sql"):
         query = (store / dialect).read_text().split("-- name: status_review", 1)[1].split("-- name:", 1)[0]
         counted = set(re.findall(r"'([a-z_]+\.[a-z_]+)'", query))
@@ -186,3 +194,66 @@ def test_a_circuit_the_runner_reports_open_is_open_whatever_the_credentials_say(
     assert value(samples(metrics), "reconciler_circuit_open", provider="shop_zaprite") == 1
     metrics.pass_finished(nothing_due(), PROVIDERS, set())
     assert value(samples(metrics), "reconciler_circuit_open", provider="shop_zaprite") == 0
+
+
+# -- docs/operations.md ----------------------------------------------------------------------------------------
+def metrics_section() -> str:
+    text = (REPO / "docs" / "operations.md").read_text()
+    return text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_operations_guide_lists_every_series_and_every_label_value() -> None:
+    section = metrics_section()
+    documented = set(re.findall(r"^\| `(reconciler_\w+)` \|", section, re.MULTILINE))
+    metrics = Metrics(providers=PROVIDERS)
+    metrics.backlog(report(), T, PROVIDERS)
+    exposed = set()
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        if family.name.startswith("reconciler_") and not family.name.endswith("_created"):
+            exposed.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert documented == exposed
+    for label_value in (*DECISION_KINDS, *REQUEST_OUTCOMES, *TASK_STATUSES, *PASS_RESULTS, *REVIEW_ACTIONS):
+        assert f"`{label_value}`" in section, label_value
+
+
+_SELECTOR = re.compile(r"(\w+\(\s*)?(reconciler_\w+)(?:\{([^}]*)\})?")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def matches(labels: frozenset[tuple[str, str]], matchers: str) -> bool:
+    have = dict(labels)
+    for label, op, wanted in _MATCHER.findall(matchers):
+        got = have.get(label, "")
+        ok = {
+            "=": got == wanted,
+            "!=": got != wanted,
+            "=~": re.fullmatch(wanted, got) is not None,
+            "!~": re.fullmatch(wanted, got) is None,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_every_example_alert_selects_series_that_exist_before_their_first_event() -> None:
+    """Selectors under increase() or rate() need a 0 sample from start-up; the others (gauges compared
+    with a threshold) need a sample once the first pass has refreshed them."""
+    alerts = metrics_section().split("Example alerts:", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    exprs = re.findall(r"expr: \|?\s*(.+?)(?=\n\s+- alert:|\Z)", alerts, re.DOTALL)
+    assert len(exprs) >= 8
+    at_start = samples(Metrics(providers=PROVIDERS))
+    after_pass = Metrics(providers=PROVIDERS)
+    after_pass.pass_finished(nothing_due(), PROVIDERS, set())
+    after_pass.backlog(report(), T, PROVIDERS)
+    refreshed = samples(after_pass)
+    checked = 0
+    for expr in exprs:
+        for function, name, matchers in _SELECTOR.findall(expr):
+            counted = function.strip().rstrip("(").strip() in {"increase", "rate"}
+            found = at_start if counted else refreshed
+            hits = [v for (n, labels), v in found.items() if n == name and matches(labels, matchers or "")]
+            assert hits, f"{name}{{{matchers}}} in {expr!r} selects nothing"
+            if counted:
+                assert all(v == 0 for v in hits), expr
+            checked += 1
+    assert checked >= 10
