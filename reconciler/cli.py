@@ -204,9 +204,9 @@ async def _once(runner: Runner, grace: float) -> int:
 async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
     """The service: READY once every check passed, a pass every interval, metrics and health if asked."""
     notifier = Notifier.from_env()
-    metrics = Metrics()
-    runner.observer = metrics
     providers = sorted(loaded)
+    metrics = Metrics(providers=providers)
+    runner.observer = metrics
 
     async def after_pass(summary: PassSummary) -> None:
         now = utcnow()
@@ -225,6 +225,7 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
         stall_after=cfg.reconcile.lease,
         notifier=notifier,
         after_pass=after_pass,
+        credentials_refused=lambda: metrics.refused,
     )
     daemon.install_signal_handlers()
     server = None
@@ -233,14 +234,7 @@ async def _daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app
         async def alive() -> tuple[bool, str]:
             return daemon.alive()
 
-        async def ready() -> tuple[bool, str]:
-            try:
-                await store.require_schema()
-            except errors.ReconcilerError as exc:
-                return False, f"database: {exc.message}"
-            return True, f"database reachable, {len(loaded)} driver(s) loaded"
-
-        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=ready)
+        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=daemon.ready)
         try:
             port = await server.start()
         except OSError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from loguru import logger
@@ -20,6 +20,12 @@ from reconciler.notify import Notifier
 from reconciler.runner import PassSummary, Runner
 
 AfterPass = Callable[[PassSummary], Awaitable[None]]
+#: provider id -> why its credentials were refused, for every provider still refused (`Metrics.refused`)
+Refused = Callable[[], Mapping[str, str]]
+
+
+def _no_refusals() -> Mapping[str, str]:
+    return {}
 
 
 class Daemon:
@@ -33,6 +39,7 @@ class Daemon:
         stall_after: timedelta = timedelta(minutes=5),
         notifier: Notifier | None = None,
         after_pass: AfterPass | None = None,
+        credentials_refused: Refused = _no_refusals,
     ) -> None:
         self.runner = runner
         self.interval = interval.total_seconds()
@@ -41,6 +48,7 @@ class Daemon:
         self.stall_after = stall_after.total_seconds()
         self.notifier = notifier or Notifier(None)
         self.after_pass = after_pass
+        self.credentials_refused = credentials_refused
         self.stop = asyncio.Event()
         self.passes = 0
         self.last_summary: PassSummary | None = None
@@ -67,6 +75,31 @@ class Daemon:
         if quiet > self.stall_after:
             return False, f"no progress in the current pass for {quiet:.0f}s"
         return True, "in a pass"
+
+    async def ready(self) -> tuple[bool, str]:
+        """Can it work? The database holds our schema and no provider's credentials stay refused."""
+        problems = []
+        try:
+            await self.runner.store.require_schema()
+        except errors.ReconcilerError as exc:
+            problems.append(f"database: {exc.message}")
+        refused = self.credentials_refused()
+        if refused:
+            problems.append(
+                "credentials refused: " + ", ".join(f"{p}: {why}" for p, why in sorted(refused.items()))
+            )
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"database reachable, {len(self.runner.providers)} driver(s) loaded"
+
+    def _status(self, text: str) -> None:
+        """`STATUS=` with the news of the last pass and every refusal still standing, which a pass with
+        nothing due for that provider would otherwise hide."""
+        refused = self.credentials_refused()
+        if refused:
+            text += "; CREDENTIALS REFUSED(" + ", ".join(f"{p}: {why}" for p, why in sorted(refused.items()))
+            text += ")"
+        self.notifier.status(text)
 
     async def run(self) -> None:
         watchdog = None
@@ -112,12 +145,12 @@ class Daemon:
                 return
             except errors.StoreUnavailable as exc:
                 logger.error("pass ended: database unavailable: {}; retrying next tick", exc.message)
-                self.notifier.status(f"database unavailable: {exc.message}")
+                self._status(f"database unavailable: {exc.message}")
                 return
             self.passes += 1
             self.last_summary = summary
             (logger.warning if summary.is_degraded else logger.info)(summary.line())
-            self.notifier.status(summary.line())
+            self._status(summary.line())
             if self.after_pass is not None:
                 await self.after_pass(summary)
         finally:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from aiohttp import hdrs, web
 
 from reconciler.metrics import Metrics
 
@@ -39,10 +38,9 @@ class HealthServer:
     async def stop(self) -> None:
         await self._runner.cleanup()
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        response = web.Response(body=self.metrics.render())
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition(request.headers.get(hdrs.ACCEPT, ""))
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         ok, why = await self._alive()

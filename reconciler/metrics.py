@@ -1,4 +1,5 @@
-"""Prometheus metrics (SPEC §13). Every name starts with `reconciler_`; provider ids are the `provider` label.
+"""Prometheus metrics (SPEC §13). Our names start with `reconciler_` (beside the client library's standard
+`process_*` and `python_*` ones); provider ids are the `provider` label.
 
 `Metrics` observes the runner through the `runner.Observer` hooks and keeps its own registry, so tests (and
 several runners in one process) never share counters.
@@ -6,21 +7,66 @@ several runners in one process) never share counters.
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import choose_encoder
 
-from reconciler.runner import Observer, PassSummary
+from reconciler import __version__, traffic
+from reconciler.decide import DecisionKind
+from reconciler.runner import FENCED, RELEASED, Observer, PassSummary
 from reconciler.store.base import StatusReport
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _PASS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0)
 
+#: Label values every series starts with, at 0: an alert on `increase(...)` needs a sample before the first
+#: event. `-` is the provider of invoices and tasks with no provider id (and no `default_provider`).
+NO_PROVIDER = "-"
+DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
+REQUEST_OUTCOMES = tuple(dict.fromkeys(("ok", *traffic._OUTCOMES.values(), "unavailable", "error")))
+TASK_STATUSES = ("done", "pending", "failed")
+PASS_RESULTS = ("ok", "degraded")
+#: The audit actions `reconciler status` counts for review (the stores' `status_review` query).
+REVIEW_ACTIONS = (
+    "invoice.amount_mismatch",
+    "invoice.paid_late",
+    "invoice.underpaid",
+    "invoice.refunded",
+    "invoice.unknown_status",
+    "invoice.provider_not_found",
+    "invoice.bad_provider_response",
+    "invoice.unreadable",
+    "invoice.duplicate",
+    "license.issue_failed",
+    "post_settle.failed",
+)
+
 
 class Metrics(Observer):
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, providers: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(
+            "reconciler_build_info",
+            "Always 1: the running reconciler and Python versions",
+            ["version", "python"],
+            registry=r,
+        ).labels(__version__, platform.python_version()).set(1)
         self.decisions = Counter(
             "reconciler_decisions", "Invoice decisions by provider and kind", ["provider", "kind"], registry=r
         )
@@ -64,28 +110,70 @@ class Metrics(Observer):
         )
         self.circuit = Gauge(
             "reconciler_circuit_open",
-            "1 while a provider's circuit is open (last pass)",
+            "1 while a provider's circuit is open: credentials refused, no request succeeded since",
             ["provider"],
             registry=r,
         )
+        self.refused_credentials = Gauge(
+            "reconciler_provider_credentials_refused",
+            "1 from a provider's refusal of our credentials until a later request to it succeeds",
+            ["provider"],
+            registry=r,
+        )
+        #: provider id -> why its credentials were refused, until a later request to it succeeds
+        self.refused: dict[str, str] = {}
         self.tasks = Counter(
             "reconciler_post_settle_tasks",
             "Post-settle task attempts by result",
             ["provider", "status"],
             registry=r,
         )
+        self.review = Gauge(
+            "reconciler_review_items",
+            "Audit rows of the last 30 days that need review, by action (as `reconciler status`)",
+            ["action"],
+            registry=r,
+        )
         self._backlog_labels: set[str] = set()
+        self._review_labels: set[str] = set(REVIEW_ACTIONS)
+        self.initialise(providers)
+
+    def initialise(self, providers: Iterable[str]) -> None:
+        """Create every labelled series of these configured provider ids at 0 (idempotent)."""
+        providers = tuple(providers)
+        for result in PASS_RESULTS:
+            self.passes.labels(result)
+        for provider in providers:
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(provider, outcome)
+            self.latency.labels(provider)
+            self.circuit.labels(provider).set(1 if provider in self.refused else 0)
+            self.refused_credentials.labels(provider).set(1 if provider in self.refused else 0)
+        for provider in (*providers, NO_PROVIDER):
+            for kind in DECISION_KINDS:
+                self.decisions.labels(provider, kind)
+            for status in TASK_STATUSES:
+                self.tasks.labels(provider, status)
 
     # -- runner.Observer ----------------------------------------------------------------------------------
     def decision(self, provider_id: str | None, kind: str) -> None:
-        self.decisions.labels(provider_id or "-", kind).inc()
+        self.decisions.labels(provider_id or NO_PROVIDER, kind).inc()
 
     def request(self, provider_id: str, outcome: str, seconds: float) -> None:
         self.requests.labels(provider_id, outcome).inc()
         self.latency.labels(provider_id).observe(seconds)
 
     def task(self, provider_id: str | None, status: str) -> None:
-        self.tasks.labels(provider_id or "-", status).inc()
+        self.tasks.labels(provider_id or NO_PROVIDER, status).inc()
+
+    def credentials(self, provider_id: str, refused: str | None) -> None:
+        if refused is None:
+            self.refused.pop(provider_id, None)
+        else:
+            self.refused[provider_id] = refused
+        flag = 0 if refused is None else 1
+        self.refused_credentials.labels(provider_id).set(flag)
+        self.circuit.labels(provider_id).set(flag)
 
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         self.pass_seconds.observe(summary.duration)
@@ -93,7 +181,9 @@ class Metrics(Observer):
         if summary.finished_at is not None:
             self.last_pass.set(summary.finished_at.timestamp())
         for provider in providers:
-            self.circuit.labels(provider).set(1 if provider in circuits_open else 0)
+            # A pass with nothing due for a refused provider asks it nothing: the refusal still stands.
+            is_open = provider in circuits_open or provider in self.refused
+            self.circuit.labels(provider).set(1 if is_open else 0)
 
     # -- from the store -----------------------------------------------------------------------------------
     def backlog(self, report: StatusReport, now: datetime, providers: list[str]) -> None:
@@ -110,6 +200,16 @@ class Metrics(Observer):
             self.oldest.labels(label).set(0)
         self._backlog_labels = seen | set(providers)
         self.stale.set(report.no_longer_checked)
+        counts = {action: count for action, count, _ in report.review}
+        self._review_labels |= set(counts)
+        for action in self._review_labels:
+            self.review.labels(action).set(counts.get(action, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The body and its full content type (format version included) for a scraper's Accept header:
+        OpenMetrics when asked for, the Prometheus text format otherwise."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
