@@ -35,7 +35,7 @@ _PASS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0)
 #: event. `-` is the provider of invoices and tasks with no provider id (and no `default_provider`).
 NO_PROVIDER = "-"
 DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
-REQUEST_OUTCOMES = tuple(dict.fromkeys(("ok", *traffic._OUTCOMES.values(), "unavailable", "error")))
+REQUEST_OUTCOMES = traffic.REQUEST_OUTCOMES
 TASK_STATUSES = ("done", "pending", "failed")
 PASS_RESULTS = ("ok", "degraded")
 #: The audit actions `reconciler status` counts for review (the stores' `status_review` query).
@@ -192,7 +192,8 @@ class Metrics(Observer):
             label = row.provider_id or "-"
             seen.add(label)
             self.pending.labels(label).set(row.pending)
-            self.oldest.labels(label).set(max(0.0, (now - row.oldest_created_at).total_seconds()))
+            oldest = row.oldest_created_at  # None: the oldest row's created_at cannot be read
+            self.oldest.labels(label).set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
         # Zero configured providers and every label of an earlier refresh (NULL "-", unconfigured ids):
         # a gauge left at its last value would keep a backlog alert firing after the backlog is gone.
         for label in (set(providers) | self._backlog_labels) - seen:

@@ -611,11 +611,6 @@ def test_review_items_after_a_pass_count_the_audit_rows_for_review(
     assert service.stop() == 0, service.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the runner to call Observer.credentials (the lead's runner change of issue 10); "
-    "remove this mark once it does",
-)
 def test_refused_credentials_stay_visible_until_a_request_to_the_provider_succeeds(
     workspace: Workspace, notify_socket: NotifySocket, services: list[Service]
 ) -> None:
