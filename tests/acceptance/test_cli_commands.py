@@ -115,7 +115,7 @@ def test_status_shows_pending_counts_and_the_instance_of_the_last_pass(workspace
 
     assert fresh.returncode == 0, fresh
     assert "fake: 3" in fresh.stdout
-    assert "(none yet)" in fresh.stdout
+    assert "instances (a pass in the last 5m):\n  (none)" in fresh.stdout
     assert workspace.run("--once", config=config).returncode == 0
     before = workspace.state()
 
