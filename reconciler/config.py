@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus
 
 from pydantic import (
     AfterValidator,
@@ -116,13 +116,41 @@ class DatabaseSettings(_Section):
 
     @property
     def display_url(self) -> str:
-        """The URL with any password replaced by the mask, for logs and ``check-config``."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
+        """The URL with every password in it masked (userinfo, ``*password*`` parameters), for display."""
+        if self.backend == "sqlite":
             return self.url
-        user_info, _, host = parts.netloc.rpartition("@")
-        user = user_info.partition(":")[0]
-        return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+        return _masked_url(self.url)
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str | None, str | None]:
+    """``scheme://netloc/path?query#fragment`` split by hand: unlike ``urlsplit`` it never raises."""
+    scheme, _, rest = url.partition("://")
+    rest, hash_sign, fragment = rest.partition("#")
+    rest, question_mark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return scheme, netloc, slash + path, query if question_mark else None, fragment if hash_sign else None
+
+
+def _masked_url(url: str) -> str:
+    scheme, netloc, path, query, fragment = _url_parts(url)
+    # The last "@" ends the userinfo; masking everything after its first ":" also covers clients that
+    # split at the first "@" instead.
+    user_info, at, hosts = netloc.rpartition("@")
+    if at and ":" in user_info:
+        netloc = f"{user_info.partition(':')[0]}:{MASK}@{hosts}"
+    shown = f"{scheme}://{netloc}{path}"
+    if query is not None:
+        shown += "?" + "&".join(_masked_parameter(item) for item in query.split("&"))
+    if fragment is not None:
+        shown += "#" + fragment
+    return shown
+
+
+def _masked_parameter(item: str) -> str:
+    name = item.partition("=")[0]
+    if "password" in unquote_plus(name).lower():
+        return f"{name}={MASK}"
+    return item
 
 
 class ReconcileSettings(_Section):

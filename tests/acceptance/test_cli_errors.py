@@ -274,3 +274,15 @@ def test_a_crashing_driver_degrades_the_pass_and_leaves_its_invoices_untouched(w
         assert row["lease_token"] is None
         assert shop.audits(invoice_id) == []
         assert shop.licenses(invoice_id) == []
+
+
+# -- issue 10: nothing one bad value, file or pipe can stop ------------------------------------------------------
+def test_check_config_masks_a_password_given_as_a_url_parameter(workspace: Workspace) -> None:
+    url = f"postgresql://shop@127.0.0.1:5432/test?sslmode=disable&password={SECRET}&sslpassword={SECRET}"
+
+    outcome = workspace.run("check-config", config=workspace.config({"database": {"url": url}}))
+
+    assert outcome.returncode == 0, outcome
+    assert SECRET not in outcome.stdout + outcome.stderr
+    shown = "postgresql://shop@127.0.0.1:5432/test?sslmode=disable&password=**********&sslpassword=**********"
+    assert f'"url": "{shown}"' in outcome.stdout

@@ -502,3 +502,45 @@ def test_the_example_providers_validate_against_their_installed_driver(provider_
     driver = next(iter(found)).load()
 
     config.validate_driver_settings(provider, driver.Settings)
+
+
+# -- issue 10: nothing one bad value can stop ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param(
+            f"postgresql://shop@db.example.com/shop?password={SECRET}",
+            f"postgresql://shop@db.example.com/shop?password={config.MASK}",
+            id="query-password",
+        ),
+        pytest.param(
+            f"postgresql://shop@db/shop?sslmode=require&PassWord={SECRET}&sslpassword={SECRET}&x=1",
+            f"postgresql://shop@db/shop?sslmode=require&PassWord={config.MASK}&sslpassword={config.MASK}&x=1",
+            id="mixed-case-and-sslpassword",
+        ),
+        pytest.param(
+            f"postgres://shop:{SECRET}@db:5432/shop?SSLPASSWORD={SECRET}#frag",
+            f"postgres://shop:{config.MASK}@db:5432/shop?SSLPASSWORD={config.MASK}#frag",
+            id="userinfo-and-query",
+        ),
+        pytest.param(
+            f"postgresql://db/shop?my_password_file_x={SECRET}&pass%77ord={SECRET}",
+            f"postgresql://db/shop?my_password_file_x={config.MASK}&pass%77ord={config.MASK}",
+            id="name-containing-password-and-percent-encoded",
+        ),
+        pytest.param(
+            f"postgresql://shop:{SECRET}@db/shop", f"postgresql://shop:{config.MASK}@db/shop", id="userinfo"
+        ),
+        pytest.param(
+            "postgresql://shop@db/shop?sslmode=require",
+            "postgresql://shop@db/shop?sslmode=require",
+            id="none",
+        ),
+    ],
+)
+def test_every_password_of_a_database_url_is_masked(tmp_path: Path, url: str, shown: str) -> None:
+    cfg = load(tmp_path, f'[database]\nurl = "{url}"\n')
+
+    assert cfg.database.display_url == shown
+    assert cfg.masked()["database"]["url"] == shown
+    assert SECRET not in json.dumps(cfg.masked())
