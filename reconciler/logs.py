@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 
@@ -28,6 +28,8 @@ _ESCAPES: dict[int, str] = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x
     0x2028: "\\u2028",
     0x2029: "\\u2029",
 }
+#: ``extra`` keys (``logger.bind(invoice_id=..., provider_id=...)``) that JSON lines carry as top-level fields.
+FIELDS = ("invoice_id", "provider_id")
 # The record's escaped message and traceback, set by the format functions for the format string.
 _LINE = "_reconciler_line"
 _TRACEBACK = "_reconciler_traceback"
@@ -116,11 +118,12 @@ def _traceback(exception: RecordException) -> str:
 
 def _json_sink(message: Message) -> None:
     record: Record = message.record
-    line = {
+    line: dict[str, Any] = {
         "time": record["time"].isoformat(),
         "level": record["level"].name,
         "message": record["message"],
     }
+    line.update({key: record["extra"][key] for key in FIELDS if key in record["extra"]})
     if record["exception"] is not None:
         line["exception"] = _traceback(record["exception"])
-    sys.stderr.write(json.dumps(line) + "\n")
+    sys.stderr.write(json.dumps(line, default=str) + "\n")

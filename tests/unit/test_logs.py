@@ -148,3 +148,34 @@ def test_json_lines_stay_one_line_with_control_characters(capfd: pytest.CaptureF
     (line,) = stderr_lines(capfd)
 
     assert json.loads(line)["message"] == f"status {FORGED}"
+
+
+def test_json_lines_carry_the_invoice_and_provider_as_fields(capfd: pytest.CaptureFixture[str]) -> None:
+    logs.configure("json", "INFO")
+    logger.bind(invoice_id="inv-1", provider_id="btcpay_main", other="not a field").warning("fetch failed")
+    logger.info("no invoice here")
+    with logger.contextualize(invoice_id="inv-2"):
+        logger.info("inside a context")
+    logger.bind(invoice_id="inv-3", provider_id=None).info("the default provider")
+
+    first, second, third, fourth = (json.loads(line) for line in stderr_lines(capfd))
+
+    assert first == first | {"invoice_id": "inv-1", "provider_id": "btcpay_main", "message": "fetch failed"}
+    assert set(first) == {"time", "level", "message", "invoice_id", "provider_id"}
+    assert set(second) == {"time", "level", "message"}
+    assert third["invoice_id"] == "inv-2" and "provider_id" not in third
+    assert (fourth["invoice_id"], fourth["provider_id"]) == ("inv-3", None)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"), [("journal", "<4>fetch failed"), ("human", " WARNING fetch failed")]
+)
+def test_human_and_journal_lines_do_not_show_the_fields(
+    fmt: logs.LogFormat, expected: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure(fmt, "INFO")
+    logger.bind(invoice_id="inv-1", provider_id="btcpay_main").warning("fetch failed")
+
+    (line,) = stderr_lines(capfd)
+
+    assert line.endswith(expected) and "inv-1" not in line
