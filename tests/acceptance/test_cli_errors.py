@@ -3,7 +3,10 @@ problem, and nothing written to the database."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +15,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.acceptance.conftest import (
+    COMMAND,
     EXPIRED,
     PENDING,
     SETTLED,
+    TIMEOUT,
+    Outcome,
     Workspace,
     assert_refused,
     file_state,
     recent,
 )
+from tests.support.process import clean_env
 
 SECRET = "btcpay-Secret-Value-8c1f4e"
 
@@ -286,3 +293,101 @@ def test_check_config_masks_a_password_given_as_a_url_parameter(workspace: Works
     assert SECRET not in outcome.stdout + outcome.stderr
     shown = "postgresql://shop@127.0.0.1:5432/test?sslmode=disable&password=**********&sslpassword=**********"
     assert f'"url": "{shown}"' in outcome.stdout
+
+
+# A bug of ours, injected into the real command: listing the installed drivers raises.
+CRASHING = """
+import sys
+from reconciler import cli, registry
+
+def installed():
+    raise RuntimeError("injected fault\\n<2>forged")
+
+registry.installed = installed
+raise SystemExit(cli.main(sys.argv[1:]))
+"""
+
+
+def crashing(*args: str) -> Outcome:
+    done = subprocess.run(
+        [COMMAND[0], "-c", CRASHING, *args], capture_output=True, text=True, env=clean_env(), timeout=TIMEOUT
+    )
+    return Outcome(args, done.returncode, done.stdout, done.stderr)
+
+
+def test_a_crash_under_json_logs_is_one_json_line_with_the_traceback() -> None:
+    outcome = crashing("--log-format", "json", "drivers")
+
+    assert outcome.returncode == 1, outcome
+    (line,) = outcome.lines
+    crash = json.loads(line)
+    assert crash["level"] == "CRITICAL"
+    assert "crashed" in crash["message"] and "RuntimeError: injected fault" in crash["message"]
+    assert crash["exception"].startswith("Traceback (most recent call last):")
+    assert crash["exception"].endswith("RuntimeError: injected fault\n<2>forged")
+    assert "in installed" in crash["exception"]
+
+
+@pytest.mark.parametrize("fmt", ["human", "journal"])
+def test_a_crash_under_human_or_journal_logs_shows_the_traceback(fmt: str) -> None:
+    outcome = crashing("drivers", "--log-format", fmt)
+
+    assert outcome.returncode == 1, outcome
+    first, *rest = outcome.lines
+    assert "crashed" in first and "RuntimeError: injected fault\\n<2>forged" in first
+    if fmt == "journal":
+        assert first.startswith("<2>")
+    assert any(line.endswith("Traceback (most recent call last):") for line in rest), outcome
+    assert rest[-2].endswith("RuntimeError: injected fault"), outcome
+    if fmt == "journal":  # the traceback stays multi-line, each line with the record's priority
+        assert rest[-1] == "<2><2>forged", outcome
+
+
+def run_with_closed_stdout(config: Path, *args: str, buffered: bool) -> subprocess.CompletedProcess[str]:
+    """``reconciler ARGS`` whose stdout is a pipe nobody reads any more, as in ``reconciler status | head``."""
+    env = clean_env()
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)  # the output waits in Python's buffer until the final flush
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [*COMMAND, "--config", str(config), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("status", "--json"), ("check-config",), ("drivers",), ("explain", "missing")],
+    ids="-".join,
+)
+def test_a_closed_stdout_ends_the_command_quietly(
+    workspace: Workspace, command: tuple[str, ...], buffered: bool
+) -> None:
+    done = run_with_closed_stdout(workspace.config(), *command, buffered=buffered)
+
+    if command[0] == "explain":  # it fails before printing anything: its own exit code and line
+        assert done.returncode == 1, done
+        assert done.stderr.count("\n") == 1 and "no invoice with id missing" in done.stderr, done
+        return
+    assert done.returncode == 0, done
+    assert done.stderr == "", done
+
+
+def test_a_closed_stdout_keeps_the_exit_code_of_a_command_that_failed(workspace: Workspace) -> None:
+    btcpay = {"driver": "btcpay", "base_url": "http://127.0.0.1:9", "store_id": "S", "api_key": SECRET}
+    config = workspace.config({"providers": {"fake": None, "shop": btcpay | {"retry_attempts": 1}}})
+
+    done = run_with_closed_stdout(config, "check-config", "--online", buffered=True)
+
+    assert done.returncode == 75, done
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done
+    assert "provider shop: unreachable" in done.stderr, done
