@@ -391,3 +391,146 @@ def test_a_closed_stdout_keeps_the_exit_code_of_a_command_that_failed(workspace:
     assert done.returncode == 75, done
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done
     assert "provider shop: unreachable" in done.stderr, done
+
+
+def run_with_environment(ws: Workspace, config: Path, *args: str, **environ: str) -> Outcome:
+    argv = ("--config", str(config), *args)
+    done = subprocess.run(
+        [*COMMAND, *argv], capture_output=True, text=True, env=clean_env(**environ), timeout=TIMEOUT
+    )
+    return Outcome(argv, done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("command", [("check-config",), ("--once",), ("status",)], ids="-".join)
+def test_a_duration_beyond_its_bound_is_refused_before_the_run(
+    workspace: Workspace, command: tuple[str, ...]
+) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+
+    outcome = workspace.run(*command, config=workspace.config({"reconcile": {"max_age": "999999d"}}))
+
+    assert_refused(outcome, str(workspace.root / "config.toml"), "reconcile.max_age: at most 3650d")
+    assert workspace.state() == before
+
+
+@pytest.mark.parametrize("port", ["99999", "abc"])
+@pytest.mark.parametrize("command", [("check-config",), ("status",), ("init-db",)], ids="-".join)
+def test_a_database_url_with_a_bad_port_is_refused_before_connecting(
+    workspace: Workspace, port: str, command: tuple[str, ...]
+) -> None:
+    url = f"postgresql://shop:{SECRET}@127.0.0.1:{port}/test"
+
+    outcome = workspace.run(*command, config=workspace.config({"database": {"url": url}}))
+
+    assert_refused(outcome, "database.url: port must be a number from 1 to 65535")
+    assert SECRET not in outcome.stderr
+
+
+def test_a_sqlite_url_with_a_query_is_refused_and_creates_no_file(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    config = workspace.config({"database": {"url": f"sqlite://{directory}/x.db?mode=ro"}})
+
+    outcome = workspace.run("init-db", config=config)
+
+    assert_refused(outcome, "database.url: a sqlite:// URL is a file path only")
+    assert list(directory.iterdir()) == []
+
+
+def test_a_misspelt_environment_variable_is_refused(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+
+    outcome = run_with_environment(
+        workspace,
+        workspace.config(),
+        "--once",
+        RECONCILER_RECONCLE__BATCH_SIZE="5",
+        RECONCILER_FIXTURES="/somewhere",  # the test harness's own: not configuration, allowed
+    )
+
+    assert_refused(
+        outcome, "$RECONCILER_RECONCLE__BATCH_SIZE: reconcle: unknown key", "did you mean 'reconcile'"
+    )
+    assert workspace.state() == before
+
+
+def test_numbers_from_the_environment_work_and_a_bool_in_the_file_does_not(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+
+    good = run_with_environment(
+        workspace,
+        workspace.config(),
+        "check-config",
+        RECONCILER_RECONCILE__BATCH_SIZE="100",
+        RECONCILER_POST_SETTLE__MAX_ATTEMPTS="3",
+        RECONCILER_PROVIDERS__FAKE__RATE_LIMIT="2.5",
+    )
+    bad = workspace.run("--once", config=workspace.config({"post_settle": {"max_attempts": True}}))
+
+    assert good.returncode == 0, good
+    shown = json.loads(good.stdout)
+    assert (shown["reconcile"]["batch_size"], shown["post_settle"]["max_attempts"]) == (100, 3)
+    assert shown["providers"]["fake"]["rate_limit"] == 2.5
+    assert_refused(bad, "post_settle.max_attempts: expected a whole number")
+    assert workspace.state() == before
+
+
+def test_every_configuration_problem_is_reported_at_once(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+    missing = workspace.root / "missing-key"
+    btcpay = {
+        "driver": "btcpay",
+        "base_url": "http://127.0.0.1:9",
+        "store_id": "S",
+        "api_key_file": str(missing),
+    }
+    config = workspace.config(
+        {
+            "reconcile": {"max_age": "999999d", "batch_size": 2.0},
+            "daemon": {"grace": "1s"},
+            "providers": {"shop": btcpay},
+        }
+    )
+
+    outcome = run_with_environment(workspace, config, "--once", RECONCILER_RECONCILE__INTERVALL="1m")
+
+    assert outcome.returncode == 2, outcome
+    assert len(outcome.lines) == 5, outcome
+    for needle in (
+        "reconcile.intervall: unknown key",
+        "providers.shop.api_key_file",
+        "reconcile.max_age: at most 3650d",
+        "reconcile.batch_size: expected a whole number",
+        "daemon.grace: unknown key",
+    ):
+        assert sum(needle in line for line in outcome.lines) == 1, (needle, outcome)
+    assert workspace.state() == before
+
+
+def test_every_provider_s_driver_problem_is_reported_at_once(workspace: Workspace) -> None:
+    seed_pending(workspace)
+    before = workspace.state()
+    config = workspace.config(
+        {
+            "providers": {
+                "fake": {"latencyy": 1},
+                "other": {"driver": "nosuch"},
+                "third": {"driver": "fake"},
+            }
+        }
+    )
+
+    outcome = workspace.run("--once", config=config)
+
+    assert outcome.returncode == 2, outcome
+    assert len(outcome.lines) == 3, outcome
+    assert "providers.fake.latencyy: unknown key" in outcome.lines[0]
+    assert "providers.other.driver: driver 'nosuch' is not installed" in outcome.lines[1]
+    assert "providers.third.script_path: required but not set" in outcome.lines[2]
+    assert workspace.state() == before
