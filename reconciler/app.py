@@ -41,7 +41,7 @@ def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
             settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
         except errors.DriverLoadError as exc:
             load_errors.append(exc)
-            problems.append(f"providers.{provider_id}.driver: {exc.message}")
+            problems.append(f"{provider.origin('driver')}: providers.{provider_id}.driver: {exc.message}")
         except errors.ConfigError as exc:
             problems.extend(exc.message.splitlines())
         else:

@@ -342,6 +342,14 @@ class ProviderConfig(BaseModel):
     id: str
     common: driver_api.CommonSettings
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Where the section's keys were set, for error lines: key -> ``$VARIABLE``; "" -> the file.
+    origins: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    def origin(self, key: str) -> str:
+        """The file or ``$VARIABLE`` that set ``key`` (an ``X`` resolved from ``X_file`` too)."""
+        return (
+            self.origins.get(key) or self.origins.get(f"{key}_file") or self.origins.get("", "configuration")
+        )
 
     @field_validator("id")
     @classmethod
@@ -501,7 +509,10 @@ def validate_driver_settings(provider: ProviderConfig, settings_model: type[Base
             field = settings_model.model_fields.get(key)
             if error["type"] == "missing" and field is not None and field.annotation is SecretStr:
                 problem = f"required: set {key} or {key}_file"
-            lines.append(f"providers.{provider.id}.{key}: {problem} (driver {provider.common.driver!r})")
+            lines.append(
+                f"{provider.origin(str(error['loc'][0]) if error['loc'] else '')}: providers.{provider.id}.{key}: "
+                f"{problem} (driver {provider.common.driver!r})"
+            )
         raise errors.ConfigError("\n".join(lines)) from None
 
 
@@ -548,7 +559,25 @@ def load_config(
     problems += [line(("reconcile", "lease"), problem) for problem in lease_problems]
     if problems or config is None:
         raise errors.ConfigError("\n".join(problems))
-    return config
+    return config.model_copy(
+        update={
+            "providers": {
+                provider_id: provider.model_copy(
+                    update={"origins": _origins_of(provider_id, source, origins)}
+                )
+                for provider_id, provider in config.providers.items()
+            }
+        }
+    )
+
+
+def _origins_of(provider_id: str, source: str, origins: Mapping[tuple[str, ...], str]) -> dict[str, str]:
+    keys = {
+        loc[2]: f"${name}"
+        for loc, name in origins.items()
+        if loc[:2] == ("providers", provider_id) and loc[2:]
+    }
+    return {"": source} | keys
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
