@@ -26,13 +26,48 @@ class LoadedDriver:
     settings: BaseModel
 
 
-def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
-    """Load and validate every configured provider's driver, offline (SPEC §10): DriverLoadError / ConfigError."""
-    loaded: dict[str, LoadedDriver] = {}
-    for provider_id, provider in sorted(cfg.providers.items()):
+def driver_problems(provider: ProviderConfig) -> list[str]:
+    """What is wrong with one provider section against its driver (missing driver, bad options)."""
+    try:
         driver_cls = registry.load(provider.common.driver)
-        settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
-        loaded[provider_id] = LoadedDriver(provider, driver_cls, settings)
+        config_module.validate_driver_settings(provider, driver_cls.Settings)
+    except errors.DriverLoadError as exc:
+        return [f"{provider.origin('driver')}: providers.{provider.id}.driver: {exc.message}"]
+    except errors.ConfigError as exc:
+        return exc.message.splitlines()
+    return []
+
+
+def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
+    """Load and validate every configured provider's driver, offline (SPEC §10).
+
+    Every provider's problems are reported at once, in provider-id order, as one error: a
+    DriverLoadError when some driver is missing or broken, else a ConfigError for their options.
+    """
+    loaded: dict[str, LoadedDriver] = {}
+    problems: list[str] = []
+    load_errors: list[errors.DriverLoadError] = []
+    for provider_id, provider in sorted(cfg.providers.items()):
+        try:
+            driver_cls = registry.load(provider.common.driver)
+            settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
+        except errors.DriverLoadError as exc:
+            load_errors.append(exc)
+            problems.append(f"{provider.origin('driver')}: providers.{provider_id}.driver: {exc.message}")
+        except errors.ConfigError as exc:
+            problems.extend(exc.message.splitlines())
+        else:
+            loaded[provider_id] = LoadedDriver(provider, driver_cls, settings)
+    if load_errors:
+        first = load_errors[0]
+        raise errors.DriverLoadError(
+            "\n".join(problems),
+            driver=first.driver,
+            entry_point=first.entry_point,
+            distribution=first.distribution,
+        )
+    if problems:
+        raise errors.ConfigError("\n".join(problems))
     return loaded
 
 

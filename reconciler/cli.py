@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from loguru import logger
 
@@ -99,18 +101,90 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "keygen": _keygen,
     }[command]
+    if sys.stdout is None:  # started with stdout closed: print() writes nowhere, nothing to watch
+        return _outcome(handler, args, None)
+    stdout = _WatchedStdout(sys.stdout)
+    sys.stdout = stdout
+    try:
+        code = _outcome(handler, args, stdout)
+        with contextlib.suppress(BrokenPipeError):  # the watcher notes it
+            stdout.flush()
+    finally:
+        sys.stdout = stdout.stream
+    if stdout.broken:
+        _silence_stdout()
+    return code
+
+
+def _outcome(
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+    args: argparse.Namespace,
+    stdout: _WatchedStdout | None,
+) -> int:
+    """The command's exit code; every way it can end, including a crash, becomes one."""
     try:
         return asyncio.run(handler(args))
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError as exc:
+        if stdout is not None and stdout.broken:  # the reader went away (`reconciler status | head`)
+            return EXIT_OK
+        return _crash(exc)
     except (errors.ReconcilerError, BaseExceptionGroup) as exc:
         leaves = _leaves(exc)
         if not all(isinstance(leaf, errors.ReconcilerError) for leaf in leaves):
-            raise  # a bug of ours: crash loudly with the traceback, exit 1
+            return _crash(exc)
         usage = [leaf for leaf in leaves if isinstance(leaf, _USAGE_ERRORS)]
         for leaf in leaves:
             _fail(leaf, "error" if isinstance(leaf, _USAGE_ERRORS) else "failure")
         return EXIT_USAGE if usage else EXIT_FAILURE
+    except Exception as exc:
+        return _crash(exc)
+
+
+def _crash(exc: BaseException) -> int:
+    """A bug of ours: logged loudly with its traceback, in the chosen log format, and exit 1."""
+    logger.opt(exception=exc).critical("reconciler crashed: {}: {}", type(exc).__name__, exc)
+    return EXIT_FAILURE
+
+
+class _WatchedStdout:
+    """``sys.stdout`` as the commands see it: writes go through; a broken pipe on it is remembered."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.broken = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.broken = True
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point the stdout file descriptor at /dev/null, so the interpreter's last flush of what is still
+    buffered cannot fail with an "Exception ignored ... BrokenPipeError" (as Python's signal docs advise)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (captured in tests): nothing will be flushed to a pipe
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 _USAGE_ERRORS = (errors.ConfigError, errors.DriverLoadError, errors.SchemaError, errors.SigningKeyError)
@@ -129,8 +203,11 @@ def _fail(exc: BaseException, prefix: str = "error") -> None:
 
 
 def _config(args: argparse.Namespace, *, resolve_files: bool = True) -> Config:
+    """The validated configuration; every problem of the file (driver options included) at once."""
     cfg = config_module.load_config(
-        getattr(args, "config", config_module.DEFAULT_CONFIG_PATH), resolve_files=resolve_files
+        getattr(args, "config", config_module.DEFAULT_CONFIG_PATH),
+        resolve_files=resolve_files,
+        driver_problems=app.driver_problems,
     )
     logs.configure(getattr(args, "log_format", cfg.log.format), cfg.log.level)  # --log-format wins
     return cfg
@@ -518,7 +595,11 @@ async def _explain(args: argparse.Namespace) -> int:
         else:
             rows = await store.find_invoices(args.provider_invoice_id, args.provider)
         if not rows:
-            what = args.invoice_id or f"provider invoice id {args.provider_invoice_id!r}"
+            what = (
+                f"id {args.invoice_id}"
+                if args.invoice_id
+                else f"provider invoice id {args.provider_invoice_id!r}"
+            )
             logger.error("no invoice with {} (explain takes invoices.id or --provider-invoice-id)", what)
             return EXIT_FAILURE
         async with app.http_session(loaded) as session:

@@ -18,11 +18,13 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -48,17 +50,35 @@ MASK = "**********"
 # What a `*_file` secret holds when loaded with resolve_files=False: the file is named, never read.
 UNRESOLVED_SECRET = "not-read-resolve-files-is-off"  # no spaces: drivers may validate key shape
 
+#: ``RECONCILER_*`` variables that are not configuration: the test harness's own (README, "Tests").
+NOT_CONFIGURATION = ("RECONCILER_FIXTURES", "RECONCILER_TEST_PG_URL")
+#: The longest duration any key accepts; a few keys have tighter bounds (config.example.toml).
+MAX_DURATION = timedelta(days=3650)
+MAX_BATCH_SIZE = 100_000
+
 _PROVIDER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_KEY = re.compile(r"^(api_key|password|.+_secret|.+_token)$")
-_COMMON_KEYS = frozenset(driver_api.CommonSettings.model_fields)
-_COMMON_DURATIONS = ("timeout", "retry_max_delay")
+_COMMON_FIELDS = driver_api.CommonSettings.model_fields
+_COMMON_KEYS = frozenset(_COMMON_FIELDS)
 _DURATION_FORM = 'a quoted whole number and a unit, e.g. "90s", "15m", "72h", "2d"'
+_WHOLE_NUMBER = "expected a whole number, e.g. 500 (not true/false, a decimal or a quoted string)"
+_NUMBER = "expected a finite number, e.g. 2.5 (not true/false, nan, inf or a quoted string)"
+# What environment text may hold for a whole number or a number: ASCII digits, nothing Python would
+# also accept (underscores, other scripts' digits, surrounding spaces, nan, inf).
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_PORT_TEXT = re.compile(r"[0-9]{1,5}")
 
 
 def _duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, str):
+        number, unit = value[:-1].lstrip("0"), value[-1:]
+        if unit in ("s", "m", "h", "d") and number.isascii() and number.isdigit() and len(number) > 9:
+            # 10^9 seconds is 31 years, beyond every bound in any unit (and soon beyond what a
+            # timedelta holds): say which bound, not that the arithmetic overflowed
+            return timedelta.max
         return timeutil.parse_duration(value)
     raise ValueError(f"invalid duration {value!r}: write {_DURATION_FORM}")
 
@@ -69,13 +89,45 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
-Duration = Annotated[
+def _at_most(limit: timedelta) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value > limit:
+            raise ValueError(f"at most {timeutil.format_duration(limit)}: write a shorter duration")
+        return value
+
+    return AfterValidator(check)
+
+
+def _whole_number(value: object) -> object:
+    # bool is an int subclass and TOML's 2.0 is a float: both would pass pydantic's lax int
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(_WHOLE_NUMBER)
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(_NUMBER)
+    return value
+
+
+_AnyDuration = Annotated[
     timedelta,
     BeforeValidator(_duration),
     PlainSerializer(timeutil.format_duration, return_type=str, when_used="json"),
 ]
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+Duration = Annotated[_AnyDuration, _at_most(MAX_DURATION)]
+PositiveDuration = Annotated[_AnyDuration, AfterValidator(_positive), _at_most(MAX_DURATION)]
+#: A wait the operator watches happen (a request, a retry, the stop): an hour is already far too long.
+ShortDuration = Annotated[_AnyDuration, _at_most(timedelta(hours=1))]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 _DURATION_ADAPTER: TypeAdapter[timedelta] = TypeAdapter(Duration)
+_LEASE_ADAPTER: TypeAdapter[timedelta] = TypeAdapter(PositiveDuration)
+# The core-owned provider keys written as durations, turned into CommonSettings' seconds.
+_COMMON_DURATIONS: dict[str, TypeAdapter[timedelta]] = {
+    "timeout": TypeAdapter(ShortDuration),
+    "retry_max_delay": TypeAdapter(ShortDuration),
+}
 
 
 class _Section(BaseModel):
@@ -100,6 +152,15 @@ class DatabaseSettings(_Section):
             )
         if not rest:
             raise ValueError(f"{scheme}:// needs a {'file path' if scheme == 'sqlite' else 'host'}")
+        if scheme == "sqlite":
+            if "?" in rest or "#" in rest:
+                # SQLite would otherwise open (or create) a file named after the whole text
+                raise ValueError(
+                    "a sqlite:// URL is a file path only: remove the '?...' query or '#...' fragment "
+                    "(URL parameters such as ?mode=ro are not supported)"
+                )
+        else:
+            _check_postgres_url(url)
         return url
 
     @property
@@ -116,13 +177,72 @@ class DatabaseSettings(_Section):
 
     @property
     def display_url(self) -> str:
-        """The URL with any password replaced by the mask, for logs and ``check-config``."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
+        """The URL with every password in it masked (userinfo, ``*password*`` parameters), for display."""
+        if self.backend == "sqlite":
             return self.url
-        user_info, _, host = parts.netloc.rpartition("@")
-        user = user_info.partition(":")[0]
-        return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+        return _masked_url(self.url)
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str | None, str | None]:
+    """``scheme://netloc/path?query#fragment`` split by hand: unlike ``urlsplit`` it never raises."""
+    scheme, _, rest = url.partition("://")
+    rest, hash_sign, fragment = rest.partition("#")
+    rest, question_mark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return scheme, netloc, slash + path, query if question_mark else None, fragment if hash_sign else None
+
+
+def _check_postgres_url(url: str) -> None:
+    """What the PostgreSQL client would only trip over when connecting: ports, IPv6 brackets, the query."""
+    _, netloc, _, query, _ = _url_parts(url)
+    try:
+        urlsplit(url)
+    except ValueError:
+        raise ValueError("not a valid URL: check the [brackets] around an IPv6 address") from None
+    hosts = netloc.rpartition("@")[2]
+    ports = []
+    for host in hosts.split(",") if hosts else []:
+        if host.startswith("["):
+            address, bracket, port = host[1:].partition("]")
+            if not bracket or not address or (port and not port.startswith(":")):
+                raise ValueError("not a valid URL: write an IPv6 host as [address] or [address]:port")
+            ports.append(port[1:])
+        else:
+            ports.append(host.partition(":")[2])
+    if query is not None:
+        try:
+            parameters = parse_qs(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ValueError(
+                "the query string must be name=value pairs joined by '&', e.g. ?sslmode=require"
+            ) from None
+        for value in parameters.get("port", []):
+            ports.extend(value.split(","))
+    for port in ports:
+        if port and not (_PORT_TEXT.fullmatch(port) and 1 <= int(port) <= 65535):
+            raise ValueError("port must be a number from 1 to 65535, e.g. postgresql://user@host:5432/db")
+
+
+def _masked_url(url: str) -> str:
+    scheme, netloc, path, query, fragment = _url_parts(url)
+    # The last "@" ends the userinfo; masking everything after its first ":" also covers clients that
+    # split at the first "@" instead.
+    user_info, at, hosts = netloc.rpartition("@")
+    if at and ":" in user_info:
+        netloc = f"{user_info.partition(':')[0]}:{MASK}@{hosts}"
+    shown = f"{scheme}://{netloc}{path}"
+    if query is not None:
+        shown += "?" + "&".join(_masked_parameter(item) for item in query.split("&"))
+    if fragment is not None:
+        shown += "#" + fragment
+    return shown
+
+
+def _masked_parameter(item: str) -> str:
+    name = item.partition("=")[0]
+    if "password" in unquote_plus(name).lower():
+        return f"{name}={MASK}"
+    return item
 
 
 class ReconcileSettings(_Section):
@@ -131,7 +251,7 @@ class ReconcileSettings(_Section):
     interval: PositiveDuration = timedelta(seconds=60)
     initial_delay: Duration = timedelta(seconds=15)
     max_age: PositiveDuration = timedelta(hours=72)
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: WholeNumber = Field(default=500, ge=1, le=MAX_BATCH_SIZE)
     paid_late: Literal["flag", "settle"] = "flag"
     schedule: tuple[PositiveDuration, PositiveDuration, PositiveDuration, PositiveDuration] = (
         timedelta(minutes=1),
@@ -154,7 +274,7 @@ class ReconcileSettings(_Section):
 class PostSettleSettings(_Section):
     """``[post_settle]``: retries of post-settle tasks (SPEC §8)."""
 
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: WholeNumber = Field(default=8, ge=1)
     backoff: tuple[PositiveDuration, ...] = Field(
         default=(timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1)),
         min_length=1,
@@ -164,7 +284,7 @@ class PostSettleSettings(_Section):
 class DaemonSettings(_Section):
     """``[daemon]``: how long SIGTERM waits for in-flight invoices."""
 
-    shutdown_grace: Duration = timedelta(seconds=30)
+    shutdown_grace: ShortDuration = timedelta(seconds=30)
 
 
 class LogSettings(_Section):
@@ -222,6 +342,14 @@ class ProviderConfig(BaseModel):
     id: str
     common: driver_api.CommonSettings
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Where the section's keys were set, for error lines: key -> ``$VARIABLE``; "" -> the file.
+    origins: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    def origin(self, key: str) -> str:
+        """The file or ``$VARIABLE`` that set ``key`` (an ``X`` resolved from ``X_file`` too)."""
+        return (
+            self.origins.get(key) or self.origins.get(f"{key}_file") or self.origins.get("", "configuration")
+        )
 
     @field_validator("id")
     @classmethod
@@ -236,16 +364,21 @@ class ProviderConfig(BaseModel):
     @field_validator("common", mode="before")
     @classmethod
     def _durations_to_seconds(cls, value: Any) -> Any:
+        """Durations become CommonSettings' seconds; numbers are checked as strictly as the core's own."""
         if not isinstance(value, dict):
             return value
         converted = dict(value)
         problems: list[InitErrorDetails] = []
-        for key in _COMMON_DURATIONS:
-            if key in converted:
-                try:
-                    converted[key] = _DURATION_ADAPTER.validate_python(converted[key]).total_seconds()
-                except ValidationError as exc:
-                    problems.extend(_relocated(exc, (key,)))
+        for key, item in value.items():
+            try:
+                if key in _COMMON_DURATIONS:
+                    converted[key] = _COMMON_DURATIONS[key].validate_python(item).total_seconds()
+                elif key in _COMMON_FIELDS and (kind := _number_kind(_COMMON_FIELDS[key].annotation)):
+                    (_whole_number if kind is int else _number)(item)
+            except ValidationError as exc:
+                problems.extend(_relocated(exc, (key,)))
+            except ValueError as exc:
+                problems.append(_problem((key,), str(exc), item))
         if problems:
             raise ValidationError.from_exception_data("CommonSettings", problems)
         return converted
@@ -285,19 +418,7 @@ class Config(BaseModel):
     @field_validator("providers", mode="before")
     @classmethod
     def _split_sections(cls, value: Any) -> Any:
-        # A dict section is the TOML form: split it into the core-owned keys and the driver's options.
-        if not isinstance(value, dict):
-            return value
-        return {
-            provider_id: {
-                "id": provider_id,
-                "common": {k: v for k, v in section.items() if k in _COMMON_KEYS},
-                "options": {k: v for k, v in section.items() if k not in _COMMON_KEYS},
-            }
-            if isinstance(section, dict)
-            else section
-            for provider_id, section in value.items()
-        }
+        return _split_provider_sections(value) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _default_provider_exists(self) -> Config:
@@ -313,20 +434,7 @@ class Config(BaseModel):
 
     def lease_problems(self) -> list[str]:
         """Why ``[reconcile] lease`` is too short for some provider (SPEC §9); empty when it is long enough."""
-        lease = self.reconcile.lease.total_seconds()
-        problems = []
-        for provider in self.providers.values():
-            common = provider.common
-            worst = common.worst_fetch
-            if lease < 2 * worst:
-                problems.append(
-                    f"lease {_seconds(lease)} is shorter than 2 × the worst fetch of provider "
-                    f"{provider.id!r} ({_seconds(worst)} = timeout {_seconds(common.timeout)} × "
-                    f"{common.retry_attempts} attempts + retry_max_delay {_seconds(common.retry_max_delay)} × "
-                    f"{common.retry_attempts - 1}): set lease to at least {_seconds(math.ceil(2 * worst))} "
-                    "or lower that provider's timeout, retry_attempts or retry_max_delay"
-                )
-        return problems
+        return _lease_problems(self.reconcile.lease, self.providers.values())
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data: durations as strings, every secret masked."""
@@ -334,6 +442,58 @@ class Config(BaseModel):
         data["database"]["url"] = self.database.display_url
         data["providers"] = {provider_id: p.masked() for provider_id, p in self.providers.items()}
         return data
+
+
+def _split_provider_sections(sections: dict[str, Any]) -> dict[str, Any]:
+    """The TOML form of each provider section split into the core-owned keys and the driver's options."""
+    return {
+        provider_id: {
+            "id": provider_id,
+            "common": {k: v for k, v in section.items() if k in _COMMON_KEYS},
+            "options": {k: v for k, v in section.items() if k not in _COMMON_KEYS},
+        }
+        if isinstance(section, dict)
+        else section
+        for provider_id, section in sections.items()
+    }
+
+
+def _lease_problems(lease_length: timedelta, providers: Iterable[ProviderConfig]) -> list[str]:
+    lease = lease_length.total_seconds()
+    problems = []
+    for provider in providers:
+        common = provider.common
+        worst = common.worst_fetch
+        if lease < 2 * worst:
+            problems.append(
+                f"lease {_seconds(lease)} is shorter than 2 × the worst fetch of provider "
+                f"{provider.id!r} ({_seconds(worst)} = timeout {_seconds(common.timeout)} × "
+                f"{common.retry_attempts} attempts + retry_max_delay {_seconds(common.retry_max_delay)} × "
+                f"{common.retry_attempts - 1}): set lease to at least {_seconds(math.ceil(2 * worst))} "
+                "or lower that provider's timeout, retry_attempts or retry_max_delay"
+            )
+    return problems
+
+
+def _partial_lease_problems(data: dict[str, Any]) -> list[str]:
+    """The lease rule where the rest of the configuration has problems: for the parts that validate."""
+    reconcile = data.get("reconcile", {})
+    sections = data.get("providers", {})
+    if not isinstance(reconcile, dict) or not isinstance(sections, dict):
+        return []
+    try:
+        lease = _LEASE_ADAPTER.validate_python(reconcile.get("lease", ReconcileSettings().lease))
+    except ValidationError:
+        return []
+    providers = [_valid_provider(section) for section in _split_provider_sections(sections).values()]
+    return _lease_problems(lease, [provider for provider in providers if provider is not None])
+
+
+def _valid_provider(section: Any) -> ProviderConfig | None:
+    try:
+        return ProviderConfig.model_validate(section)
+    except ValidationError:
+        return None
 
 
 def validate_driver_settings(provider: ProviderConfig, settings_model: type[BaseModel]) -> BaseModel:
@@ -349,7 +509,10 @@ def validate_driver_settings(provider: ProviderConfig, settings_model: type[Base
             field = settings_model.model_fields.get(key)
             if error["type"] == "missing" and field is not None and field.annotation is SecretStr:
                 problem = f"required: set {key} or {key}_file"
-            lines.append(f"providers.{provider.id}.{key}: {problem} (driver {provider.common.driver!r})")
+            lines.append(
+                f"{provider.origin(str(error['loc'][0]) if error['loc'] else '')}: providers.{provider.id}.{key}: "
+                f"{problem} (driver {provider.common.driver!r})"
+            )
         raise errors.ConfigError("\n".join(lines)) from None
 
 
@@ -358,13 +521,18 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     resolve_files: bool = True,
+    driver_problems: Callable[[ProviderConfig], list[str]] | None = None,
 ) -> Config:
     """Read the TOML file (none: defaults), lay the ``RECONCILER_*`` environment over it, validate.
 
-    ``environ`` defaults to ``os.environ``; variables whose first segment is not a top-level key
-    (``RECONCILER_FIXTURES``...) are not configuration and are ignored. An environment value starting
-    with ``[`` that is a JSON array sets a list (``RECONCILER_RECONCILE__SCHEDULE='["1m","5m","15m","1h"]'``).
-    An ``X`` or ``X_file`` from the environment replaces the file's ``X`` and ``X_file``.
+    ``driver_problems`` (the wiring's check of a section against its driver) is run for every provider
+    section that validates, even when the rest of the file has problems, so they are reported together.
+
+    ``environ`` defaults to ``os.environ``; every ``RECONCILER_*`` variable is configuration except
+    :data:`NOT_CONFIGURATION`, so a misspelt one is an error. A value for a number key is read as that
+    kind of number (``RECONCILER_RECONCILE__BATCH_SIZE=100``); one starting with ``[`` that is a JSON array
+    sets a list (``RECONCILER_RECONCILE__SCHEDULE='["1m","5m","15m","1h"]'``). An ``X`` or ``X_file`` from
+    the environment replaces the file's ``X`` and ``X_file``. Every problem found is reported at once.
 
     With ``resolve_files=False`` no ``*_file`` secret is opened (nor ``$CREDENTIALS_DIRECTORY``
     required): each becomes ``X = SecretStr(UNRESOLVED_SECRET)``, enough to validate a file offline.
@@ -373,29 +541,61 @@ def load_config(
     environ = os.environ if environ is None else environ
     source = str(path) if path is not None else "configuration"
     data = _read_toml(path) if path is not None else {}
-    overrides, origins = _environment_layer(environ)
+    overrides, origins, problems = _environment_layer(environ)
     _merge(data, overrides)
 
     def line(loc: tuple[str, ...], problem: str) -> str:
         origin = next((f"${origins[loc[:n]]}" for n in range(len(loc), 0, -1) if loc[:n] in origins), source)
         return f"{origin}: {'.'.join(loc) or '(top level)'}: {problem}"
 
-    problems = [line(loc, problem) for loc, problem in _resolve_secret_files(data, environ, resolve_files)]
-    if problems:
-        raise errors.ConfigError("\n".join(problems))
+    # Every problem at once, in a stable order: the environment's (by variable name), the secret files',
+    # the models' (by key, providers in file order), then the lease rule for whatever did validate.
+    secret_problems = _resolve_secret_files(data, environ, resolve_files)
+    problems += [line(loc, problem) for loc, problem in secret_problems]
+    # a section whose secret file failed would only repeat that problem as "api_key: required"
+    unresolved = {loc[1] for loc, _ in secret_problems if len(loc) > 1 and loc[0] == "providers"}
     try:
-        config = Config.model_validate(data)
+        config: Config | None = Config.model_validate(data)
     except ValidationError as exc:
-        raise errors.ConfigError(
-            "\n".join(
-                line(_dotted(error["loc"]), _describe(error, _known_keys(_dotted(error["loc"])[:-1])))
-                for error in exc.errors(include_url=False)
-            )
-        ) from None
-    lease_problems = config.lease_problems()
-    if lease_problems:
-        raise errors.ConfigError("\n".join(line(("reconcile", "lease"), p) for p in lease_problems))
-    return config
+        config = None
+        problems += [
+            line(_dotted(error["loc"]), _describe(error, _known_keys(_dotted(error["loc"])[:-1])))
+            for error in exc.errors(include_url=False)
+        ]
+    lease_problems = config.lease_problems() if config is not None else _partial_lease_problems(data)
+    problems += [line(("reconcile", "lease"), problem) for problem in lease_problems]
+    if driver_problems is not None:
+        if config is not None:
+            sections = list(config.providers.values())
+        else:
+            split = _split_provider_sections(data.get("providers") or {})
+            sections = [p for p in map(_valid_provider, split.values()) if p is not None]
+        for provider in sorted(sections, key=lambda p: p.id):
+            if provider.id in unresolved:
+                continue
+            located = provider.model_copy(update={"origins": _origins_of(provider.id, source, origins)})
+            problems += driver_problems(located)
+    if problems or config is None:
+        raise errors.ConfigError("\n".join(problems))
+    return config.model_copy(
+        update={
+            "providers": {
+                provider_id: provider.model_copy(
+                    update={"origins": _origins_of(provider_id, source, origins)}
+                )
+                for provider_id, provider in config.providers.items()
+            }
+        }
+    )
+
+
+def _origins_of(provider_id: str, source: str, origins: Mapping[tuple[str, ...], str]) -> dict[str, str]:
+    keys = {
+        loc[2]: f"${name}"
+        for loc, name in origins.items()
+        if loc[:2] == ("providers", provider_id) and loc[2:]
+    }
+    return {"": source} | keys
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -413,33 +613,84 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise errors.ConfigError(f"{path}: TOML syntax error: {exc}") from None
 
 
-def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """The ``RECONCILER_*`` variables as a nested dict, and which variable set each key."""
+def _environment_layer(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str], list[str]]:
+    """The ``RECONCILER_*`` variables as a nested dict, which variable set each key, and the problems."""
     layer: dict[str, Any] = {}
     origins: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
     for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_CONFIGURATION:
             continue
         loc = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING))
-        if loc[0] not in Config.model_fields:
-            continue
+        dotted = ".".join(loc)
         if "" in loc:
-            raise errors.ConfigError(f"${name}: empty key between {ENV_NESTING!r} separators")
+            problems.append(
+                f"${name}: empty key between {ENV_NESTING!r} separators (write RECONCILER_SECTION__KEY)"
+            )
+            continue
+        if loc[0] not in Config.model_fields:
+            problems.append(f"${name}: {loc[0]}: {_unknown_variable(name, loc[0])}")
+            continue
         node = layer
         for part in loc[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise errors.ConfigError(
-                    f"${name}: {'.'.join(loc)} conflicts with another RECONCILER_ variable"
-                )
-        if isinstance(node.get(loc[-1]), dict):
-            raise errors.ConfigError(f"${name}: {'.'.join(loc)} conflicts with another RECONCILER_ variable")
-        node[loc[-1]] = _environment_value(environ[name])
+                break
+        if not isinstance(node, dict) or isinstance(node.get(loc[-1]), dict):
+            problems.append(f"${name}: {dotted} conflicts with another RECONCILER_ variable")
+            continue
+        try:
+            node[loc[-1]] = _environment_value(environ[name], _declared_type(loc))
+        except ValueError as exc:
+            problems.append(f"${name}: {dotted}: {exc}")
+            continue
         origins[loc] = name
-    return layer, origins
+    return layer, origins, problems
 
 
-def _environment_value(text: str) -> Any:
+def _unknown_variable(name: str, key: str) -> str:
+    problem = _unknown_key(
+        key, list(Config.model_fields), note=f"not configuration: {', '.join(NOT_CONFIGURATION)}"
+    )
+    close = difflib.get_close_matches(name.upper(), NOT_CONFIGURATION, n=1)
+    if close and "did you mean" not in problem:
+        problem = problem.replace("unknown key (", f"unknown key (did you mean ${close[0]}? ", 1)
+    return problem
+
+
+def _declared_type(loc: tuple[str, ...]) -> Any:
+    """The type of the key at ``loc``, as far as the core declares it (None for a driver's options)."""
+    if loc[0] == "providers":
+        key = loc[2] if len(loc) == 3 else ""
+        if key in _COMMON_FIELDS and key not in _COMMON_DURATIONS:
+            return _COMMON_FIELDS[key].annotation
+        return None
+    model: type[BaseModel] | None = Config
+    annotation: Any = None
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        model = _model_of(annotation)
+    return annotation
+
+
+def _environment_value(text: str, declared: Any) -> Any:
+    """An environment string as the key's declared kind of number, a JSON list, or the text itself."""
+    kind = _number_kind(declared)
+    if kind is int:
+        if not _INTEGER_TEXT.fullmatch(text):
+            raise ValueError("expected a whole number in digits, e.g. 100")
+        if len(text) > 18:  # beyond every bound, and int() refuses thousands of digits
+            raise ValueError("too large a number")
+        return int(text)
+    if kind is float:
+        if not _NUMBER_TEXT.fullmatch(text):
+            raise ValueError("expected a number in digits, e.g. 2.5")
+        return float(text)
     if text.startswith("["):
         try:
             value = json.loads(text)
@@ -528,38 +779,39 @@ def _dotted(loc: tuple[int | str, ...]) -> tuple[str, ...]:
 
 def _known_keys(section: tuple[str, ...]) -> list[str]:
     """The keys accepted in a section of the file (empty where the keys are open-ended)."""
-    model: type[BaseModel] = Config
+    model: type[BaseModel] | None = Config
     for part in section:
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = next(
-            (
-                a
-                for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
-                if isinstance(a, type)
-            ),
-            None,
-        )
-        if annotation is None or not issubclass(annotation, BaseModel):
-            return []
-        model = annotation
-    return list(model.model_fields)
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_of(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (``X`` or ``X | None``), or None for a plain value."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _describe(error: Any, accepted: list[str]) -> str:
     """One pydantic error as an operator-facing problem (never its input: it may be a secret)."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        key = str(error["loc"][-1])
-        close = difflib.get_close_matches(key, accepted, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown key ({hint}accepted: {', '.join(accepted)})" if accepted else "unknown key"
+        return _unknown_key(str(error["loc"][-1]), accepted)
     if kind == "missing":
         return "required but not set"
     if kind == "value_error":
         return str(error["ctx"]["error"])
     return str(error["msg"])
+
+
+def _unknown_key(key: str, accepted: list[str], *, note: str = "") -> str:
+    if not accepted:
+        return "unknown key"
+    close = difflib.get_close_matches(key, accepted, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}accepted: {', '.join(accepted)}{'; ' + note if note else ''})"
 
 
 def _relocated(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
@@ -573,15 +825,26 @@ def _relocated(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorD
     ]
 
 
-def _located_error(loc: tuple[str, ...], message: str, value: object) -> ValidationError:
-    return ValidationError.from_exception_data(
-        "Config",
-        [
-            InitErrorDetails(
-                type=PydanticCustomError("config", "{message}", {"message": message}), loc=loc, input=value
-            )
-        ],
+def _problem(loc: tuple[str, ...], message: str, value: object) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError("config", "{message}", {"message": message}), loc=loc, input=value
     )
+
+
+def _located_error(loc: tuple[str, ...], message: str, value: object) -> ValidationError:
+    return ValidationError.from_exception_data("Config", [_problem(loc, message, value)])
+
+
+def _number_kind(annotation: Any) -> type[int] | type[float] | None:
+    """``int`` or ``float`` when a field holds that kind of number (``X | None`` too), else None."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(annotation)) if union else {annotation}
+    kinds.discard(type(None))
+    if kinds == {int}:
+        return int
+    if kinds and kinds <= {int, float}:
+        return float
+    return None
 
 
 def _seconds(seconds: float) -> str:

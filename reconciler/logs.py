@@ -7,17 +7,37 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Message, Record
+    from loguru import Message, Record, RecordException
 
 LogFormat = Literal["auto", "human", "journal", "json"]
 
 # sd-daemon(3) priority prefixes by loguru level
 _PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+# Every character that could end or rewrite a line (C0, DEL, C1, the Unicode line and paragraph
+# separators) as a visible escape, so provider text in a message can never start a forged line.
+_ESCAPES: dict[int, str] = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+#: ``extra`` keys (``logger.bind(invoice_id=..., provider_id=...)``) that JSON lines carry as top-level fields.
+FIELDS = ("invoice_id", "provider_id")
+# The record's escaped message and traceback, set by the format functions for the format string.
+_LINE = "_reconciler_line"
+_TRACEBACK = "_reconciler_traceback"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (a newline becomes the two characters ``\\n``)."""
+    return text.translate(_ESCAPES)
 
 
 def resolve_format(fmt: LogFormat) -> Literal["human", "journal", "json"]:
@@ -48,8 +68,7 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         logger.add(
             sys.stderr,
             level=level,
-            # `\\<` escapes loguru's colour markup: an unescaped `<6>` is rejected as an unknown tag
-            format=lambda record: f"\\<{_PRIORITY.get(record['level'].name, 6)}>{{message}}\n{{exception}}",
+            format=_journal_format,
             colorize=False,
             diagnose=False,  # tracebacks with variable values could show secrets
             backtrace=False,
@@ -58,21 +77,53 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         logger.add(
             sys.stderr,
             level=level,
-            format="<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> {message}",
+            format=_human_format,
             colorize=sys.stderr.isatty(),
             diagnose=False,
             backtrace=False,
         )
 
 
+_HUMAN = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> "
+    + f"{{extra[{_LINE}]}}"
+    + "\n{exception}"
+)
+
+
+def _human_format(record: Record) -> str:
+    record["extra"][_LINE] = one_line(record["message"])
+    return _HUMAN
+
+
+def _journal_format(record: Record) -> str:
+    priority = _PRIORITY.get(record["level"].name, 6)
+    record["extra"][_LINE] = one_line(record["message"])
+    # `\\<` escapes loguru's colour markup: an unescaped `<6>` is rejected as an unknown tag
+    line = f"\\<{priority}>{{extra[{_LINE}]}}\n"
+    if record["exception"] is None:
+        return line
+    # Every traceback line carries the record's priority too, so no line of exception text can pass
+    # for a priority prefix of its own (and `journalctl -p err` shows the whole traceback).
+    record["extra"][_TRACEBACK] = "".join(
+        f"<{priority}>{text}\n" for text in _traceback(record["exception"]).splitlines()
+    )
+    return line + f"{{extra[{_TRACEBACK}]}}"
+
+
+def _traceback(exception: RecordException) -> str:
+    kind, value, tb = exception
+    return "".join(traceback.format_exception(kind, value, tb)).rstrip()
+
+
 def _json_sink(message: Message) -> None:
     record: Record = message.record
-    line = {
+    line: dict[str, Any] = {
         "time": record["time"].isoformat(),
         "level": record["level"].name,
         "message": record["message"],
     }
+    line.update({key: record["extra"][key] for key in FIELDS if key in record["extra"]})
     if record["exception"] is not None:
-        kind, value, tb = record["exception"]
-        line["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
-    sys.stderr.write(json.dumps(line) + "\n")
+        line["exception"] = _traceback(record["exception"])
+    sys.stderr.write(json.dumps(line, default=str) + "\n")
