@@ -11,8 +11,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+from reconciler import audit
+from reconciler.audit import Action
 from reconciler.driver_api import ProviderStatus, Snapshot
-from reconciler.models import AuditRecord, Invoice, InvoiceStatus, PaymentRow, Unreadable
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus, PaymentRow
 
 PaidLatePolicy = Literal["flag", "settle"]
 
@@ -139,25 +141,30 @@ def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: Pai
     # The once rule: an observation audit is written only when the observation is new for this invoice.
     new_observation = observation != invoice.last_provider_status
 
-    def audit(action: str, **extra: Any) -> AuditRecord:
-        return AuditRecord(action, "invoice", invoice.id, {**facts, **extra})
+    def note(action: Action, **extra: Any) -> AuditRecord:
+        return audit.on_invoice(action, invoice.id, facts, **extra)
 
-    def observed(action: str, **extra: Any) -> tuple[AuditRecord, ...]:
-        return (audit(action, **extra),) if new_observation else ()
+    def observed(action: Action, **extra: Any) -> tuple[AuditRecord, ...]:
+        return (note(action, **extra),) if new_observation else ()
 
     if invoice.status is InvoiceStatus.SETTLED:
         # A settled invoice never goes back; recovery candidates never reach here (no provider call).
         return Decision(DecisionKind.NO_CHANGE, None, observation, (), None, facts)
     if isinstance(answer, NotFound):
         return Decision(
-            DecisionKind.NOT_FOUND, None, observation, observed("invoice.provider_not_found"), None, facts
+            DecisionKind.NOT_FOUND,
+            None,
+            observation,
+            observed(Action.INVOICE_PROVIDER_NOT_FOUND),
+            None,
+            facts,
         )
     if isinstance(answer, BadResponse):
         return Decision(
             DecisionKind.BAD_RESPONSE,
             None,
             observation,
-            observed("invoice.bad_provider_response"),
+            observed(Action.INVOICE_BAD_PROVIDER_RESPONSE),
             None,
             facts,
         )
@@ -167,16 +174,16 @@ def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: Pai
     pending = invoice.status is InvoiceStatus.PENDING
 
     if status is ProviderStatus.SETTLED:
-        return _settle(invoice, snapshot, observation, facts, (audit("invoice.settled"),))
+        return _settle(invoice, snapshot, observation, facts, (note(Action.INVOICE_SETTLED),))
 
     if status is ProviderStatus.EXPIRED and snapshot.paid_late:
         if paid_late == "settle":
             audits = (
-                *observed("invoice.paid_late", policy="settle"),
-                audit("invoice.settled", paid_late=True),
+                *observed(Action.INVOICE_PAID_LATE, policy="settle"),
+                note(Action.INVOICE_SETTLED, paid_late=True),
             )
             return _settle(invoice, snapshot, observation, facts, audits)
-        flag = observed("invoice.paid_late", policy="flag")
+        flag = observed(Action.INVOICE_PAID_LATE, policy="flag")
         if invoice.status is InvoiceStatus.EXPIRED:
             # already expired and already flagged: a re-check that writes nothing is no change
             kind = DecisionKind.PAID_LATE_FLAG if flag else DecisionKind.NO_CHANGE
@@ -185,18 +192,18 @@ def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: Pai
             DecisionKind.PAID_LATE_FLAG,
             InvoiceStatus.EXPIRED,
             observation,
-            (audit("invoice.expired"), *flag),
+            (note(Action.INVOICE_EXPIRED), *flag),
             None,
             facts,
         )
 
     if pending and status is ProviderStatus.EXPIRED:
-        underpaid = observed("invoice.underpaid") if snapshot.partially_paid else ()
+        underpaid = observed(Action.INVOICE_UNDERPAID) if snapshot.partially_paid else ()
         return Decision(
             DecisionKind.EXPIRE,
             InvoiceStatus.EXPIRED,
             observation,
-            (audit("invoice.expired"), *underpaid),
+            (note(Action.INVOICE_EXPIRED), *underpaid),
             None,
             facts,
         )
@@ -206,18 +213,18 @@ def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: Pai
             DecisionKind.INVALIDATE,
             InvoiceStatus.INVALID,
             observation,
-            (audit("invoice.invalid"),),
+            (note(Action.INVOICE_INVALID),),
             None,
             facts,
         )
 
     notes: tuple[AuditRecord, ...] = ()
     if status is ProviderStatus.REFUNDED:
-        notes = observed("invoice.refunded")
+        notes = observed(Action.INVOICE_REFUNDED)
     elif status is ProviderStatus.UNKNOWN:
-        notes = observed("invoice.unknown_status")
+        notes = observed(Action.INVOICE_UNKNOWN_STATUS)
     elif status is ProviderStatus.EXPIRED and snapshot.partially_paid:
-        notes = observed("invoice.underpaid")
+        notes = observed(Action.INVOICE_UNDERPAID)
     return Decision(DecisionKind.NO_CHANGE, None, observation, notes, None, facts)
 
 
@@ -232,17 +239,13 @@ def _settle(
     if drift is not None:
         audits = (
             *audits,
-            AuditRecord(
-                "invoice.amount_mismatch",
-                "invoice",
+            audit.amount_mismatch(
                 invoice.id,
-                {
-                    **facts,
-                    "expected_amount_sats": drift.expected_amount_sats,
-                    "provider_amount_sats": drift.provider_amount_sats,
-                    "provider_paid_sats": drift.provider_paid_sats,
-                    "currency": drift.currency,
-                },
+                facts,
+                expected_amount_sats=drift.expected_amount_sats,
+                provider_amount_sats=drift.provider_amount_sats,
+                provider_paid_sats=drift.provider_paid_sats,
+                currency=drift.currency,
             ),
         )
     kind = DecisionKind.RENEW if invoice.subscription_id is not None else DecisionKind.SETTLE
@@ -259,44 +262,9 @@ def payment_winner(rows: Sequence[PaymentRow]) -> PaymentRow | None:
     )
 
 
-def duplicate_audit(invoice: Invoice, provider_id: str, winner_id: str) -> AuditRecord:
-    """`invoice.duplicate`: this row is another row of a payment `winner_id` stands for."""
-    return AuditRecord(
-        "invoice.duplicate",
-        "invoice",
-        invoice.id,
-        {
-            "provider_id": provider_id,
-            "provider_invoice_id": invoice.provider_invoice_id,
-            "raw_status": None,
-            "winner_invoice_id": winner_id,
-        },
-    )
-
-
 def duplicate_observation(winner_id: str) -> str:
     """`last_provider_status` of a duplicate: written again (and audited again) only if the winner changes."""
     return f"!duplicate:{winner_id}"
-
-
-def unreadable_audit(
-    row: Unreadable | Invoice, column: str, reason: str, provider_id: str | None, **extra: Any
-) -> AuditRecord:
-    """`invoice.unreadable`: the row (or a policy it needs) holds something the reconciler cannot read."""
-    target = row.label if isinstance(row, Unreadable) else row.id
-    return AuditRecord(
-        "invoice.unreadable",
-        "invoice",
-        target,
-        {
-            "provider_id": provider_id,
-            "provider_invoice_id": row.provider_invoice_id,
-            "raw_status": None,
-            "column": column,
-            "reason": reason,
-            **extra,
-        },
-    )
 
 
 def schedule_step(schedule: tuple[timedelta, ...], age: timedelta) -> timedelta:

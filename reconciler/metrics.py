@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from reconciler import __version__, traffic
+from reconciler import __version__, audit, traffic
 from reconciler.decide import DecisionKind
 from reconciler.runner import FENCED, RELEASED, Observer, PassSummary
 from reconciler.store.base import StatusReport
@@ -38,20 +38,8 @@ DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
 REQUEST_OUTCOMES = traffic.REQUEST_OUTCOMES
 TASK_STATUSES = ("done", "pending", "failed")
 PASS_RESULTS = ("ok", "degraded")
-#: The audit actions `reconciler status` counts for review (the stores' `status_review` query).
-REVIEW_ACTIONS = (
-    "invoice.amount_mismatch",
-    "invoice.paid_late",
-    "invoice.underpaid",
-    "invoice.refunded",
-    "invoice.unknown_status",
-    "invoice.provider_not_found",
-    "invoice.bad_provider_response",
-    "invoice.unreadable",
-    "invoice.duplicate",
-    "license.issue_failed",
-    "post_settle.failed",
-)
+#: The audit actions `reconciler status` counts for review.
+REVIEW_ACTIONS = tuple(str(action) for action in audit.REVIEW_ACTIONS)
 
 
 class Metrics(Observer):

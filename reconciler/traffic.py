@@ -216,10 +216,12 @@ class ProviderGate:
             return checked
         return snapshot
 
-    async def call(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """One provider call with the provider's retries, pauses, rate, timeout and metrics."""
+    async def call(self, call: Callable[[], Awaitable[_T]], *, attempts: int | None = None) -> _T:
+        """One provider call with the provider's retries (`attempts` tries, default `retry_attempts`),
+        pauses, rate, timeout and metrics."""
         common = self.provider.common
-        for attempt in range(1, common.retry_attempts + 1):
+        tries = attempts or common.retry_attempts
+        for attempt in range(1, tries + 1):
             await self.take_turn()
             try:
                 return await self._call_once(call)
@@ -232,7 +234,7 @@ class ProviderGate:
                         provider_id=self.provider.id,
                         http_status=exc.http_status,
                     ) from None
-                if attempt == common.retry_attempts:
+                if attempt == tries:
                     raise
                 if wait is not None:
                     # the pause holds every request of this provider, this one included

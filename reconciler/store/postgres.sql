@@ -230,9 +230,7 @@ WHERE last_provider_status LIKE '!unreadable:%' OR last_provider_status LIKE '!d
 -- name: status_review
 SELECT action, count(*) AS n, max(occurred_at) AS latest
 FROM audit_log
-WHERE action IN ('invoice.amount_mismatch', 'invoice.paid_late', 'invoice.underpaid', 'invoice.refunded',
-    'invoice.unknown_status', 'invoice.provider_not_found', 'invoice.bad_provider_response',
-    'license.issue_failed', 'post_settle.failed', 'invoice.unreadable', 'invoice.duplicate')
+WHERE action IN (SELECT json_array_elements_text(CAST(:actions AS json)))
   AND occurred_at >= :since
 GROUP BY action
 ORDER BY action;

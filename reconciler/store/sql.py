@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 
-from reconciler import decide, errors, ids
+from reconciler import audit, decide, errors, ids
 from reconciler.models import Invoice, InvoiceStatus, Policy, Unreadable, UnreadablePolicy
 from reconciler.store import base, rows
 from reconciler.timeutil import format_ts, parse_ts
@@ -269,8 +269,7 @@ class SqlStore(base.Store):
             cancelled = await tx.returning("cancel_redemption", {"invoice_id": invoice.id, "now": stamp})
             for row in cancelled:
                 await tx.exec("give_back_slot", {"code_id": row[0]})
-            extra = {"redemption_cancelled": bool(cancelled)}
-            await self._audit(tx, now, [_with_details(a, extra) for a in audits])
+            await self._audit(tx, now, [audit.with_redemption(a, cancelled=bool(cancelled)) for a in audits])
             return base.TransitionOutcome(redemption_cancelled=bool(cancelled))
 
         return await self._atomic(transition)
@@ -332,18 +331,14 @@ class SqlStore(base.Store):
                 subscription_created = bool(created)
             if issued:
                 audits.append(
-                    base.AuditRecord(
-                        action="license.issued",
-                        target_kind="license",
-                        target_id=draft.id,
-                        details={
-                            "invoice_id": invoice.id,
-                            "provider_id": settlement.provider_id,
-                            "provider_invoice_id": invoice.provider_invoice_id,
-                            "policy_id": draft.policy_id,
-                            "recovered": settlement.recovered,
-                            "subscription_created": subscription_created,
-                        },
+                    audit.license_issued(
+                        draft.id,
+                        invoice_id=invoice.id,
+                        provider_id=settlement.provider_id,
+                        provider_invoice_id=invoice.provider_invoice_id,
+                        policy_id=draft.policy_id,
+                        recovered=settlement.recovered,
+                        subscription_created=subscription_created,
                     )
                 )
         elif invoice.subscription_id is not None:
@@ -353,33 +348,27 @@ class SqlStore(base.Store):
                 )
             )
             audits.append(
-                base.AuditRecord(
-                    action="subscription.renewed",
-                    target_kind="invoice",
-                    target_id=invoice.id,
-                    details={
-                        "provider_id": settlement.provider_id,
-                        "provider_invoice_id": invoice.provider_invoice_id,
-                        "raw_status": _raw_status(settlement.observation),
-                        "subscription_id": invoice.subscription_id,
-                        "subscription_found": renewed,
-                    },
+                audit.subscription_renewed(
+                    invoice.id,
+                    provider_id=settlement.provider_id,
+                    provider_invoice_id=invoice.provider_invoice_id,
+                    raw_status=_raw_status(settlement.observation),
+                    subscription_id=invoice.subscription_id,
+                    found=renewed,
                 )
             )
+        if any(a.action == audit.Action.INVOICE_PAID_LATE for a in audits):
+            # a paid-late settle keeps a cancelled redemption cancelled: the audit says so
+            status = await tx.returning("redemption_status", {"invoice_id": invoice.id})
+            if status and status[0][0] == "cancelled":
+                audits = [audit.with_redemption(a, cancelled=True) for a in audits]
         redeemed = await tx.returning(
             "redeem_redemption", {"invoice_id": invoice.id, "license_id": license_id, "now": stamp}
         )
         for row in redeemed:
             audits.append(
-                base.AuditRecord(
-                    action="code.redeemed",
-                    target_kind="discount_code",
-                    target_id=str(row["code_id"]),
-                    details={
-                        "invoice_id": invoice.id,
-                        "license_id": license_id,
-                        "redemption_id": row["id"],
-                    },
+                audit.code_redeemed(
+                    str(row["code_id"]), invoice_id=invoice.id, license_id=license_id, redemption_id=row["id"]
                 )
             )
         for kind in settlement.post_settle_kinds:
@@ -507,7 +496,10 @@ class SqlStore(base.Store):
         stale = await self._read("status_stale", {"min_created_at": min_created})
         instances = await self._read("status_instances", {"since": since})
         others = await self._read("status_other_instances", {"since": since})
-        review = await self._read("status_review", {"since": format_ts(now - timedelta(days=30))})
+        review = await self._read(
+            "status_review",
+            {"since": format_ts(now - timedelta(days=30)), "actions": json.dumps(list(audit.REVIEW_ACTIONS))},
+        )
         held = await self._read("status_quarantined", {"limit": base.QUARANTINE_LISTED})
         held_total = await self._read("status_quarantined_count", {})
         return base.StatusReport(
@@ -648,9 +640,3 @@ def _fmt(value: datetime | None) -> str | None:
 
 def _raw_status(observation: str | None) -> str | None:
     return observation.split("/", 1)[0] if observation else None
-
-
-def _with_details(record: base.AuditRecord, extra: dict[str, Any]) -> base.AuditRecord:
-    if record.action not in {"invoice.expired", "invoice.invalid", "invoice.paid_late"}:
-        return record
-    return base.AuditRecord(record.action, record.target_kind, record.target_id, {**record.details, **extra})
