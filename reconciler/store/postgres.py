@@ -131,13 +131,19 @@ class PostgresStore(SqlStore):
                 ) from exc
         return base.check_schema(tables, versions)
 
+    async def schema_shape(self) -> base.SchemaShape:
+        return base.SchemaShape.from_rows(
+            await self._read("schema_columns", {}), await self._read("schema_indexes", {})
+        )
+
     async def init_schema(self) -> bool:
         async with self._connection("init-db") as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-            if await self.schema_version() is not None:
-                return False
-            await conn.execute(queries.schema_sql())
-        return True
+            if await self.schema_version() is None:
+                await conn.execute(queries.schema_sql())
+                return True
+        await self.require_schema()
+        return False
 
 
 def _row_count(status: str) -> int:

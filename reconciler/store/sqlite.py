@@ -133,8 +133,14 @@ class SqliteStore(SqlStore):
                     f"schema_meta is not ours ({exc}): point database.url at the reconciler's database"
                 ) from exc
 
+    async def schema_shape(self) -> base.SchemaShape:
+        return base.SchemaShape.from_rows(
+            await self._read("schema_columns", {}), await self._read("schema_indexes", {})
+        )
+
     async def init_schema(self) -> bool:
         if await self.schema_version() is not None:
+            await self.require_schema()
             return False
         async with self._lock:
             await self._use_wal()
