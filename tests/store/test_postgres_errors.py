@@ -176,7 +176,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 async def test_a_url_asyncpg_cannot_use_is_a_config_error_that_never_quotes_the_password(url: str) -> None:
     secret = "Pg-Secret-0c4f9e"
 
-    with pytest.raises(errors.ConfigError, match="database.url is not usable") as caught:
+    with pytest.raises(errors.ConfigError, match=r"database\.url is not usable") as caught:
         await _open(url.format(secret=secret))
 
     assert "**********" in caught.value.message
