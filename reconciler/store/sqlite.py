@@ -236,12 +236,9 @@ def _statements(script: str) -> list[str]:
 
 
 async def _run(db: aiosqlite.Connection, sql: str, params: dict[str, Any] | None = None) -> int:
-    """One statement; the number of rows it changed."""
+    """One statement that returns no rows (sqlite3 resets it once done); the number of rows it changed."""
     cursor = await db.execute(sql, params or {})
-    try:
-        return cursor.rowcount
-    finally:
-        await cursor.close()
+    return cursor.rowcount
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
@@ -249,8 +246,9 @@ async def _fetch(db: aiosqlite.Connection, sql: str, params: dict[str, Any] | No
     cursor = await db.execute(sql, params or {})
     try:
         return list(await cursor.fetchall())
-    finally:
-        await cursor.close()
+    except BaseException:
+        await cursor.close()  # read to its end it needs no closing; broken off, it does
+        raise
 
 
 async def _complete(awaitable: Awaitable[T]) -> T:
