@@ -104,7 +104,8 @@ def runner_settings(cfg: Config) -> RunnerSettings:
 
 
 async def open_store(cfg: Config, *, create: bool = False) -> base.Store:
-    """Open the configured database (SQLite now; PostgreSQL is selected by a postgresql:// URL)."""
+    """Open the configured database (SQLite, or PostgreSQL for a postgresql:// URL), checked before use:
+    what the operator must fix is a ConfigError or SchemaError (exit 2), an unreachable server StoreUnavailable."""
     if cfg.database.backend == "sqlite":
         from reconciler.store.sqlite import SqliteStore
 

@@ -271,3 +271,23 @@ WHERE id = :subscription_id AND payment_profile_id IS NULL;
 -- name: prune_instances
 DELETE FROM reconciler_instances
 WHERE COALESCE(last_pass_finished_at, started_at) < :cutoff AND lease_owner <> :lease_owner;
+
+-- name: schema_columns
+SELECT table_name::text AS table_name, column_name::text AS column_name
+FROM information_schema.columns
+WHERE table_schema = current_schema()
+ORDER BY table_name, ordinal_position;
+
+-- name: schema_indexes
+-- key columns only (not INCLUDE ones); partial and invalid indexes enforce nothing for every row
+SELECT t.relname::text AS table_name, i.relname::text AS index_name, x.indisunique AS is_unique,
+       CASE WHEN x.indisprimary THEN 'pk' WHEN x.indisunique THEN 'u' ELSE 'c' END AS origin,
+       k.position AS position, a.attname::text AS column_name
+FROM pg_catalog.pg_index AS x
+JOIN pg_catalog.pg_class AS t ON t.oid = x.indrelid
+JOIN pg_catalog.pg_class AS i ON i.oid = x.indexrelid
+CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k (attnum, position)
+LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.attnum AND k.attnum > 0
+WHERE t.relnamespace = current_schema()::regnamespace
+  AND x.indpred IS NULL AND x.indisvalid AND k.position <= x.indnkeyatts
+ORDER BY 1, 2, 5;

@@ -75,7 +75,7 @@ class SqlStore(base.Store):
                 await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
         raise AssertionError("unreachable")
 
-    async def _write(self, name: str, params: dict[str, Any]) -> int:
+    async def _statement(self, name: str, params: dict[str, Any]) -> int:
         """`_write_one`, run again on contention like `_atomic`."""
         for attempt in range(1, CONTENTION_ATTEMPTS + 1):
             try:
@@ -158,7 +158,7 @@ class SqlStore(base.Store):
         return [rows.invoice(row) for row in found]
 
     async def release(self, invoice: base.Row, *, next_check_at: datetime | None) -> bool:
-        return await self._write("release", _release_params(invoice, next_check_at)) == 1
+        return await self._statement("release", _release_params(invoice, next_check_at)) == 1
 
     async def release_all(self, held: Sequence[base.Row]) -> int:
         if not held:
@@ -188,7 +188,7 @@ class SqlStore(base.Store):
             "observation": observation,
         }
         if not audits:
-            return await self._write("quarantine", params) == 1
+            return await self._statement("quarantine", params) == 1
 
         async def quarantine(tx: Tx) -> bool:
             if await tx.exec("quarantine", params) != 1:
@@ -229,7 +229,7 @@ class SqlStore(base.Store):
             "observation": observation,
         }
         if not audits:  # the common case: one fenced UPDATE, no transaction round trips around it
-            return await self._write("record_check", params) == 1
+            return await self._statement("record_check", params) == 1
 
         async def check(tx: Tx) -> bool:
             if await tx.exec("record_check", params) != 1:
@@ -435,7 +435,7 @@ class SqlStore(base.Store):
             "now": format_ts(now),
             "lease_until": format_ts(lease_until),
         }
-        return await self._write("claim_post_settle_task", params) == 1
+        return await self._statement("claim_post_settle_task", params) == 1
 
     async def finish_task(self, task: base.DueTask, result: base.TaskResult, *, now: datetime) -> bool:
         stamp = format_ts(now)

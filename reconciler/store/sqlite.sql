@@ -270,3 +270,17 @@ WHERE id = :subscription_id AND payment_profile_id IS NULL;
 -- name: prune_instances
 DELETE FROM reconciler_instances
 WHERE COALESCE(last_pass_finished_at, started_at) < :cutoff AND lease_owner <> :lease_owner;
+
+-- name: schema_columns
+SELECT m.name AS table_name, c.name AS column_name
+FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+WHERE m.type = 'table'
+ORDER BY m.name, c.cid;
+
+-- name: schema_indexes
+-- partial indexes enforce nothing for the rows outside them: they never count
+SELECT m.name AS table_name, il.name AS index_name, il."unique" AS is_unique, il.origin AS origin,
+       ii.seqno AS position, ii.name AS column_name
+FROM sqlite_master AS m, pragma_index_list(m.name) AS il, pragma_index_info(il.name) AS ii
+WHERE m.type = 'table' AND il.partial = 0
+ORDER BY m.name, il.name, ii.seqno;
