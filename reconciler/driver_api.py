@@ -60,6 +60,7 @@ __all__ = [
     "Snapshot",
     "SupportsFetchMany",
     "SupportsPostSettle",
+    "ascii_upper",
     "check_payment_profile",
     "check_snapshot",
     "decimal_to_sats",
@@ -253,6 +254,15 @@ class SupportsPostSettle(Protocol):
         ...
 
 
+def ascii_upper(text: str) -> str:
+    """``text`` in upper case when it is ASCII, else unchanged: for matching provider strings to tables.
+
+    ``str.upper()`` / ``casefold()`` map non-ASCII look-alikes onto ASCII (``"ſettled"`` casefolds
+    to ``"settled"``, ``"ı"`` upper-cases to ``"I"``); a status the provider did not send must not match.
+    """
+    return text.upper() if text.isascii() else text
+
+
 def decimal_to_sats(text: object, *, unit: str = "BTC", rounding: str = ROUND_HALF_UP) -> int | None:
     """Whole sats from an amount in ``BTC`` or ``SATS``; ``None`` ("no opinion") when it is not one.
 
@@ -276,10 +286,11 @@ def decimal_to_sats(text: object, *, unit: str = "BTC", rounding: str = ROUND_HA
         value = Decimal(text)
     else:
         return None
-    if unit.upper() == "BTC":
+    unit = ascii_upper(unit)
+    if unit == "BTC":
         # scaleb shifts the exponent exactly, so rounding happens once, on the exact value
         return int(value.scaleb(8, context=_EXACT).quantize(Decimal(1), rounding=rounding, context=_EXACT))
-    if unit.upper() == "SATS":
+    if unit == "SATS":
         if value != value.to_integral_value(context=_EXACT):
             return None
         return int(value)

@@ -286,7 +286,10 @@ class JsonClient:
         self._limit = max_response_bytes
         self._session = session
         header = authorization.get_secret_value()
-        self._secrets = tuple(s for s in {header, header.rpartition(" ")[2]} if s)
+        # The whole value first, so that "token <key>" is masked as one.
+        self._secrets = tuple(
+            sorted({s for s in (header, header.rpartition(" ")[2]) if s}, key=len, reverse=True)
+        )
 
     # --- requests ---
 
@@ -374,7 +377,7 @@ class JsonClient:
         try:
             return decode_json(reply.body)
         except UnreadableJson as exc:
-            detail = f"the answer is not JSON we accept: {exc}"
+            detail = f"unreadable answer (HTTP {reply.status}): not JSON we accept: {exc}"
             cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
             error = self.error(errors.BadProviderResponse, detail, invoice_id, reply.status, what=what)
             raise error from cause

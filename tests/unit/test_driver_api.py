@@ -501,3 +501,25 @@ def test_path_segment_is_one_segment_or_not_found(invoice_id: str) -> None:
     assert segment not in ("", ".", "..")
     assert segment.isascii() and "/" not in segment and "?" not in segment and "#" not in segment
     assert urllib.parse.unquote(segment, errors="strict") == invoice_id
+
+
+# --- ascii_upper: table matching folds ASCII case only (issue 10: 'ſettled' casefolds to 'settled') --
+
+
+@pytest.mark.parametrize(
+    ("text", "folded"),
+    [
+        ("Settled", "SETTLED"),
+        ("paid", "PAID"),
+        ("\u017fettled", "\u017fettled"),
+        ("pa\u0131d", "pa\u0131d"),
+        ("", ""),
+    ],
+)
+def test_ascii_upper(text: str, folded: str) -> None:
+    assert driver_api.ascii_upper(text) == folded
+
+
+@pytest.mark.parametrize("unit", ["\u017fATS", "\u017fats", "b\u0074c\u0307"])
+def test_a_unit_that_only_folds_to_btc_or_sats_is_fiat(unit: str) -> None:
+    assert decimal_to_sats("10", unit=unit) is None
