@@ -400,7 +400,8 @@ def _snapshot_problem(snapshot: object) -> str | None:
 def check_payment_profile(profile: PaymentProfile, *, provider_id: str, invoice_id: str) -> PaymentProfile:
     """``profile`` itself when its strings are storable (as :func:`check_snapshot` rules); else BadProviderResponse.
 
-    ``expires_at`` must already be in SPEC §3's form (:func:`normalize_timestamp`) or ``None``.
+    ``contact_id`` and ``profile_id`` must not be empty; ``expires_at`` must already be in SPEC §3's
+    form (:func:`normalize_timestamp`) or ``None``.
     """
     for name, value, optional in (
         ("contact_id", profile.contact_id, False),
@@ -408,7 +409,7 @@ def check_payment_profile(profile: PaymentProfile, *, provider_id: str, invoice_
         ("method", profile.method, True),
         ("expires_at", profile.expires_at, True),
     ):
-        problem = _text_problem(value, optional=optional)
+        problem = "is empty" if value == "" and not optional else _text_problem(value, optional=optional)
         if problem is not None:
             raise BadProviderResponse(
                 f"{provider_id}: invoice {providers_http.short_repr(invoice_id)}: unusable payment profile: "

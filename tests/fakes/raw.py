@@ -20,13 +20,15 @@ from aiohttp import web
 __all__ = ["RawAnswer", "ScriptedServer"]
 
 _HOLD_LIMIT = 30.0
+_POLL = 0.02
 
 
 async def _hold(request: web.Request) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + _HOLD_LIMIT
-    while loop.time() < until and request.transport is not None and not request.transport.is_closing():
-        await asyncio.sleep(0.02)
+    """Keep a response open until the client closes the connection (at most _HOLD_LIMIT seconds)."""
+    for _ in range(int(_HOLD_LIMIT / _POLL)):  # aiohttp offers no disconnection event to wait on
+        if request.transport is None or request.transport.is_closing():
+            return
+        await asyncio.sleep(_POLL)
 
 
 @dataclass(frozen=True)

@@ -523,3 +523,34 @@ def test_ascii_upper(text: str, folded: str) -> None:
 @pytest.mark.parametrize("unit", ["\u017fATS", "\u017fats", "b\u0074c\u0307"])
 def test_a_unit_that_only_folds_to_btc_or_sats_is_fiat(unit: str) -> None:
     assert decimal_to_sats("10", unit=unit) is None
+
+
+# --- check_payment_profile: a saved profile the store cannot write is refused ------------------------
+
+PROFILE = driver_api.PaymentProfile("ct_1", "pp_1", "CARD", "2028-01-31T00:00:00.000000Z")
+
+
+def test_a_good_payment_profile_passes_unchanged() -> None:
+    assert driver_api.check_payment_profile(PROFILE, provider_id="p1", invoice_id="inv1") is PROFILE
+    bare = driver_api.PaymentProfile("ct_1", "pp_1", None, None)
+    assert driver_api.check_payment_profile(bare, provider_id="p1", invoice_id="inv1") is bare
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("contact_id", ""),
+        ("profile_id", ""),
+        ("profile_id", "pp\x00"),
+        ("profile_id", "\ud800"),
+        ("method", "CARD\n"),
+        ("method", "M" * 201),
+        ("expires_at", 5),
+        ("contact_id", None),
+    ],
+)
+def test_a_payment_profile_the_store_cannot_write_is_a_bad_response(field: str, value: object) -> None:
+    profile = dataclasses.replace(PROFILE, **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(driver_api.BadProviderResponse, match=field) as caught:
+        driver_api.check_payment_profile(profile, provider_id="p1", invoice_id="inv1")
+    assert (caught.value.provider_id, caught.value.invoice_id) == ("p1", "inv1")
