@@ -170,6 +170,16 @@ async def test_every_status_maps_through_one_table(
     assert str(caught.value).startswith("prov: Acme invoice 'inv1': ")
 
 
+@pytest.mark.parametrize("status", [100, 102, 103])
+async def test_an_informational_status_alone_is_a_server_that_never_answers(
+    server: ScriptedServer, make_client: MakeClient, status: int
+) -> None:
+    server.queue(RawAnswer(status, b""))
+
+    with pytest.raises(driver_api.ProviderUnavailable, match="timed out"):
+        await make_client(timeout=0.3).get_json("/x", invoice_id="inv1")
+
+
 async def test_404_without_an_invoice_is_a_bad_response(
     server: ScriptedServer, client: driver_api.JsonClient
 ) -> None:

@@ -38,7 +38,9 @@ class RawAnswer:
     ``body`` is sent ``repeat`` times (forever with ``endless``), in pieces of ``chunk`` bytes with
     ``delay`` seconds between them; ``gzip`` compresses the stream and sets ``Content-Encoding``.
     ``content_length`` declares that length whatever is sent (a lie, or a huge promise), otherwise
-    an un-gzipped finite body has its true length and the rest is sent chunked.
+    an un-gzipped finite body has its true length and the rest is sent chunked. ``abort`` drops the
+    connection once the body is out, before the answer is complete (a chunked body without its last
+    chunk, or a body shorter than its declared length).
     """
 
     status: int = 200
@@ -50,6 +52,7 @@ class RawAnswer:
     repeat: int = 1
     endless: bool = False
     content_length: int | None = None
+    abort: bool = False
 
     def _pieces(self) -> Iterator[bytes]:
         size = self.chunk or max(len(self.body), 1)
@@ -90,7 +93,11 @@ class RawAnswer:
                     piece = piece[: self.content_length - sent]
                 await response.write(piece)
                 sent += len(piece)
-                await asyncio.sleep(self.delay)  # even 0: an endless body must not starve the loop
+                if self.delay or self.endless:  # even 0: an endless body must not starve the loop
+                    await asyncio.sleep(self.delay)
+            if self.abort and request.transport is not None:
+                request.transport.abort()
+                return response
             if self.content_length is not None and sent < self.content_length:
                 await _hold(request)  # a promise not kept: wait for the client to give up
                 return response

@@ -386,6 +386,10 @@ class FakeZaprite:
                 fault = Fault(status=fault) if fault >= 400 else Fault()
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Forget the faults still queued."""
+        self._faults.clear()
+
     def requests_to(self, route: str) -> list[Exchange]:
         """The logged exchanges whose route template is ``route`` (e.g. ``/v1/contacts/{id}``)."""
         return [exchange for exchange in self.log if exchange.route == route]
