@@ -329,6 +329,7 @@ def btcpay_examples(draw: st.DrawFn) -> tuple[str, RawAnswer, RawAnswer, bool]:
 BTCPAY_EXAMPLES = btcpay_examples()
 
 
+@pytest.mark.slow  # large volume: 10,000 examples
 def test_btcpay_fetch_never_lets_anything_but_a_driver_error_escape(
     capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
@@ -402,6 +403,7 @@ def zaprite_examples(draw: st.DrawFn) -> tuple[str, str, RawAnswer, RawAnswer]:
 ZAPRITE_EXAMPLES = zaprite_examples()
 
 
+@pytest.mark.slow  # large volume: 10,000 examples
 def test_zaprite_fetch_and_post_settle_never_let_anything_but_a_driver_error_escape(
     capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:

@@ -189,6 +189,7 @@ def btcpay_example(context: BTCPayPasses, token: str, drawn: tuple[RawAnswer, Ra
 BTCPAY_PASS_EXAMPLES = st.tuples(BTCPAY_ANSWERS, KEY_ANSWERS | st.just(GOOD_KEY_ANSWER))
 
 
+@pytest.mark.slow  # large volume: 300 whole passes
 def test_btcpay_passes_never_fail_and_leave_nothing_leased(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
@@ -229,6 +230,7 @@ def zaprite_example(context: ZapritePasses, token: str, drawn: tuple[RawAnswer, 
 ZAPRITE_PASS_EXAMPLES = st.tuples(ORDER_ANSWERS, CONTACT_ANSWERS)
 
 
+@pytest.mark.slow  # large volume: 300 whole passes
 def test_zaprite_passes_never_fail_and_leave_nothing_leased(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
