@@ -109,6 +109,8 @@ def evidence(invoice: Invoice, provider_id: str, answer: Answer) -> dict[str, An
             "provider_amount_sats": answer.amount_sats,
             "provider_paid_sats": answer.paid_sats,
         }
+        if answer.amount_sats is None and answer.amount_raw is not None:
+            facts["provider_amount_raw"] = answer.amount_raw  # what it was, when it was no usable amount
         flags = [
             name
             for name in ("paid_late", "partially_paid", "overpaid", "manually_marked")

@@ -28,7 +28,7 @@ Sleep = Callable[[float], Awaitable[None]]
 _T = TypeVar("_T")
 
 #: The longest wait a provider can ask of us; a longer (or absurd) Retry-After counts as this long.
-RETRY_AFTER_MAX = 24 * 3600.0
+RETRY_AFTER_MAX = driver_api.RETRY_AFTER_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +210,7 @@ class ProviderGate:
                 f"{self.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
                 provider_id=self.provider.id,
             )
-        check = getattr(driver_api, "check_snapshot", None)
-        if check is not None:
-            checked: Snapshot = check(snapshot, provider_id=self.provider.id, invoice_id=provider_invoice_id)
-            return checked
-        return snapshot
+        return driver_api.check_snapshot(snapshot, provider_id=self.provider.id, invoice_id=provider_invoice_id)
 
     async def call(self, call: Callable[[], Awaitable[_T]], *, attempts: int | None = None) -> _T:
         """One provider call with the provider's retries (`attempts` tries, default `retry_attempts`),

@@ -47,11 +47,13 @@ async def btcpay_session() -> AsyncIterator[aiohttp.ClientSession]:
 def btcpay_make_driver(
     btcpay_fake: btcpay.FakeBTCPay, btcpay_session: aiohttp.ClientSession
 ) -> MakeBTCPayDriver:
-    """``btcpay_make_driver(timeout=..., api_key=..., store_id=..., base_url=...)``: a driver at the fake."""
+    """``btcpay_make_driver(timeout=..., api_key=..., store_id=..., base_url=..., max_response_bytes=...)``:
+    a driver at the fake."""
 
     def make(
         *,
         timeout: float = 5.0,
+        max_response_bytes: int = 4 * 1024 * 1024,
         api_key: str = btcpay.API_KEY,
         store_id: str = btcpay.STORE_ID,
         base_url: str | None = None,
@@ -61,7 +63,9 @@ def btcpay_make_driver(
         settings = BTCPayDriver.Settings.model_validate(
             {"base_url": base_url or btcpay_fake.base_url, "store_id": store_id, "api_key": api_key}
         )
-        common = driver_api.CommonSettings(driver="btcpay", timeout=timeout)
+        common = driver_api.CommonSettings(
+            driver="btcpay", timeout=timeout, max_response_bytes=max_response_bytes
+        )
         return driver_class(provider_id, settings, common, btcpay_session)
 
     return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -257,7 +258,7 @@ async def test_slower_than_the_timeout_is_unavailable(
         await driver.fetch("inv1")
 
     assert_context(caught.value, None)
-    assert "timed out after 0.2s" in str(caught.value)
+    assert "timed out: no complete answer within 0.2s" in str(caught.value)
     assert isinstance(caught.value.__cause__, TimeoutError)
 
 
@@ -303,19 +304,23 @@ async def test_an_answer_that_is_not_http_is_a_bad_response(btcpay_make_driver: 
     assert isinstance(caught.value.__cause__, aiohttp.ClientResponseError)
 
 
-async def test_messages_never_echo_the_key(btcpay_session: aiohttp.ClientSession) -> None:
-    http = client.Client(
+def make_http(session: aiohttp.ClientSession) -> driver_api.JsonClient:
+    return client.make_client(
         provider_id="p",
         base_url="http://127.0.0.1:1",
         api_key=driver_api.SecretStr("k3y-k3y-k3y"),
-        timeout=1,
-        session=btcpay_session,
+        common=driver_api.CommonSettings(driver="btcpay", timeout=1),
+        session=session,
     )
 
-    error = http.error(driver_api.ProviderUnavailable, "upstream said: token k3y-k3y-k3y", "inv1")
+
+async def test_messages_never_echo_the_key(btcpay_session: aiohttp.ClientSession) -> None:
+    error = make_http(btcpay_session).error(
+        driver_api.ProviderUnavailable, "upstream said: token k3y-k3y-k3y, key k3y-k3y-k3y", "inv1"
+    )
 
     assert "k3y-k3y-k3y" not in str(error)
-    assert "token **********" in str(error)
+    assert "upstream said: **********, key **********" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -331,5 +336,6 @@ async def test_messages_never_echo_the_key(btcpay_session: aiohttp.ClientSession
         (None, "HTTP 404"),
     ],
 )
-def test_describe(body: Any, text: str) -> None:
-    assert client.describe(client.Reply(404, body, True, None)) == text
+async def test_describe(btcpay_session: aiohttp.ClientSession, body: Any, text: str) -> None:
+    raw = b"" if body is None else json.dumps(body).encode()
+    assert make_http(btcpay_session).describe(driver_api.Reply(404, raw)) == text

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes import btcpay, openapi
 from tests.fakes.btcpay import Payment, make_invoice
+from tests.fakes.raw import RawAnswer
 
 AUTH = {"Authorization": f"token {btcpay.API_KEY}"}
 INVOICES = f"/api/v1/stores/{btcpay.STORE_ID}/invoices"
@@ -137,6 +138,11 @@ async def _fault_wrong_shape(fake: btcpay.FakeBTCPay, session: aiohttp.ClientSes
     return await fetch(session, f"{fake.base_url}{INVOICES}/inv1")
 
 
+async def _fault_raw_answer(fake: btcpay.FakeBTCPay, session: aiohttp.ClientSession) -> int:
+    fake.fault("inv1", answers=[RawAnswer(200, b'{"status": 7}', {"Retry-After": "\u00b2"})])
+    return await fetch(session, f"{fake.base_url}{INVOICES}/inv1")
+
+
 SCENARIOS: dict[str, Scenario] = {
     "include-payment-methods": _include_payment_methods,
     "v1-payment-method-fields": _v1_payment_method_fields,
@@ -147,6 +153,7 @@ SCENARIOS: dict[str, Scenario] = {
     "injected-error-status": _injected_error_status,
     "fault-garbage-body": _fault_garbage_body,
     "fault-wrong-shape": _fault_wrong_shape,
+    "fault-raw-answer": _fault_raw_answer,
 }
 
 

@@ -56,15 +56,22 @@ async def zaprite_session() -> AsyncIterator[aiohttp.ClientSession]:
 def make_zaprite_driver(
     zaprite_fake: zaprite.FakeZaprite, zaprite_session: aiohttp.ClientSession
 ) -> MakeDriver:
-    """``make_zaprite_driver(timeout=..., api_key=..., base_url=...)``: a driver aimed at the fake."""
+    """``make_zaprite_driver(timeout=..., api_key=..., base_url=..., max_response_bytes=...)``: a driver
+    aimed at the fake."""
 
     def make(
-        *, timeout: float = 5.0, api_key: str = zaprite.DEFAULT_API_KEY, base_url: str | None = None
+        *,
+        timeout: float = 5.0,
+        api_key: str = zaprite.DEFAULT_API_KEY,
+        base_url: str | None = None,
+        max_response_bytes: int = 4 * 1024 * 1024,
     ) -> ZapriteDriver:
         settings = ZapriteSettings.model_validate(
             {"base_url": base_url or zaprite_fake.url, "api_key": api_key}
         )
-        common = driver_api.CommonSettings(driver="zaprite", timeout=timeout)
+        common = driver_api.CommonSettings(
+            driver="zaprite", timeout=timeout, max_response_bytes=max_response_bytes
+        )
         return ZapriteDriver("zaprite", settings, common, zaprite_session)
 
     return make

@@ -20,7 +20,8 @@ cannot view the store's invoices, and for an invoice that belongs to another sto
 Faults (:class:`Fault`) apply per target (an invoice id, ``"invoices"`` for the list,
 ``"api-keys/current"``, ``"health"``) or globally: latency, a status sequence such as
 ``[503, 503, 200]`` (``200`` = answer normally), ``Retry-After``, a non-JSON body, a JSON body of the
-wrong shape, a dropped connection.
+wrong shape, a dropped connection, or whole scripted answers (:class:`~tests.fakes.raw.RawAnswer`:
+any status, headers and bytes, gzip, a slow trickle, an endless or oversized body).
 
 Standalone, for ``make demo`` and subprocess acceptance tests::
 
@@ -52,6 +53,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.openapi import Deviation, OpenAPIDocument
+from tests.fakes.raw import RawAnswer
 
 __all__ = [
     "ALIASES",
@@ -234,6 +236,9 @@ DEVIATIONS: dict[str, Deviation] = {
         ),
         Deviation("fault-garbage-body", "an injected non-JSON body (a proxy's error page)", None),
         Deviation("fault-wrong-shape", "an injected JSON body that is not what the operation returns", None),
+        Deviation(
+            "fault-raw-answer", "an injected answer sent byte for byte (any status, headers, body)", None
+        ),
     )
 }
 
@@ -384,6 +389,7 @@ class Fault:
     """How the fake misbehaves for one target, applied in this order.
 
     ``latency`` seconds before anything; ``drop`` closes the connection without an answer;
+    ``answers`` are scripted answers sent as they are, one per request, before anything below;
     ``statuses`` are served one per request (``200`` = answer normally) before normal answers resume,
     with ``retry_after`` as the ``Retry-After`` header; ``garbage`` replaces a 200 body with non-JSON
     and ``wrong_shape`` with that JSON value.
@@ -391,6 +397,7 @@ class Fault:
 
     latency: float = 0.0
     drop: bool = False
+    answers: list[RawAnswer] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     retry_after: str | None = None
     garbage: bool = False
@@ -533,6 +540,12 @@ class FakeBTCPay:
                 assert request.transport is not None
                 request.transport.abort()
                 return web.Response()
+            if fault.answers:
+                raw = fault.answers.pop(0)
+                self._record(
+                    request, route, target, arrived, _Answer(raw.status, None, ("fault-raw-answer",))
+                )
+                return await raw.send(request)
             answer = self._injected(fault) or self._answer(request, handler, authenticated)
             if answer.status == 200 and fault.garbage:
                 self._record(request, route, target, arrived, _Answer(200, None, ("fault-garbage-body",)))

@@ -9,7 +9,9 @@ Serves what the Zaprite driver reads (SPEC §10, providers.md B):
 - ``Authorization: Bearer <key>`` on every path (401 otherwise), errors in Zaprite's envelope.
 
 Faults are queued with :meth:`FakeZaprite.inject` and consumed one per request: a status (``503``,
-``429`` with ``Retry-After``), a garbage or wrong-shaped body, a dropped connection, a delay. ``latency``
+``429`` with ``Retry-After``), a garbage or wrong-shaped body, a dropped connection, a delay, or a
+whole scripted answer (:class:`~tests.fakes.raw.RawAnswer`: any status, headers and bytes, gzip, a
+slow trickle, an endless or oversized body). ``latency``
 delays every answer. Every exchange lands in :attr:`FakeZaprite.log` with the :class:`Deviation` s its
 body relies on, so a test can validate everything the fake served against the OpenAPI fixture
 (:func:`check_conformance`).
@@ -43,6 +45,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.openapi import Deviation, OpenAPIDocument
+from tests.fakes.raw import RawAnswer
 
 JsonObject = dict[str, Any]
 Answer = tuple[int, Any, tuple[Deviation, ...]]
@@ -158,6 +161,9 @@ CONTACTS = Deviation(
 GARBAGE = Deviation("fault.garbage", "a deliberate fault: a 200 whose body is not JSON", None)
 WRONG_SHAPE = Deviation(
     "fault.wrong_shape", "a deliberate fault: JSON that is not what the path serves", None
+)
+RAW = Deviation(
+    "fault.raw", "a deliberate fault: an answer sent byte for byte (any status, headers, body)", None
 )
 _ROUTE_DEVIATIONS: Mapping[str, tuple[Deviation, ...]] = {
     _LIST_ROUTE: (ORDER_LIST,),
@@ -283,7 +289,8 @@ class Fault:
 
     ``status``: answer this error status with Zaprite's envelope (``retry_after`` sets the header);
     ``body``: answer 200 with this body (``bytes`` are sent raw); ``drop``: close the connection;
-    ``delay``: wait this long first (then answer normally unless another field says otherwise).
+    ``delay``: wait this long first (then answer normally unless another field says otherwise);
+    ``raw``: send this scripted answer as it is, whatever the request (no key check).
     """
 
     status: int | None = None
@@ -291,6 +298,7 @@ class Fault:
     body: bytes | JsonObject | list[Any] | None = None
     drop: bool = False
     delay: float = 0.0
+    raw: RawAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +350,8 @@ class FakeZaprite:
         self.api_key = api_key
         self.latency = latency
         self.log: list[Exchange] = []
+        #: the raw path of every request that arrived, routed or not (the log holds routed ones only)
+        self.paths: list[str] = []
         self._orders: list[JsonObject] = []
         self._contacts: dict[str, _Contact] = {}
         self._faults: deque[Fault] = deque()
@@ -376,6 +386,10 @@ class FakeZaprite:
                 fault = Fault(status=fault) if fault >= 400 else Fault()
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Forget the faults still queued."""
+        self._faults.clear()
+
     def requests_to(self, route: str) -> list[Exchange]:
         """The logged exchanges whose route template is ``route`` (e.g. ``/v1/contacts/{id}``)."""
         return [exchange for exchange in self.log if exchange.route == route]
@@ -403,7 +417,7 @@ class FakeZaprite:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen and return the base URL (``http://host:port``)."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._arrived])
         app.router.add_get(_LIST_ROUTE, self._list_orders)
         app.router.add_get(_ORDER_ROUTE, self._get_order)
         app.router.add_get(_CONTACT_ROUTE, self._get_contact)
@@ -430,6 +444,13 @@ class FakeZaprite:
         await self.close()
 
     # Handlers
+
+    @web.middleware
+    async def _arrived(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.paths.append(request.raw_path)
+        return await handler(request)
 
     async def _list_orders(self, request: web.Request) -> web.StreamResponse:
         async def answer() -> Answer:
@@ -482,6 +503,9 @@ class FakeZaprite:
             request.transport.close()
             self._record(request, route, authorization, None, None, ())
             return web.Response()
+        if fault.raw is not None:
+            self._record(request, route, authorization, fault.raw.status, None, (RAW,))
+            return await fault.raw.send(request)
         if authorization != f"Bearer {self.api_key}":
             status, body, deviations = _error(401, "UNAUTHORIZED", "Invalid API key")
         elif fault.status is not None:

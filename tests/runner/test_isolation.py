@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from reconciler import errors
-from reconciler.driver_api import CommonSettings, ProviderUnavailable, Snapshot
+from reconciler.driver_api import CommonSettings, ProviderStatus, ProviderUnavailable, Snapshot
+from reconciler.models import Invoice, InvoiceStatus
 from reconciler.testing import FakeDriver, snapshot
 from reconciler.timeutil import parse_ts
 from tests.conftest import Clock, RunnerFactory
@@ -407,3 +408,42 @@ def test_unreadable_is_a_row_not_an_exception() -> None:
     }
     found = rows.invoice(row)
     assert isinstance(found, Unreadable) and found.column == "amount_sats"
+
+
+# -- what any driver answers is checked by the core too -------------------------------------------------
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Snapshot(ProviderStatus.SETTLED, "Settled\ud800"),  # a lone surrogate: no engine can store it
+        Snapshot(ProviderStatus.SETTLED, "Settled\n<2>forged"),
+        Snapshot(ProviderStatus.SETTLED, "Settled", amount_sats=2**70),
+    ],
+)
+async def test_a_third_party_snapshot_the_store_cannot_write_is_a_bad_response(
+    shop: Shop, make_runner: RunnerFactory, answer: Snapshot
+) -> None:
+    inv = shop.invoice(shop.product(), provider_invoice_id="A")
+    ok = shop.invoice(shop.product("other"), provider_invoice_id="B")
+    driver = FakeDriver()
+    driver.script("A", answer)
+    driver.script("B", SETTLED)
+    summary = await make_runner({"fake": driver}).run_pass()
+    assert summary.counts == {"bad_response": 1, "settle": 1}
+    assert shop.status(inv) == "pending" and shop.licenses(inv) == []
+    assert len(shop.licenses(ok)) == 1
+    (audit,) = shop.audits(inv, "invoice.bad_provider_response")
+    assert "\ud800" not in audit["details"]
+    assert leased(shop) == 0
+
+
+def test_an_unusable_amount_is_shown_as_what_it_was() -> None:
+    from reconciler import decide
+    from tests.support.shop import T0 as created
+
+    invoice = Invoice(
+        "i", "fake", "A", "p", None, InvoiceStatus.PENDING, 10_000, None, None, None, None, created
+    )
+    for raw in ("NaN", "-5"):
+        snap = Snapshot(ProviderStatus.SETTLED, "Settled", currency="SATS", amount_raw=raw)
+        facts = decide.evidence(invoice, "fake", snap)
+        assert facts["provider_amount_sats"] is None and facts["provider_amount_raw"] == raw

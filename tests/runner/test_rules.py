@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from tests.support.shop import T0, Shop, hours, new_id
 SETTLED = snapshot("SETTLED", amount_sats=10_000, paid_sats=10_000, currency="BTC")
 
 
-def expired(additional: str | None = None, **flags: bool) -> Snapshot:
+def expired(additional: str | None = None, **flags: Any) -> Snapshot:  # Any: Snapshot has str fields too
     return Snapshot(ProviderStatus.EXPIRED, "Expired", additional, "BTC", 10_000, None, **flags)
 
 

@@ -355,6 +355,7 @@ def test_masked_shows_durations_as_written(tmp_path: Path) -> None:
         "rate_limit": 0.0,
         "retry_attempts": 3,
         "retry_max_delay": "10s",
+        "max_response_bytes": 4194304,
         "base_url": "https://pay.example.com",
     }
     assert masked["http"] == {"listen": "127.0.0.1:9464"}

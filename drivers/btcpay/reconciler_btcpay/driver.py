@@ -1,10 +1,12 @@
 """The BTCPay Server driver (SPEC §5, §10): one store-scoped Greenfield GET per invoice.
 
-BTCPay may answer 403 rather than 404 for an invoice it cannot place in the store; the driver then
-checks its own key once with ``GET /api/v1/api-keys/current`` and remembers the answer for
-``key_check_ttl`` seconds: a key that can view this store's invoices means "not found", anything
-else is an auth error. There is no ``fetch_many``: the list endpoint filters by ``orderId``, not by
-invoice id.
+HTTP goes through the core's shared boundary (``driver_api.JsonClient``: bounded bodies, strict JSON,
+one status table); what this driver adds is BTCPay's: 403 may mean "not in this store" rather than
+"key refused", so on a 403 for an invoice the driver checks its own key once with
+``GET /api/v1/api-keys/current`` and remembers the answer for ``key_check_ttl`` seconds: a key that
+can view this store's invoices means "not found", anything else is an auth error. Invoice ids go
+through ``driver_api.path_segment`` and every snapshot through ``driver_api.check_snapshot``. There is
+no ``fetch_many``: the list endpoint filters by ``orderId``, not by invoice id.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import ConfigDict, field_validator
@@ -21,13 +23,14 @@ from pydantic import ConfigDict, field_validator
 from reconciler import driver_api
 from reconciler_btcpay import client, status
 
-# Policies that include btcpay.store.canviewinvoices (BTCPay's permission tree); "unrestricted" covers all.
+# Policies that include btcpay.store.canviewinvoices (BTCPay's permission tree, upper-cased for matching);
+# "unrestricted" covers all.
 _VIEW_INVOICES_POLICIES = frozenset(
     {
-        "btcpay.store.canviewinvoices",
-        "btcpay.store.canmodifyinvoices",
-        "btcpay.store.canviewstoresettings",
-        "btcpay.store.canmodifystoresettings",
+        "BTCPAY.STORE.CANVIEWINVOICES",
+        "BTCPAY.STORE.CANMODIFYINVOICES",
+        "BTCPAY.STORE.CANVIEWSTORESETTINGS",
+        "BTCPAY.STORE.CANMODIFYSTORESETTINGS",
     }
 )
 _SATS_CURRENCIES = frozenset({"BTC", "SATS"})
@@ -64,8 +67,10 @@ class BTCPayDriver:
         @field_validator("store_id")
         @classmethod
         def _store_id(cls, value: str) -> str:
-            if not value or "/" in value or any(c.isspace() for c in value):
-                raise ValueError("must be a non-empty store id without '/' or spaces")
+            if not value or "/" in value or any(c.isspace() or not c.isprintable() for c in value):
+                raise ValueError("must be a non-empty store id without '/', spaces or control characters")
+            if value in (".", "..") or len(value) > driver_api.TEXT_MAX:
+                raise ValueError("must be a store id (not '.' or '..', at most 200 characters)")
             return value
 
         @field_validator("api_key")
@@ -89,11 +94,12 @@ class BTCPayDriver:
     ) -> None:
         self.provider_id = provider_id
         self._store_id = settings.store_id
-        self._client = client.Client(
+        self._store_segment = driver_api.path_segment(settings.store_id)
+        self._http = client.make_client(
             provider_id=provider_id,
             base_url=settings.base_url,
             api_key=settings.api_key,
-            timeout=common.timeout,
+            common=common,
             session=session,
         )
         self._key_lock = asyncio.Lock()
@@ -102,41 +108,39 @@ class BTCPayDriver:
 
     async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
         """``GET /api/v1/stores/{storeId}/invoices/{id}?includePaymentMethods=true`` as a Snapshot."""
-        if provider_invoice_id in ("", ".", ".."):  # would not name an invoice once in a URL path
-            raise self._client.error(driver_api.InvoiceNotFound, "not an invoice id", provider_invoice_id)
-        path = (
-            f"/api/v1/stores/{quote(self._store_id, safe='')}/invoices/{quote(provider_invoice_id, safe='')}"
-        )
-        reply = await self._client.get(
-            path, {"includePaymentMethods": "true"}, invoice_id=provider_invoice_id
-        )
+        segment = driver_api.path_segment(provider_invoice_id, provider_id=self.provider_id)
+        path = f"/api/v1/stores/{self._store_segment}/invoices/{segment}"
+        reply = await self._http.get(path, {"includePaymentMethods": "true"}, invoice_id=provider_invoice_id)
         if reply.status == 403:
             raise await self._forbidden(provider_invoice_id)
         if reply.status != 200:
-            raise self._client.status_error(reply, invoice_id=provider_invoice_id)
-        if not reply.is_json:
-            raise self._client.bad_body("not JSON", reply, invoice_id=provider_invoice_id)
+            raise self._http.status_error(reply, invoice_id=provider_invoice_id)
+        body = self._http.json(reply, invoice_id=provider_invoice_id)
         try:
-            return snapshot_from_invoice(reply.body, provider_invoice_id)
+            snapshot = snapshot_from_invoice(body, provider_invoice_id)
         except ValueError as exc:
-            raise self._client.bad_body(str(exc), reply, invoice_id=provider_invoice_id) from exc
+            raise self._http.bad_body(str(exc), reply, invoice_id=provider_invoice_id) from exc
+        return driver_api.check_snapshot(
+            snapshot, provider_id=self.provider_id, invoice_id=provider_invoice_id
+        )
 
     async def check(self) -> None:
         """Verify that the key is accepted and may view this store's invoices."""
         problem = await self._key_problem()
         if problem is not None:
-            raise self._client.error(driver_api.ProviderAuthError, problem, None)
+            raise self._http.error(driver_api.ProviderAuthError, problem, None)
 
     async def _key_problem(self) -> str | None:
         """What is wrong with the API key for this store, or ``None``; other failures raise."""
-        reply = await self._client.get("/api/v1/api-keys/current")
+        reply = await self._http.get("/api/v1/api-keys/current", what="key check")
         if reply.status in (401, 403):
-            return f"API key refused: {client.describe(reply)}"
+            return f"API key refused: {self._http.describe(reply)}"
         if reply.status != 200:
-            raise self._client.status_error(reply)
-        permissions = reply.body.get("permissions") if isinstance(reply.body, dict) else None
+            raise self._http.status_error(reply, what="key check")
+        body = self._http.json(reply, what="key check")
+        permissions = body.get("permissions") if isinstance(body, dict) else None
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-            raise self._client.bad_body("api-keys/current has no permissions list", reply)
+            raise self._http.bad_body("api-keys/current has no permissions list", reply, what="key check")
         if not grants_view_invoices(permissions, self._store_id):
             return f"API key lacks btcpay.store.canviewinvoices for store {self._store_id!r}"
         return None
@@ -151,16 +155,18 @@ class BTCPayDriver:
                 self._key_checked_at = now
             problem = self._key_problem_text
         if problem is not None:
-            return self._client.error(driver_api.ProviderAuthError, f"HTTP 403; {problem}", invoice_id, 403)
+            return self._http.error(driver_api.ProviderAuthError, f"HTTP 403; {problem}", invoice_id, 403)
         detail = f"not found: HTTP 403 with a valid key (not in store {self._store_id!r})"
-        return self._client.error(driver_api.InvoiceNotFound, detail, invoice_id, 403)
+        return self._http.error(driver_api.InvoiceNotFound, detail, invoice_id, 403)
 
 
 def snapshot_from_invoice(body: Any, invoice_id: str) -> driver_api.Snapshot:
     """Read a Greenfield ``InvoiceData`` body; ``ValueError`` when it is not one.
 
     ``status`` must be a string (``additionalStatus`` a string or absent) and ``id``, when present,
-    the invoice asked for. Amounts are evidence only: anything unreadable there is "no opinion".
+    the invoice asked for. Amounts are evidence only: anything unreadable there is "no opinion"
+    (with the invoice amount kept as ``amount_raw`` evidence). Whether the strings can be stored is
+    ``driver_api.check_snapshot``'s to say.
     """
     if not isinstance(body, dict):
         raise ValueError(f"expected a JSON object, got {type(body).__name__}")
@@ -171,35 +177,52 @@ def snapshot_from_invoice(body: Any, invoice_id: str) -> driver_api.Snapshot:
     if raw_additional is not None and not isinstance(raw_additional, str):
         raise ValueError("'additionalStatus' is not a string")
     if "id" in body and body["id"] != invoice_id:
-        raise ValueError(f"answer is for invoice {body['id']!r}")
+        raise ValueError(f"answer is for invoice {driver_api.raw_evidence(body['id'])}")
     currency = body.get("currency") if isinstance(body.get("currency"), str) else None
     reading = status.read_status(raw_status, raw_additional)
+    amount = amount_sats(body.get("amount"), currency)
     return driver_api.Snapshot(
         status=reading.status,
         raw_status=raw_status,
         raw_additional_status=raw_additional,
         currency=currency,
-        amount_sats=amount_sats(body.get("amount"), currency),
+        amount_sats=amount,
         paid_sats=paid_sats(body.get("paymentMethods")),
         paid_late=reading.paid_late,
         partially_paid=reading.partially_paid,
         overpaid=reading.overpaid,
         manually_marked=reading.manually_marked,
+        amount_raw=amount_evidence(body.get("amount"), currency) if amount is None else None,
     )
 
 
+def _sats_currency(currency: str | None) -> bool:
+    return currency is not None and driver_api.ascii_upper(currency) in _SATS_CURRENCIES
+
+
 def amount_sats(amount: object, currency: str | None) -> int | None:
-    """The invoice amount in sats for ``BTC`` (half up) and ``SATS`` invoices; ``None`` otherwise (SPEC §6)."""
-    if currency is None or currency.upper() not in _SATS_CURRENCIES:
+    """The invoice amount in sats for ``BTC`` (half up) and ``SATS`` invoices; ``None`` otherwise (SPEC §6).
+
+    Only positive amounts up to ``driver_api.MAX_SATS`` are an opinion.
+    """
+    if currency is None or not _sats_currency(currency):
         return None
     sats = driver_api.decimal_to_sats(amount, unit=currency)
-    return sats if sats is not None and sats > 0 else None
+    return sats if sats is not None and 0 < sats <= driver_api.MAX_SATS else None
+
+
+def amount_evidence(amount: object, currency: str | None) -> str | None:
+    """``amount`` as evidence when a ``BTC``/``SATS`` invoice states one that :func:`amount_sats` cannot use."""
+    if amount is None or not _sats_currency(currency) or amount_sats(amount, currency) is not None:
+        return None
+    return driver_api.raw_evidence(amount)
 
 
 def paid_sats(payment_methods: object) -> int | None:
     """Sum of settled Bitcoin payments, each floored to whole sats; ``None`` without Bitcoin detail.
 
-    Reads both field generations: v2 ``currency`` and v1 (before BTCPay 2.0) ``cryptoCode``.
+    Reads both field generations: v2 ``currency`` and v1 (before BTCPay 2.0) ``cryptoCode``. A
+    payment that is unreadable or negative, or a sum over ``driver_api.MAX_SATS``, is no opinion.
     """
     if not isinstance(payment_methods, list):
         return None
@@ -208,7 +231,7 @@ def paid_sats(payment_methods: object) -> int | None:
         if not isinstance(method, dict):
             return None
         code = method.get("currency", method.get("cryptoCode"))
-        if not isinstance(code, str) or code.upper() != "BTC":
+        if not isinstance(code, str) or driver_api.ascii_upper(code) != "BTC":
             continue
         bitcoin = True
         payments = method.get("payments", [])
@@ -217,21 +240,24 @@ def paid_sats(payment_methods: object) -> int | None:
         for payment in payments:
             if not isinstance(payment, dict):
                 return None
-            if not isinstance(payment.get("status"), str) or payment["status"].casefold() != "settled":
+            state = payment.get("status")
+            if not isinstance(state, str) or driver_api.ascii_upper(state) != "SETTLED":
                 continue
             sats = driver_api.floor_sats(payment.get("value"))
-            if sats is None:
+            if sats is None or sats < 0:
                 return None
             total += sats
-    return total if bitcoin else None
+    if not bitcoin or total > driver_api.MAX_SATS:
+        return None
+    return total
 
 
 def grants_view_invoices(permissions: Iterable[str], store_id: str) -> bool:
     """Whether API-key permissions include viewing ``store_id``'s invoices (unscoped or scoped to it)."""
     for permission in permissions:
         policy, _, scope = permission.partition(":")
-        policy = policy.strip().lower()
-        if policy == "unrestricted" and not scope:
+        policy = driver_api.ascii_upper(policy.strip())
+        if policy == "UNRESTRICTED" and not scope:
             return True
         if policy in _VIEW_INVOICES_POLICIES and scope in ("", store_id):
             return True

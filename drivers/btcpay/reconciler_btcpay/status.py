@@ -1,8 +1,9 @@
 """BTCPay invoice status → the core's ProviderStatus and evidence flags (SPEC §5).
 
 Total and table-driven: the typed status depends on ``status`` alone (a ``Settled`` invoice is paid
-whatever its additional status says), ``additionalStatus`` only sets flags, matching is
-case-insensitive, and any string the tables do not know is ``UNKNOWN`` / no flag, never an error.
+whatever its additional status says), ``additionalStatus`` only sets flags, matching ignores ASCII
+case only (``"ſettled"`` is not ``"Settled"``), and any string the tables do not know is ``UNKNOWN`` /
+no flag, never an error.
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ from dataclasses import dataclass
 from reconciler import driver_api
 
 _STATUSES: dict[str, driver_api.ProviderStatus] = {
-    "new": driver_api.ProviderStatus.PENDING,
-    "processing": driver_api.ProviderStatus.PENDING,
-    "settled": driver_api.ProviderStatus.SETTLED,
+    "NEW": driver_api.ProviderStatus.PENDING,
+    "PROCESSING": driver_api.ProviderStatus.PENDING,
+    "SETTLED": driver_api.ProviderStatus.SETTLED,
     # Legacy (BitPay-compatible) names; Greenfield never sends them, but older integrations did.
-    "complete": driver_api.ProviderStatus.SETTLED,
-    "confirmed": driver_api.ProviderStatus.SETTLED,
-    "expired": driver_api.ProviderStatus.EXPIRED,
-    "invalid": driver_api.ProviderStatus.INVALID,
+    "COMPLETE": driver_api.ProviderStatus.SETTLED,
+    "CONFIRMED": driver_api.ProviderStatus.SETTLED,
+    "EXPIRED": driver_api.ProviderStatus.EXPIRED,
+    "INVALID": driver_api.ProviderStatus.INVALID,
 }
 
 _FLAGS: dict[str, str] = {
-    "paidpartial": "partially_paid",
-    "paidover": "overpaid",
-    "paidlate": "paid_late",
-    "marked": "manually_marked",
+    "PAIDPARTIAL": "partially_paid",
+    "PAIDOVER": "overpaid",
+    "PAIDLATE": "paid_late",
+    "MARKED": "manually_marked",
 }
 
 
@@ -43,8 +44,8 @@ class StatusReading:
 
 def read_status(status: str, additional_status: str | None) -> StatusReading:
     """Map a BTCPay ``status`` / ``additionalStatus`` pair; unknown strings give UNKNOWN / no flag."""
-    typed = _STATUSES.get(status.casefold(), driver_api.ProviderStatus.UNKNOWN)
-    flag = _FLAGS.get(additional_status.casefold()) if additional_status is not None else None
+    typed = _STATUSES.get(driver_api.ascii_upper(status), driver_api.ProviderStatus.UNKNOWN)
+    flag = _FLAGS.get(driver_api.ascii_upper(additional_status)) if additional_status is not None else None
     return StatusReading(
         typed,
         paid_late=flag == "paid_late",

@@ -1,17 +1,19 @@
-"""Zaprite over HTTP: the wire models this driver reads, and the one place where HTTP and JSON
-failures become driver errors.
+"""Zaprite over HTTP: the wire models this driver reads, on the core's one HTTP boundary.
 
-Paths are the current API's plural ones (``/v1/orders/{id}``, ``/v1/contacts/{id}``; SPEC §10).
-Models ignore fields they do not name, so additions on Zaprite's side are harmless; a field they
-name with the wrong type makes the answer unreadable (:class:`~reconciler.driver_api.BadProviderResponse`).
+Bounded reads, strict JSON, the status and transport tables and the scrubbing of the key are the
+boundary's (``driver_api.JsonClient``); this module says how Zaprite authenticates
+(``Authorization: Bearer <key>``), which models an answer must fit, and that an answer must be for
+what was asked (the order's ``id`` or ``externalUniqId``, the contact's ``id``).
+
+Paths are the current API's plural ones (``/v1/orders/{id}``, ``/v1/contacts/{id}``; SPEC §10), every
+id going through ``driver_api.path_segment``. Models ignore fields they do not name, so additions
+on Zaprite's side are harmless; a field they name with the wrong type makes the answer unreadable
+(:class:`~reconciler.driver_api.BadProviderResponse`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import TypeVar
-from urllib.parse import quote
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -21,7 +23,14 @@ from reconciler import driver_api
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    # hide_input_in_errors: a chained ValidationError must not carry buyers' personal data either.
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
 
 
 class Discount(_Wire):
@@ -48,6 +57,8 @@ class ContactRef(_Wire):
 class Order(_Wire):
     """The order fields reconciliation reads (providers.md B.3)."""
 
+    id: StrictStr | None = None
+    external_uniq_id: StrictStr | None = None
     status: StrictStr
     currency: StrictStr | None = None
     total_amount: StrictInt | None = None
@@ -80,6 +91,9 @@ class Contact(_Wire):
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
+SERVICE = "Zaprite"
+
+
 class ZapriteClient:
     """One attempt per call against one Zaprite organisation; retries are the runner's business."""
 
@@ -89,114 +103,58 @@ class ZapriteClient:
         provider_id: str,
         base_url: str,
         api_key: driver_api.SecretStr,
-        timeout: float,
+        common: driver_api.CommonSettings,
         session: aiohttp.ClientSession,
     ) -> None:
         self._provider_id = provider_id
-        self._base_url = base_url
-        self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
+        self.http = driver_api.JsonClient(
+            provider_id=provider_id,
+            service=SERVICE,
+            base_url=base_url,
+            authorization=driver_api.SecretStr(f"Bearer {api_key.get_secret_value()}"),
+            timeout=common.timeout,
+            max_response_bytes=common.max_response_bytes,
+            session=session,
+        )
 
     async def get_order(self, order_id: str) -> Order:
-        """The order by Zaprite id or ``externalUniqId``; 404 is :class:`InvoiceNotFound`."""
-        path = f"/v1/orders/{quote(order_id, safe='')}"
-        return _parse(Order, await self._get(path, invoice_id=order_id), path, self._provider_id, order_id)
+        """The order by Zaprite id or ``externalUniqId``; 404 (or an id no URL can hold) is :class:`InvoiceNotFound`."""
+        path = f"/v1/orders/{driver_api.path_segment(order_id, provider_id=self._provider_id)}"
+        order = self._parse(Order, await self.http.get_json(path, invoice_id=order_id), order_id, "order")
+        if order_id not in (order.id, order.external_uniq_id):
+            # Neither id is echoed: the message says what is wrong, not whose order came back.
+            raise self._unreadable(
+                "the answer is for another order (its id and externalUniqId differ)", order_id
+            )
+        return order
 
-    async def get_contact(self, contact_id: str, *, invoice_id: str | None = None) -> Contact:
-        """The contact with its payment profiles; 404 is :class:`InvoiceNotFound`."""
-        path = f"/v1/contacts/{quote(contact_id, safe='')}"
-        payload = await self._get(path, invoice_id=invoice_id)
-        return _parse(Contact, payload, path, self._provider_id, invoice_id)
+    async def get_contact(self, contact_id: str, *, invoice_id: str) -> Contact:
+        """The contact (an id from an order) with its payment profiles; 404 is :class:`InvoiceNotFound`."""
+        try:
+            segment = driver_api.path_segment(contact_id)
+        except driver_api.InvoiceNotFound:
+            raise self._unreadable("the order names a contact id that no URL can hold", invoice_id) from None
+        payload = await self.http.get_json(f"/v1/contacts/{segment}", invoice_id=invoice_id, what="contact")
+        contact = self._parse(Contact, payload, invoice_id, "contact")
+        if contact.id != contact_id:
+            raise self._unreadable("the answer is for another contact", invoice_id)
+        return contact
 
     async def list_orders(self, *, limit: int) -> object:
         """The first page of orders, unparsed (used to check the key)."""
-        return await self._get("/v1/orders", params={"limit": str(limit)})
+        return await self.http.get_json("/v1/orders", {"limit": str(limit)}, what="order list")
 
-    async def _get(
-        self, path: str, *, params: Mapping[str, str] | None = None, invoice_id: str | None = None
-    ) -> object:
-        headers = {
-            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
-            "Accept": "application/json",
-        }
-        where = f"GET {path}"
+    def _parse(self, model: type[_Model], payload: object, invoice_id: str, what: str) -> _Model:
         try:
-            async with self._session.get(
-                self._base_url + path,
-                params=params,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                body = await response.read()
-        except TimeoutError as exc:
-            raise driver_api.ProviderUnavailable(
-                f"{where}: no answer within {self._timeout.total:g}s",
-                provider_id=self._provider_id,
-                invoice_id=invoice_id,
-            ) from exc
-        except aiohttp.ClientError as exc:
-            # Settings forbid credentials in base_url, so aiohttp's text (host, port, reason) is safe.
-            raise driver_api.ProviderUnavailable(
-                f"{where}: {type(exc).__name__}: {exc}", provider_id=self._provider_id, invoice_id=invoice_id
-            ) from exc
-        if not 200 <= status < 300:
-            raise _status_error(where, status, retry_after, self._provider_id, invoice_id)
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise driver_api.BadProviderResponse(
-                f"{where}: the answer is not JSON",
-                provider_id=self._provider_id,
-                invoice_id=invoice_id,
-                http_status=status,
-            ) from exc
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            # Never echo the input: orders carry buyers' personal data.
+            first = exc.errors()[0]
+            location = ".".join(str(part) for part in first["loc"]) or "the body"
+            detail = f"unexpected shape of the {what} at {location}: {first['msg']}"
+            raise self._unreadable(detail, invoice_id) from exc
 
-
-def _status_error(
-    where: str, status: int, retry_after: str | None, provider_id: str, invoice_id: str | None
-) -> driver_api.DriverError:
-    if status in (401, 403):
-        return driver_api.ProviderAuthError(
-            f"{where}: HTTP {status}, the API key was refused",
-            provider_id=provider_id,
-            invoice_id=invoice_id,
-            http_status=status,
+    def _unreadable(self, detail: str, invoice_id: str) -> driver_api.DriverError:
+        return self.http.error(
+            driver_api.BadProviderResponse, f"unreadable answer (HTTP 200): {detail}", invoice_id, 200
         )
-    if status == 404:
-        return driver_api.InvoiceNotFound(
-            f"{where}: HTTP 404", provider_id=provider_id, invoice_id=invoice_id, http_status=status
-        )
-    if status in (408, 429) or status >= 500:
-        return driver_api.ProviderUnavailable(
-            f"{where}: HTTP {status}",
-            retry_after=driver_api.parse_retry_after(retry_after),
-            provider_id=provider_id,
-            invoice_id=invoice_id,
-            http_status=status,
-        )
-    return driver_api.BadProviderResponse(
-        f"{where}: unexpected HTTP {status}",
-        provider_id=provider_id,
-        invoice_id=invoice_id,
-        http_status=status,
-    )
-
-
-def _parse(
-    model: type[_Model], payload: object, path: str, provider_id: str, invoice_id: str | None
-) -> _Model:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        # Never echo the input: orders carry buyers' personal data.
-        first = exc.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "the body"
-        raise driver_api.BadProviderResponse(
-            f"GET {path}: unexpected shape at {location}: {first['msg']}",
-            provider_id=provider_id,
-            invoice_id=invoice_id,
-        ) from exc

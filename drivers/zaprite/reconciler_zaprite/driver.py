@@ -1,4 +1,9 @@
-"""The Zaprite driver: settings, ``fetch``, ``check`` and the payment-profile post-settle task (SPEC §8, §10)."""
+"""The Zaprite driver: settings, ``fetch``, ``check`` and the payment-profile post-settle task (SPEC §8, §10).
+
+HTTP goes through the core's shared boundary (see ``client``); every snapshot passes
+``driver_api.check_snapshot`` and every payment profile ``driver_api.check_payment_profile`` before
+it is returned, so nothing the store cannot write leaves the driver.
+"""
 
 from __future__ import annotations
 
@@ -50,9 +55,9 @@ def expiry(profile: client.Profile) -> str | None:
     normalised = driver_api.normalize_timestamp(text) if text is not None else None
     if normalised is None:
         logger.warning(
-            "Zaprite payment profile {} has an unreadable expiresAt {!r}; storing no expiry",
-            profile.id,
-            profile.expires_at,
+            "Zaprite payment profile {} has an unreadable expiresAt {}; storing no expiry",
+            driver_api.raw_evidence(profile.id),
+            driver_api.raw_evidence(profile.expires_at),
         )
     return normalised
 
@@ -75,23 +80,29 @@ class ZapriteDriver:
             provider_id=provider_id,
             base_url=settings.base_url,
             api_key=settings.api_key,
-            timeout=common.timeout,
+            common=common,
             session=session,
         )
 
     async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
         """The order's snapshot; one attempt, errors translated."""
-        return status.snapshot(await self._client.get_order(provider_invoice_id))
+        snapshot = status.snapshot(await self._client.get_order(provider_invoice_id))
+        return driver_api.check_snapshot(
+            snapshot, provider_id=self.provider_id, invoice_id=provider_invoice_id
+        )
 
     async def check(self) -> None:
         """``GET /v1/orders?limit=1``: succeeds when the key is accepted."""
         try:
             await self._client.list_orders(limit=1)
-        except driver_api.InvoiceNotFound as exc:
-            raise driver_api.BadProviderResponse(
+        except driver_api.BadProviderResponse as exc:
+            if exc.http_status != 404:
+                raise
+            raise self._client.http.error(
+                driver_api.BadProviderResponse,
                 "GET /v1/orders: HTTP 404; is base_url a Zaprite API?",
-                provider_id=self.provider_id,
-                http_status=exc.http_status,
+                None,
+                404,
             ) from exc
 
     async def post_settle(self, task: driver_api.PostSettleTask) -> driver_api.PostSettleResult:
@@ -110,11 +121,16 @@ class ZapriteDriver:
         profile = find_profile(contact, task.invoice_id)
         if profile is None:
             return driver_api.NotYet("no payment profile saved from this order yet")
-        return driver_api.Done(
-            driver_api.PaymentProfile(
-                contact_id=contact.id,
-                profile_id=profile.id,
-                method=profile.method,
-                expires_at=expiry(profile),
-            )
+        found = driver_api.PaymentProfile(
+            contact_id=contact.id, profile_id=profile.id, method=profile.method, expires_at=expiry(profile)
         )
+        checked = driver_api.check_payment_profile(
+            found, provider_id=self.provider_id, invoice_id=task.provider_invoice_id
+        )
+        if not checked.profile_id:
+            raise self._client.http.error(
+                driver_api.BadProviderResponse,
+                "the payment profile has an empty id",
+                task.provider_invoice_id,
+            )
+        return driver_api.Done(checked)

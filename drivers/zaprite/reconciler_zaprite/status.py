@@ -42,9 +42,8 @@ TABLE: Final[Mapping[str, Mapped]] = {
 CARD_LIKE_METHODS: Final = frozenset({"CARD", "APPLEPAY", "GOOGLEPAY"})
 
 
-def _key(text: str) -> str:
-    # ASCII-only case folding: str.upper() would turn a non-ASCII look-alike such as "paıd" into "PAID".
-    return text.upper() if text.isascii() else text
+# ASCII-only case folding: str.upper() would turn a non-ASCII look-alike such as "paıd" into "PAID".
+_key = driver_api.ascii_upper
 
 
 def map_status(raw: str) -> Mapped:
@@ -58,16 +57,24 @@ def is_btc(order: client.Order) -> bool:
 
 
 def amount_sats(order: client.Order) -> int | None:
-    """``totalAmount`` of a BTC order (already in sats) when positive; otherwise no opinion."""
-    if not is_btc(order) or order.total_amount is None or order.total_amount <= 0:
+    """``totalAmount`` of a BTC order (already in sats) when in ``1..MAX_SATS``; otherwise no opinion."""
+    if not is_btc(order) or order.total_amount is None or not 0 < order.total_amount <= driver_api.MAX_SATS:
         return None
     return order.total_amount
+
+
+def amount_evidence(order: client.Order) -> str | None:
+    """``totalAmount`` as evidence when a BTC order states one that :func:`amount_sats` cannot use."""
+    if not is_btc(order) or order.total_amount is None or amount_sats(order) is not None:
+        return None
+    return driver_api.raw_evidence(order.total_amount)
 
 
 def paid_sats(order: client.Order) -> int | None:
     """What the confirmed transactions of a BTC order retained, discounts included (SPEC §10).
 
-    ``None`` for a non-BTC order or when any amount it would add up is null.
+    ``None`` for a non-BTC order, when any amount it would add up is null or negative, or when the
+    sum is over ``driver_api.MAX_SATS``.
     """
     if not is_btc(order):
         return None
@@ -78,10 +85,10 @@ def paid_sats(order: client.Order) -> int | None:
         amounts = [transaction.amount_in_order_currency]
         amounts += [discount.amount_off for discount in transaction.discounts_in_order_currency]
         for amount in amounts:
-            if amount is None:
+            if amount is None or amount < 0:
                 return None
             total += amount
-    return total
+    return total if total <= driver_api.MAX_SATS else None
 
 
 def paid_by_card(order: client.Order) -> bool:
@@ -107,4 +114,5 @@ def snapshot(order: client.Order) -> driver_api.Snapshot:
         paid_sats=paid_sats(order),
         partially_paid=mapped.partially_paid,
         overpaid=mapped.overpaid,
+        amount_raw=amount_evidence(order),
     )
