@@ -210,7 +210,9 @@ class ProviderGate:
                 f"{self.provider.id}: the driver returned {type(snapshot).__name__}, not a Snapshot",
                 provider_id=self.provider.id,
             )
-        return driver_api.check_snapshot(snapshot, provider_id=self.provider.id, invoice_id=provider_invoice_id)
+        return driver_api.check_snapshot(
+            snapshot, provider_id=self.provider.id, invoice_id=provider_invoice_id
+        )
 
     async def call(self, call: Callable[[], Awaitable[_T]], *, attempts: int | None = None) -> _T:
         """One provider call with the provider's retries (`attempts` tries, default `retry_attempts`),
