@@ -1,0 +1,186 @@
+"""`run`: the daemon, `--once` and `--dry-run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from typing import Any
+
+from loguru import logger
+
+from reconciler import __version__, app, errors, licenses
+from reconciler.commands import common
+from reconciler.commands.common import report
+from reconciler.config import Config
+from reconciler.daemon import Daemon
+from reconciler.health import HealthServer
+from reconciler.metrics import Metrics
+from reconciler.notify import Notifier
+from reconciler.runner import PassSummary, Runner
+from reconciler.timeutil import utcnow
+
+
+async def run(args: argparse.Namespace) -> int:
+    dry = getattr(args, "dry_run", False)
+    single = getattr(args, "once", False) or dry
+    cfg = common.configuration(args)
+    loaded = app.load_drivers(cfg)
+    signing_key = None if dry else licenses.load_signing_key(cfg.license.signing_key_file)
+    store = await app.open_store(cfg)
+    try:
+        await store.require_schema()
+        async with app.http_session(loaded) as session:
+            runner = Runner(
+                store,
+                app.build_providers(loaded, session),
+                app.runner_settings(cfg),
+                signing_key=signing_key,
+            )
+            if dry:
+                return await dry_run_command(runner, as_json=getattr(args, "json", False))
+            if single:
+                return await once(runner, cfg.daemon.shutdown_grace.total_seconds())
+            return await daemon(cfg, store, runner, loaded)
+    finally:
+        await store.close()
+
+
+async def once(runner: Runner, grace: float) -> int:
+    """One pass. SIGTERM / SIGINT drain it like the daemon: stop claiming, let in-flight invoices finish
+    within `shutdown_grace`, then cancel (the runner releases what it still holds)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            logger.info(
+                "{} received: finishing in-flight invoices, then stopping", signal.Signals(signum).name
+            )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    task = asyncio.create_task(runner.run_pass(stop=stop))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                logger.warning("shutdown grace of {:.0f}s ran out: cancelling the pass", grace)
+                task.cancel()
+        try:
+            summary = await task
+        except asyncio.CancelledError:
+            logger.warning("stopped before the pass finished: the invoices left are checked next time")
+            return common.EXIT_DEGRADED
+    finally:
+        stopper.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    report(summary)
+    if stop.is_set():
+        logger.info("stopped on request after the invoices in flight")
+    return common.EXIT_DEGRADED if summary.is_degraded else common.EXIT_OK
+
+
+async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
+    """The service: READY once every check passed, a pass every interval, metrics and health if asked."""
+    notifier = Notifier.from_env()
+    providers = sorted(loaded)
+    metrics = Metrics(providers=providers)
+    runner.observer = metrics
+
+    async def after_pass(summary: PassSummary) -> None:
+        now = utcnow()
+        try:
+            report = await store.status_report(now=now, max_age=cfg.reconcile.max_age)
+        except errors.StoreUnavailable as exc:  # like a failed pass: the next tick tries again
+            logger.warning("pending-invoice metrics not refreshed: {}", exc.message)
+            return
+        metrics.backlog(report, now, providers)
+
+    daemon = Daemon(
+        runner,
+        interval=cfg.reconcile.interval,
+        initial_delay=cfg.reconcile.initial_delay,
+        shutdown_grace=cfg.daemon.shutdown_grace,
+        stall_after=cfg.reconcile.lease,
+        notifier=notifier,
+        after_pass=after_pass,
+        credentials_refused=lambda: metrics.refused,
+    )
+    daemon.install_signal_handlers()
+    server = None
+    if cfg.http is not None:
+
+        async def alive() -> tuple[bool, str]:
+            return daemon.alive()
+
+        server = HealthServer(cfg.http.host, cfg.http.port, metrics, alive=alive, ready=daemon.ready)
+        try:
+            port = await server.start()
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"http.listen {cfg.http.listen}: cannot listen there: {exc.strerror}"
+            ) from exc
+        logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
+    try:
+        logger.info(
+            "reconciler {} started: {} provider(s), database {}",
+            __version__,
+            len(loaded),
+            cfg.database.display_url,
+        )
+        notifier.ready(f"started: {len(loaded)} provider(s)")
+        await daemon.run()
+        logger.info("stopped after {} pass(es)", daemon.passes)
+        return common.EXIT_OK
+    finally:
+        if server is not None:
+            await server.stop()
+        notifier.close()
+
+
+async def dry_run_command(runner: Runner, *, as_json: bool) -> int:
+    lines: list[dict[str, Any]] = []
+
+    def emit(line: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(line, sort_keys=True, default=str), flush=True)
+        else:
+            lines.append(line)
+
+    summary = await runner.dry_run(emit)
+    if not as_json:
+        print_table(lines)
+    report(summary)
+    return common.EXIT_DEGRADED if summary.is_degraded else common.EXIT_OK
+
+
+def print_table(lines: list[dict[str, Any]]) -> None:
+    headers = ("invoice_id", "provider_id", "status", "raw_status", "decision", "evidence")
+    rows = [
+        (
+            line["invoice_id"],
+            line["provider_id"] or "-",
+            line["status"],
+            "/".join(p for p in (line["raw_status"], line["raw_additional_status"]) if p) or "-",
+            line["decision"],
+            short_evidence(line["evidence"]),
+        )
+        for line in lines
+    ]
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers[:-1])]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)) + "  evidence")
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    if not rows:
+        print("(nothing due)")
+
+
+def short_evidence(evidence: dict[str, Any]) -> str:
+    keys = ("new_status", "audits", "provider_amount_sats", "provider_paid_sats", "flags", "reason", "error")
+    return ", ".join(f"{k}={evidence[k]}" for k in keys if evidence.get(k) not in (None, [], ""))
