@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from pydantic import BaseModel
@@ -124,7 +123,3 @@ def http_session(loaded: Mapping[str, LoadedDriver]) -> aiohttp.ClientSession:
     """The shared client session; drivers time each request, this total is a safety net above them."""
     longest = max((item.config.common.timeout for item in loaded.values()), default=10.0)
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=longest * 2 + 5))
-
-
-def describe(loaded: Mapping[str, LoadedDriver]) -> dict[str, Any]:
-    return {pid: item.config.common.driver for pid, item in loaded.items()}

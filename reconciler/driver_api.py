@@ -84,7 +84,6 @@ Reply = providers_http.Reply
 parse_retry_after = providers_http.parse_retry_after
 RETRY_AFTER_MAX = providers_http.RETRY_AFTER_MAX
 
-SATS_PER_BTC = Decimal(100_000_000)
 MAX_SATS = 2**63 - 1
 """The largest sat amount the store holds (a signed 64-bit integer)."""
 TEXT_MAX = 200

@@ -47,11 +47,3 @@ def _next_v7(previous: int) -> int:
             rand_a = 0
             millis += 1
     return (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    return True

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from reconciler import licenses
 from reconciler.driver_api import (
     BadProviderResponse,
     CommonSettings,
@@ -22,6 +21,7 @@ from reconciler.driver_api import (
 from reconciler.testing import FakeDriver, snapshot
 from reconciler.timeutil import format_ts, parse_ts
 from tests.conftest import Clock, RunnerFactory
+from tests.support import license_payload
 from tests.support.shop import T0, Shop, hours, new_id
 
 SETTLED = snapshot("SETTLED", amount_sats=10_000, paid_sats=10_000, currency="BTC")
@@ -192,7 +192,7 @@ async def test_settle_writes_everything_in_one_go(
     assert lic["policy_id"] == policy and lic["max_machines"] == 3 and lic["status"] == "active"
     assert json.loads(lic["entitlements"]) == ["pro", "sync"]
     assert lic["expires_at"] == format_ts(clock.now + timedelta(days=365))
-    payload = licenses.decode_payload(_payload(lic["license_key"]))
+    payload = license_payload.decode_payload(_payload(lic["license_key"]))
     assert payload.product_id == product and payload.license_id == lic["id"]
     assert payload.entitlements == ("pro", "sync")
     assert shop.actions(inv) == ["invoice.settled"]
@@ -275,7 +275,7 @@ async def test_recurring_policy_with_trial(shop: Shop, make_runner: RunnerFactor
     await run(make_runner, driver)
     (lic,) = shop.licenses(inv)
     assert lic["is_trial"] == 1 and lic["expires_at"] == format_ts(clock.now + timedelta(days=14))
-    assert licenses.decode_payload(_payload(lic["license_key"])).trial
+    assert license_payload.decode_payload(_payload(lic["license_key"])).trial
     (sub,) = shop.rows("SELECT * FROM subscriptions")
     assert sub["period_days"] == 1  # max(renewal_period_days, 1)
     assert sub["next_renewal_at"] == format_ts(clock.now + timedelta(days=14))

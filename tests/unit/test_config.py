@@ -762,9 +762,10 @@ def test_every_whole_number_key_of_a_provider_is_strict_in_the_file_and_converte
         tmp_path, PROVIDER + f"{key} = true\n"
     )
 
-    cfg = load(tmp_path, PROVIDER, **{f"RECONCILER_PROVIDERS__SHOP__{key.upper()}": "7"})
+    value = 7000 if key == "max_response_bytes" else 7  # within each key's bounds
+    cfg = load(tmp_path, PROVIDER, **{f"RECONCILER_PROVIDERS__SHOP__{key.upper()}": str(value)})
 
-    assert getattr(cfg.providers["shop"].common, key) == 7
+    assert getattr(cfg.providers["shop"].common, key) == value
 
 
 def test_a_batch_size_has_an_upper_bound(tmp_path: Path) -> None:

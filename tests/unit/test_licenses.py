@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from reconciler import errors, licenses
 from reconciler.models import Policy
+from tests.support import license_payload
 
 PRODUCT = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 LICENSE = "11111111-2222-4333-8444-555555555555"
@@ -188,7 +189,7 @@ def encode(**overrides: Any) -> bytes:
 
 def test_largest_encodable_entitlements_round_trip() -> None:
     slugs = tuple("é" * 127 + str(i % 10) for i in range(255))  # 255 slugs of 255 bytes each
-    assert licenses.decode_payload(encode(entitlements=slugs)).entitlements == slugs
+    assert license_payload.decode_payload(encode(entitlements=slugs)).entitlements == slugs
 
 
 @pytest.mark.parametrize(
@@ -227,7 +228,7 @@ def test_naive_time_is_a_programming_error() -> None:
 )
 def test_decode_rejects_malformed_payloads(payload: bytes) -> None:
     with pytest.raises(errors.LicenseEncodingError):
-        licenses.decode_payload(payload)
+        license_payload.decode_payload(payload)
 
 
 moments = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
@@ -254,10 +255,10 @@ def test_round_trip(
         entitlements=entitlements,
         trial=trial,
     )
-    decoded = licenses.decode_payload(payload)
+    decoded = license_payload.decode_payload(payload)
     assert decoded.trial is trial
     assert not decoded.fingerprint_bound
-    assert decoded == licenses.DecodedPayload(
+    assert decoded == license_payload.DecodedPayload(
         version=2,
         flags=0b10 if trial else 0,
         product_id=str(product),
