@@ -38,7 +38,7 @@ def driver_problems(provider: ProviderConfig) -> list[str]:
 
 
 def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
-    """Load and validate every configured provider's driver, offline (SPEC §10).
+    """Load and validate every configured provider's driver, offline (docs/drivers.md §6).
 
     Every provider's problems are reported at once, in provider-id order, as one error: a
     DriverLoadError when some driver is missing or broken, else a ConfigError for their options.

@@ -1,4 +1,5 @@
-"""Batching fetches for drivers that offer `fetch_many` (SPEC §10): waiting invoices share one call."""
+"""Batching fetches for drivers that offer `fetch_many` (docs/drivers.md §2): waiting invoices share one
+call."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class Batcher:
-    """Gathers one provider's fetches into `fetch_many` calls (SPEC §10) for drivers that offer it.
+    """Gathers one provider's fetches into `fetch_many` calls (docs/drivers.md §2) for drivers that offer it.
 
     A fetch waits at most `WINDOW` seconds for company, or until `SIZE` ids are waiting; each call goes
     through the provider's semaphore, rate, retries and timeout like a single fetch. An id the answer

@@ -1,4 +1,4 @@
-"""Command line: argument parsing, the order of checks, and exit codes (SPEC §12). No business logic here.
+"""Command line: argument parsing, the order of checks, and exit codes (docs/cli.md). No business logic here.
 
 Exit codes: 0 done; 1 internal or database failure; 2 configuration or usage error (nothing written);
 75 (EX_TEMPFAIL) a `--once` pass that completed degraded, or `check-config --online` with a provider unreachable.

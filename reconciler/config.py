@@ -1,4 +1,4 @@
-"""Settings models and configuration loading (SPEC §11, the lease rule of §9).
+"""Settings models and configuration loading (docs/configuration.md, the lease rule of docs/reconcile.md §16).
 
 Loading is a hand-rolled merge rather than pydantic-settings sources: the TOML file is read into a dict,
 the ``RECONCILER_*`` environment is laid over it (environment wins), provider ``*_file`` secrets are
@@ -246,7 +246,8 @@ def _masked_parameter(item: str) -> str:
 
 
 class ReconcileSettings(_Section):
-    """``[reconcile]``: pass timing, candidate window, the check schedule and the lease (SPEC §4, §9)."""
+    """``[reconcile]``: pass timing, candidate window, the check schedule and the lease
+    (docs/configuration.md §4.3, docs/reconcile.md §16)."""
 
     interval: PositiveDuration = timedelta(seconds=60)
     initial_delay: Duration = timedelta(seconds=15)
@@ -272,7 +273,7 @@ class ReconcileSettings(_Section):
 
 
 class PostSettleSettings(_Section):
-    """``[post_settle]``: retries of post-settle tasks (SPEC §8)."""
+    """``[post_settle]``: retries of post-settle tasks (docs/reconcile.md §15)."""
 
     max_attempts: WholeNumber = Field(default=8, ge=1)
     backoff: tuple[PositiveDuration, ...] = Field(
@@ -401,7 +402,7 @@ class ProviderConfig(BaseModel):
 
 
 class Config(BaseModel):
-    """The whole configuration file (SPEC §11)."""
+    """The whole configuration file (docs/configuration.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -433,7 +434,8 @@ class Config(BaseModel):
         return self
 
     def lease_problems(self) -> list[str]:
-        """Why ``[reconcile] lease`` is too short for some provider (SPEC §9); empty when it is long enough."""
+        """Why ``[reconcile] lease`` is too short for some provider (docs/reconcile.md §16); empty when it is
+        long enough."""
         return _lease_problems(self.reconcile.lease, self.providers.values())
 
     def masked(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The decision about one invoice: a pure function of the row, the provider's answer and the policy (SPEC §4–§6).
+"""The decision about one invoice: a pure function of the row, the provider's answer and the policy
+(docs/reconcile.md, docs/statuses.md).
 
 No I/O and no clock: the runner passes everything in and applies the returned `Decision` through the store.
 """
@@ -23,7 +24,7 @@ BAD_RESPONSE_OBSERVATION = "!bad_response"
 
 
 class DecisionKind(StrEnum):
-    """Names used by the summary line, metrics and the dry run (SPEC §4.14)."""
+    """Names used by the summary line, metrics and the dry run (docs/audit.md §4)."""
 
     SETTLE = "settle"
     EXPIRE = "expire"
@@ -60,7 +61,7 @@ Answer = Snapshot | NotFound | BadResponse
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """What the settle-amount tripwire saw (SPEC §6)."""
+    """What the settle-amount tripwire saw (docs/reconcile.md §14)."""
 
     expected_amount_sats: int
     provider_amount_sats: int
@@ -94,7 +95,7 @@ def tripwire(expected_amount_sats: int, snapshot: Snapshot) -> Drift | None:
 
 
 def evidence(invoice: Invoice, provider_id: str, answer: Answer) -> dict[str, Any]:
-    """The facts every invoice audit row and dry-run line carries (SPEC §4.14)."""
+    """The facts every invoice audit row and dry-run line carries (docs/audit.md §1)."""
     facts: dict[str, Any] = {
         "provider_id": provider_id,
         "provider_invoice_id": invoice.provider_invoice_id,
@@ -128,7 +129,7 @@ def evidence(invoice: Invoice, provider_id: str, answer: Answer) -> dict[str, An
 
 
 def observation_of(answer: Answer) -> str:
-    """What `last_provider_status` records for this answer (SPEC §4.13)."""
+    """What `last_provider_status` records for this answer (docs/audit.md §3)."""
     if isinstance(answer, NotFound):
         return NOT_FOUND_OBSERVATION
     if isinstance(answer, BadResponse):
@@ -137,7 +138,7 @@ def observation_of(answer: Answer) -> str:
 
 
 def decide(invoice: Invoice, answer: Answer, *, provider_id: str, paid_late: PaidLatePolicy) -> Decision:
-    """What to do with `invoice` given its provider's `answer` (SPEC §4.3–§4.9, §6)."""
+    """What to do with `invoice` given its provider's `answer` (docs/reconcile.md §3–§9, §14)."""
     observation = observation_of(answer)
     facts = evidence(invoice, provider_id, answer)
     # The once rule: an observation audit is written only when the observation is new for this invoice.
@@ -270,7 +271,8 @@ def duplicate_observation(winner_id: str) -> str:
 
 
 def schedule_step(schedule: tuple[timedelta, ...], age: timedelta) -> timedelta:
-    """The re-check step for an invoice of `age` (SPEC §4.10): under 1 h, 6 h, 24 h, then the last."""
+    """The re-check step for an invoice of `age` (docs/reconcile.md §10): under 1 h, 6 h, 24 h, then the
+    last."""
     for limit, step in zip(_AGE_LIMITS, schedule, strict=False):
         if age < limit:
             return step

@@ -96,7 +96,7 @@ _EXACT = Context(prec=100)  # 40 digits shifted by 8 places never need more
 
 
 class ProviderStatus(StrEnum):
-    """What the provider says about an invoice, in the core's terms (SPEC §5)."""
+    """What the provider says about an invoice, in the core's terms (docs/statuses.md §2)."""
 
     PENDING = "PENDING"
     SETTLED = "SETTLED"
@@ -137,7 +137,7 @@ class Snapshot:
 
     @property
     def observation(self) -> str:
-        """The text stored in ``invoices.last_provider_status`` (SPEC §4.14)."""
+        """The text stored in ``invoices.last_provider_status`` (docs/audit.md §3)."""
         if self.raw_additional_status:
             return f"{self.raw_status}/{self.raw_additional_status}"
         return self.raw_status
@@ -150,7 +150,8 @@ class DriverSettings(BaseModel):
 
 
 class CommonSettings(BaseModel):
-    """The keys of every ``[providers.<id>]`` section that the core owns (SPEC §10, §11)."""
+    """The keys of every ``[providers.<id>]`` section that the core owns (docs/drivers.md §2,
+    docs/configuration.md §5.1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -166,13 +167,13 @@ class CommonSettings(BaseModel):
 
     @property
     def worst_fetch(self) -> float:
-        """The longest one fetch may take with its retries (SPEC §9), in seconds."""
+        """The longest one fetch may take with its retries (docs/reconcile.md §16), in seconds."""
         return self.timeout * self.retry_attempts + self.retry_max_delay * (self.retry_attempts - 1)
 
 
 @dataclass(frozen=True, slots=True)
 class PostSettleTask:
-    """A follow-up the core asks a driver to perform after a settle (SPEC §8)."""
+    """A follow-up the core asks a driver to perform after a settle (docs/reconcile.md §15)."""
 
     invoice_id: str
     kind: str
@@ -188,7 +189,7 @@ class PaymentProfile:
     contact_id: str
     profile_id: str
     method: str | None
-    expires_at: str | None  # SPEC §3 timestamp form, or None
+    expires_at: str | None  # docs/schema.md §1 timestamp form, or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +400,7 @@ def _snapshot_problem(snapshot: object) -> str | None:
 def check_payment_profile(profile: PaymentProfile, *, provider_id: str, invoice_id: str) -> PaymentProfile:
     """``profile`` itself when its strings are storable (as :func:`check_snapshot` rules); else BadProviderResponse.
 
-    ``contact_id`` and ``profile_id`` must not be empty; ``expires_at`` must already be in SPEC §3's
+    ``contact_id`` and ``profile_id`` must not be empty; ``expires_at`` must already be in docs/schema.md §1's
     form (:func:`normalize_timestamp`) or ``None``.
     """
     for name, value, optional in (
@@ -448,7 +449,7 @@ def path_segment(provider_invoice_id: str, *, provider_id: str | None = None) ->
 
 
 def normalize_timestamp(text: str) -> str | None:
-    """A provider's ISO-8601 timestamp in SPEC §3's stored form; ``None`` when unparseable.
+    """A provider's ISO-8601 timestamp in docs/schema.md §1's stored form; ``None`` when unparseable.
 
     A timestamp without an offset is taken as UTC.
     """

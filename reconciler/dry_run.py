@@ -1,4 +1,4 @@
-"""The dry run (SPEC §4.12): every provider read of a pass and no write.
+"""The dry run (docs/reconcile.md §12): every provider read of a pass and no write.
 
 It classifies through the runner's own classification (so it agrees with a pass on every decision,
 `issue_failed` and quarantine included), takes no lease and needs no signing key; each verdict becomes one
@@ -79,7 +79,7 @@ async def dry_run(
 
 
 def line(row: base.Row, verdict: Verdict) -> dict[str, Any]:
-    """One dry-run line (SPEC §4.14): `invoice_id`, `provider_id`, `status`, `raw_status`,
+    """One dry-run line (docs/audit.md §4): `invoice_id`, `provider_id`, `status`, `raw_status`,
     `raw_additional_status`, `decision`, `evidence`."""
     out: dict[str, Any] = {
         "invoice_id": row.label if isinstance(row, Unreadable) else row.id,

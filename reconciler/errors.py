@@ -7,7 +7,7 @@
     ├── DriverLoadError          a configured driver is missing or broken: exit 2
     ├── SchemaError              the database is not ours / unknown version: exit 2
     ├── SigningKeyError          the license signing key is missing or unreadable: exit 2
-    ├── LicenseEncodingError     a license cannot be encoded (SPEC §7 limits): audited, rescheduled
+    ├── LicenseEncodingError     a license cannot be encoded (docs/licenses.md §3): audited, rescheduled
     ├── StoreError               the database failed
     │   ├── StoreUnavailable     connection lost, lock timeout: the pass ends, the next tick retries
     │   │   └── StoreContention  deadlock / serialization failure: the transaction is retried first

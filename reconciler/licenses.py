@@ -1,4 +1,4 @@
-"""Licenses (SPEC §7): which policy applies, the terms it grants, and the signed LIC1 key.
+"""Licenses (docs/licenses.md): which policy applies, the terms it grants, and the signed LIC1 key.
 
 Pure: no database and no clock; every time is a parameter. The key is Keysat's payload v2, so the
 published SDKs (e.g. ``keysat_licensing_client``) verify it offline::
@@ -107,7 +107,7 @@ def license_terms(policy: Policy | None, issued_at: datetime) -> LicenseTerms:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionTerms:
-    """The schedule of a new subscription row (SPEC §7, recurring policy)."""
+    """The schedule of a new subscription row (docs/licenses.md §5, recurring policy)."""
 
     period_days: int
     started_at: datetime

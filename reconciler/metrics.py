@@ -1,5 +1,5 @@
-"""Prometheus metrics (SPEC §13). Our names start with `reconciler_` (beside the client library's standard
-`process_*` and `python_*` ones); provider ids are the `provider` label.
+"""Prometheus metrics (docs/cli.md §5.4). Our names start with `reconciler_` (beside the client library's
+standard `process_*` and `python_*` ones); provider ids are the `provider` label.
 
 `Metrics` observes the runner through the `runner.Observer` hooks and keeps its own registry, so tests (and
 several runners in one process) never share counters.

@@ -18,7 +18,7 @@ class InvoiceStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Invoice:
-    """An invoice as a claim read it (SPEC §3), with the lease this pass holds on it."""
+    """An invoice as a claim read it (docs/schema.md §3.3), with the lease this pass holds on it."""
 
     id: str
     payment_provider_id: str | None
@@ -41,7 +41,7 @@ class Invoice:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A licensing policy (SPEC §3 `policies`)."""
+    """A licensing policy (docs/schema.md §3.2 `policies`)."""
 
     id: str
     product_id: str
@@ -60,7 +60,7 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One `audit_log` row to write (SPEC §4.13); `actor` is always `reconciler`."""
+    """One `audit_log` row to write (docs/audit.md §1); `actor` is always `reconciler`."""
 
     action: str
     target_kind: str
@@ -70,7 +70,7 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """A claimed invoice row the reconciler cannot read (SPEC §4.11): quarantined, never fatal.
+    """A claimed invoice row the reconciler cannot read (docs/reconcile.md §11): quarantined, never fatal.
 
     `id` is the stored value as it came (fenced writes match on it); the other fields are what could be
     read of the row, `None` where even that failed.
@@ -91,7 +91,7 @@ class Unreadable:
 
     @property
     def observation(self) -> str:
-        """What `last_provider_status` records, so the audit is written once per reason (SPEC §4.13)."""
+        """What `last_provider_status` records, so the audit is written once per reason (docs/audit.md §3)."""
         return f"!unreadable:{self.column}"
 
 

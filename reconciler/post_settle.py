@@ -1,4 +1,5 @@
-"""Post-settle tasks (SPEC §8): run after the settle committed, in every pass, bounded like fetches.
+"""Post-settle tasks (docs/reconcile.md §15): run after the settle committed, in every pass, bounded like
+fetches.
 
 Each due task is claimed with an `attempts` compare-and-set (two instances never run one attempt twice),
 performed through its provider's gate (the same concurrency, rate, retries, timeout rule and request

@@ -1,4 +1,4 @@
-"""Recording a verdict (SPEC §4.5–§4.11): one finished plan handed to the store per invoice.
+"""Recording a verdict (docs/reconcile.md §5–§11): one finished plan handed to the store per invoice.
 
 Awaits only the store. Every path leaves the row with a new status or a later `next_check_at`, or releases
 it untouched (fenced, lease too short) so the pass claims it again.
@@ -111,15 +111,15 @@ class Recorder:
         return verdict.kind
 
     def payment_key(self, invoice: Invoice, provider_id: str | None) -> base.PaymentKey | None:
-        """The payment this invoice is a row of, when other rows could be too (SPEC §4.1)."""
+        """The payment this invoice is a row of, when other rows could be too (docs/reconcile.md §1)."""
         default = self.settings.default_provider
         if default is None or provider_id != default:
             return None
         return base.PaymentKey(default, invoice.provider_invoice_id, True)
 
     async def _quarantine(self, p: PassState, verdict: Quarantine, now: datetime) -> str:
-        """SPEC §4.11: the row (or a policy it needs) cannot be read. Audited once per reason, logged once per
-        pass, rescheduled; the pass is degraded."""
+        """docs/reconcile.md §11: the row (or a policy it needs) cannot be read. Audited once per reason,
+        logged once per pass, rescheduled; the pass is degraded."""
         row = verdict.row
         label = row.label if isinstance(row, Unreadable) else row.id
         observation = f"!unreadable:{verdict.column}"
@@ -200,7 +200,7 @@ class Recorder:
         failed: settlement.IssueFailed,
         now: datetime,
     ) -> str:
-        """SPEC §4.11: settle nothing, audit once, reschedule, list for review."""
+        """docs/reconcile.md §11: settle nothing, audit once, reschedule, list for review."""
         observation = decision.observation if decision else "!issue_failed"
         audits: list[AuditRecord] = []
         if observation != invoice.last_provider_status:
@@ -240,7 +240,7 @@ class Recorder:
 
     def reschedule(self, invoice: Invoice, now: datetime, not_before: datetime | None) -> datetime:
         """The next check after a failure: the schedule's, or later if the provider asked us to wait, but
-        never past the invoice's last chance inside `max_age` (SPEC §4.3)."""
+        never past the invoice's last chance inside `max_age` (docs/reconcile.md §3)."""
         next_at = self.next_check(invoice, now)
         if not_before is None:
             return next_at

@@ -1,10 +1,10 @@
-"""The reconcile pass (SPEC §4): claim -> classify (ask, decide, plan) -> record.
+"""The reconcile pass (docs/reconcile.md): claim -> classify (ask, decide, plan) -> record.
 
 The only code that awaits both the store and the drivers (the post-settle worker and the dry run do too,
 through the same gates). Every claimed row leaves the pass recorded or released: a row that cannot be read
-is quarantined (SPEC §4.11), a second row of one payment is held back as a duplicate, a provider's trouble
-reschedules only its own invoices, and whatever ends the pass (a stop, a store failure, a bug) releases the
-leases it still holds. The dry run classifies through the same code and writes nothing.
+is quarantined (docs/reconcile.md §11), a second row of one payment is held back as a duplicate, a provider's
+trouble reschedules only its own invoices, and whatever ends the pass (a stop, a store failure, a bug)
+releases the leases it still holds. The dry run classifies through the same code and writes nothing.
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ class Runner:
     async def dry_run(
         self, emit: Callable[[dict[str, Any]], None], *, only: base.Row | None = None
     ) -> PassSummary:
-        """Every provider read of a pass and no write (SPEC §4.12); `emit` gets one line per decision."""
+        """Every provider read of a pass and no write (docs/reconcile.md §12); `emit` gets one line per
+        decision."""
         return await dry_run.dry_run(self, self.store, self.settings, emit, clock=self.clock, only=only)
 
     def begin(self) -> PassState:

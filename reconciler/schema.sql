@@ -1,4 +1,4 @@
--- The shared-database contract of invoice-reconciler, schema version 1 (SPEC §3).
+-- The shared-database contract of invoice-reconciler, schema version 1 (docs/schema.md).
 -- Portable SQL: applies unchanged on SQLite >= 3.35 and PostgreSQL >= 13.
 -- Conventions: ids are canonical lower-case UUID text; amounts are BIGINT minor units (sats, cents);
 -- timestamps are 27-character ISO-8601 UTC text (2026-01-02T03:04:05.000000Z), CHECKed so a writer using
@@ -43,7 +43,8 @@ CREATE TABLE invoices (
     listed_currency TEXT,
     listed_value BIGINT,
     buyer_email TEXT,
-    -- the subscription a renewal invoice renews; no FOREIGN KEY on purpose (SPEC §3: it would be a loop)
+    -- the subscription a renewal invoice renews; no FOREIGN KEY on purpose (docs/schema.md §3.3: it would be
+    -- a loop)
     subscription_id TEXT,
     created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
     updated_at TEXT CHECK (updated_at IS NULL OR (length(updated_at) = 27 AND substr(updated_at, 11, 1) = 'T' AND substr(updated_at, 27, 1) = 'Z')),

@@ -1,6 +1,7 @@
-"""What a settle or a recovery writes (SPEC §4.8, §7), planned as a pure function of the invoice, the policy
-chosen for it, the provider and the time. The store records the plan in one transaction; the dry run stops at
-the plan, so both classify an invoice the same way (`issue_failed` included).
+"""What a settle or a recovery writes (docs/reconcile.md §8, docs/licenses.md), planned as a pure function of
+the invoice, the policy chosen for it, the provider and the time. The store records the plan in one
+transaction; the dry run stops at the plan, so both classify an invoice the same way (`issue_failed`
+included).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class IssueFailed:
-    """The license cannot be encoded (SPEC §7's limits): nothing is settled (SPEC §4.11)."""
+    """The license cannot be encoded (docs/licenses.md §3's limits): nothing is settled
+    (docs/reconcile.md §11)."""
 
     reason: str
 
@@ -55,7 +57,7 @@ def plan(
     """The plan of settling `invoice` at `now`. Without a signing key (dry run) the key is encoded and checked
     but not signed."""
     if invoice.subscription_id is not None:
-        return Plan(None, None, ())  # a renewal: no license, no new subscription (SPEC §4.8)
+        return Plan(None, None, ())  # a renewal: no license, no new subscription (docs/reconcile.md §8)
     if isinstance(policy, UnreadablePolicy):
         return PolicyUnreadable(policy)
     license_id = ids.new_id()

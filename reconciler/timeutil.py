@@ -1,4 +1,5 @@
-"""Timestamps in the shared database's one text form (SPEC §3) and durations (SPEC §11)."""
+"""Timestamps in the shared database's one text form (docs/schema.md §1) and durations
+(docs/configuration.md §2)."""
 
 from __future__ import annotations
 

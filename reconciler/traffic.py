@@ -1,6 +1,6 @@
-"""Provider traffic (SPEC §4.3, §9): per-provider concurrency, request rate, Retry-After pauses that hold the
-whole provider, retries with jittered exponential backoff, an outer timeout, `fetch_many` batching, and the
-error policy that turns what a driver raised into one invoice's outcome.
+"""Provider traffic (docs/reconcile.md §3, §16): per-provider concurrency, request rate, Retry-After pauses
+that hold the whole provider, retries with jittered exponential backoff, an outer timeout, `fetch_many`
+batching, and the error policy that turns what a driver raised into one invoice's outcome.
 
 Drivers make one attempt per call; everything about how often and how many is decided here, once. A
 `Retry-After` longer than the provider's `retry_max_delay` ends the provider for the pass at once: every
@@ -167,7 +167,7 @@ class ProviderGate:
                 "provider {}: invoice {}: {}", provider.id, invoice_id, exc.message
             )
             return Failure(exc.message)
-        except Exception as exc:  # third-party driver code: isolate it (SPEC §4.11), never our own bugs
+        except Exception as exc:  # third-party driver code: isolate it (docs/reconcile.md §11), never ours
             self._unexpected += 1
             if self._unexpected == 1:
                 logger.opt(exception=True).bind(invoice_id=invoice_id, provider_id=provider.id).error(
@@ -185,7 +185,7 @@ class ProviderGate:
         self._on_credentials(self.provider.id, None)
 
     def degraded(self) -> str | None:
-        """Why this provider degraded the pass (SPEC §12), or None."""
+        """Why this provider degraded the pass (docs/reconcile.md §18), or None."""
         if self.circuit_open:
             return "authentication failed"
         if self._unexpected:

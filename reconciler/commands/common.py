@@ -32,5 +32,5 @@ def configuration(args: argparse.Namespace, *, resolve_files: bool = True) -> Co
 
 
 def report(summary: PassSummary) -> None:
-    """The one summary line of a pass (SPEC §13)."""
+    """The one summary line of a pass (docs/cli.md §5)."""
     (logger.warning if summary.is_degraded else logger.info)(summary.line())

@@ -96,8 +96,8 @@ class SubscriptionDraft:
 @dataclass(frozen=True, slots=True)
 class PaymentKey:
     """One payment at a provider: every row whose provider id (NULL counted as `default_provider` when
-    `include_null`) and provider invoice id are these is the same payment (SPEC §4.1, one payment, one
-    license)."""
+    `include_null`) and provider invoice id are these is the same payment (docs/reconcile.md §13, one payment,
+    one license)."""
 
     provider_id: str
     provider_invoice_id: str
@@ -113,7 +113,8 @@ class DuplicateFound:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """Everything the settle transaction of SPEC §4.8 writes (or the recovery of §4.1 when `recovered`).
+    """Everything the settle transaction of docs/reconcile.md §8 writes (or the recovery of
+    docs/reconcile.md §1 when `recovered`).
 
     `audits` are the invoice-targeted rows the decision made (`invoice.settled`, `invoice.paid_late`,
     `invoice.amount_mismatch`); the store adds `license.issued`, `code.redeemed` and `subscription.renewed`,
@@ -153,7 +154,7 @@ class TransitionOutcome:
 
 @dataclass(frozen=True, slots=True)
 class DueTask:
-    """A pending post-settle task (SPEC §8) with what running it needs."""
+    """A pending post-settle task (docs/reconcile.md §15) with what running it needs."""
 
     invoice_id: str
     kind: str
@@ -266,8 +267,8 @@ class Store(abc.ABC):
         max_age: timedelta,
         batch_size: int,
     ) -> list[Row]:
-        """Lease up to `batch_size` due candidates (SPEC §4.1), oldest due first; rows that cannot be read
-        come back as `Unreadable`, still leased."""
+        """Lease up to `batch_size` due candidates (docs/reconcile.md §1), oldest due first; rows that cannot
+        be read come back as `Unreadable`, still leased."""
 
     @abc.abstractmethod
     async def peek(
@@ -332,14 +333,16 @@ class Store(abc.ABC):
         observation: str | None,
         audits: Sequence[AuditRecord],
     ) -> TransitionOutcome | None:
-        """Expire or invalidate (SPEC §4.7) in one transaction; None when another writer got there first."""
+        """Expire or invalidate (docs/reconcile.md §7) in one transaction; None when another writer got there
+        first."""
 
     @abc.abstractmethod
     async def record_settlement(
         self, invoice: Invoice, settlement: Settlement
     ) -> SettleOutcome | DuplicateFound | None:
-        """The settle (or recovery) transaction of SPEC §4.8; None when another writer got there first,
-        `DuplicateFound` (nothing written) when another row of the same payment is the one to settle."""
+        """The settle (or recovery) transaction of docs/reconcile.md §8; None when another writer got there
+        first, `DuplicateFound` (nothing written) when another row of the same payment is the one to
+        settle."""
 
     @abc.abstractmethod
     async def policies_for(

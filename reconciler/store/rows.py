@@ -1,9 +1,10 @@
 """Rows as the store reads them: storefront-written columns are untrusted input, checked here, once.
 
-A row that cannot be read (a timestamp that is not SPEC §3's form, a number stored as text, JSON that is
-not what the schema says, an impossible value) never raises: it becomes an `Unreadable` naming the column
-and the reason, which the runner quarantines for that one invoice (SPEC §4.11). Reasons quote values with
-`ascii()` and cut them short, so a reason is always storable and printable, whatever the row held.
+A row that cannot be read (a timestamp that is not docs/schema.md §1's form, a number stored as text, JSON
+that is not what the schema says, an impossible value) never raises: it becomes an `Unreadable` naming the
+column and the reason, which the runner quarantines for that one invoice (docs/reconcile.md §11). Reasons
+quote values with `ascii()` and cut them short, so a reason is always storable and printable, whatever the row
+held.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def quote(value: object, limit: int = 60) -> str:
 
 
 def parse_stored_ts(value: object) -> datetime:
-    """A timestamp in exactly SPEC §3's stored form; ValueError otherwise."""
+    """A timestamp in exactly docs/schema.md §1's stored form; ValueError otherwise."""
     if not isinstance(value, str) or len(value) != 27 or not value.isascii():
         raise ValueError(f"not a timestamp of the form 2026-01-02T03:04:05.000000Z: {quote(value)}")
     try:

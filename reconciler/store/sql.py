@@ -22,7 +22,8 @@ from reconciler.timeutil import format_ts, parse_ts
 _T = TypeVar("_T")
 
 #: A transaction the database aborted to break a deadlock or a serialization conflict is run again, up to
-#: this many times in all, with a short jittered pause between tries (SPEC §9: the store survives contention).
+#: this many times in all, with a short jittered pause between tries (docs/reconcile.md §16: the store
+#: survives contention).
 CONTENTION_ATTEMPTS = 5
 
 

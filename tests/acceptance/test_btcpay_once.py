@@ -1,4 +1,5 @@
-"""The real `reconciler --once` in a subprocess against the fake BTCPay Server and a SQLite file (SPEC §4).
+"""The real `reconciler --once` in a subprocess against the fake BTCPay Server and a SQLite file
+(docs/reconcile.md).
 
 The fake runs in this test's event loop on a real port, so the reconciler is started with
 `asyncio.create_subprocess_exec` (a blocking `subprocess.run` would stop the fake from answering). The
@@ -297,14 +298,14 @@ async def test_once_decides_every_invoice_as_spec_section_4_says_and_a_second_ru
         "skipped": 1,
     }
 
-    # SPEC §4.14: every invoice audit names the provider, the provider's id and the raw status
+    # docs/audit.md §1: every invoice audit names the provider, the provider's id and the raw status
     for row in shop.rows("SELECT * FROM audit_log WHERE target_kind = 'invoice'"):
         details = json.loads(row["details"])
         assert {"provider_id", "provider_invoice_id", "raw_status"} <= details.keys(), row["action"]
         assert details["provider_id"] == PROVIDER
     assert all(row["actor"] == "reconciler" for row in shop.audits())
 
-    # §6: the tripwire's evidence
+    # docs/reconcile.md §14: the tripwire's evidence
     (drift,) = shop.audits(ids["drift"], "invoice.amount_mismatch")
     assert (
         json.loads(drift["details"]).items()
@@ -316,7 +317,7 @@ async def test_once_decides_every_invoice_as_spec_section_4_says_and_a_second_ru
         }.items()
     )
 
-    # §7: the licenses verify with the published SDK and carry the policy's terms
+    # docs/licenses.md: the licenses verify with the published SDK and carry the policy's terms
     verifier = sdk.Verifier(sdk.PublicKey.from_pem(world.public_key))
     for name in licensed:
         (lic,) = shop.licenses(ids[name])
@@ -334,7 +335,8 @@ async def test_once_decides_every_invoice_as_spec_section_4_says_and_a_second_ru
     assert (subscription["listed_currency"], subscription["listed_value"]) == ("USD", 5000)
     assert subscription["payment_provider_id"] == PROVIDER
 
-    # §4.7 / §4.8: one redemption redeemed with its license, the other cancelled and its slot given back
+    # docs/reconcile.md §7 / §8: one redemption redeemed with its license, the other cancelled and its slot
+    # given back
     redemptions = {
         row["invoice_id"]: row
         for row in shop.rows(
@@ -349,16 +351,16 @@ async def test_once_decides_every_invoice_as_spec_section_4_says_and_a_second_ru
     expired = redemptions[ids["expired_with_discount"]]
     assert (expired["status"], expired["used_count"], expired["license_id"]) == ("cancelled", 0, None)
 
-    # §4.1 recovery: a license, no provider call, no second invoice.settled
+    # docs/reconcile.md §1 recovery: a license, no provider call, no second invoice.settled
     (recovered,) = shop.licenses(ids["recovery"])
     (issued_audit,) = shop.audits(recovered["id"], "license.issued")
     assert json.loads(issued_audit["details"])["recovered"] is True
     assert world.fake.served(shop.invoice_row(ids["recovery"])["provider_invoice_id"]) == []
-    # §4.2: a provider id that is not configured is skipped: no call, no audit, one warning
+    # docs/reconcile.md §2: a provider id that is not configured is skipped: no call, no audit, one warning
     assert shop.invoice_row(ids["not_configured"])["last_provider_status"] is None
     assert sum("'stripe'" in m for m in run.messages("WARNING")) == 1
 
-    # A second run with every invoice due again changes nothing (the once rule, §4.13)
+    # A second run with every invoice due again changes nothing (the once rule, docs/audit.md §3)
     shop.execute("UPDATE invoices SET next_check_at = NULL")
     before = world.snapshot()
     again = await world.reconciler(config, "--once")

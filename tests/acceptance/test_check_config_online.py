@@ -1,5 +1,5 @@
-"""`reconciler check-config --online` (SPEC §12): 0 when every provider takes our key, 2 on a refused key,
-75 when a provider cannot be reached; it writes nothing and never needs the database."""
+"""`reconciler check-config --online` (docs/cli.md §2.2): 0 when every provider takes our key, 2 on a refused
+key, 75 when a provider cannot be reached; it writes nothing and never needs the database."""
 
 from __future__ import annotations
 

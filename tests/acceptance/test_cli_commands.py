@@ -1,5 +1,5 @@
-"""The commands of SPEC §12 as an operator runs them: drivers, check-config, keygen, status, explain, the dry
-run, and where global options may stand."""
+"""The commands of docs/cli.md §2 as an operator runs them: drivers, check-config, keygen, status, explain,
+the dry run, and where global options may stand."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Bad input to the real command (issue #2, SPEC §3, §11, §12): the right exit code, one error line naming the
-problem, and nothing written to the database."""
+"""Bad input to the real command (issue #2, docs/schema.md §6, docs/configuration.md §2, docs/cli.md §3): the
+right exit code, one error line naming the problem, and nothing written to the database."""
 
 from __future__ import annotations
 

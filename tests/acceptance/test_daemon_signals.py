@@ -1,4 +1,4 @@
-"""The daemon under SIGTERM (SPEC §13): stop claiming, let in-flight invoices finish within the grace
+"""The daemon under SIGTERM (docs/cli.md §5.1): stop claiming, let in-flight invoices finish within the grace
 period (or cancel them and release their leases), exit 0."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The BTCPay driver is its own distribution, found only through its entry point (SPEC §2, §10).
+"""The BTCPay driver is its own distribution, found only through its entry point (docs/drivers.md §1).
 
 The core (`reconciler/`) imports no driver package, and drivers import nothing of the core but
 `reconciler.driver_api`.

@@ -1,5 +1,5 @@
-"""SIGKILL at an arbitrary instant on SQLite (SPEC §4.8, §9): no paid invoice is left without its license, none
-gets two, and the dead process's leases are taken over once they expire."""
+"""SIGKILL at an arbitrary instant on SQLite (docs/reconcile.md §8, §16): no paid invoice is left without its
+license, none gets two, and the dead process's leases are taken over once they expire."""
 
 from __future__ import annotations
 

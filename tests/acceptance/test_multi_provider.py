@@ -1,6 +1,6 @@
-"""One database, three providers (SPEC §4.2, issue #4): invoices of two BTCPay stores and one Zaprite
-account, plus some without a provider id, settled by one real ``reconciler --once``, each against its own
-provider; a provider id nobody configured is skipped with one warning; a refused key degrades only its
+"""One database, three providers (docs/reconcile.md §2, issue #4): invoices of two BTCPay stores and one
+Zaprite account, plus some without a provider id, settled by one real ``reconciler --once``, each against its
+own provider; a provider id nobody configured is skipped with one warning; a refused key degrades only its
 provider (exit 75)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""One real `reconciler --once` over invoices of every kind (SPEC §4), then a second that changes nothing but the
-schedule."""
+"""One real `reconciler --once` over invoices of every kind (docs/reconcile.md), then a second that changes
+nothing but the schedule."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from typing import Any
 from reconciler import licenses
 from tests.acceptance.conftest import EXPIRED, INVALID, PENDING, SETTLED, Workspace, recent
 
-#: Columns a check that changes nothing may still move (SPEC §4.5, §4.10).
+#: Columns a check that changes nothing may still move (docs/reconcile.md §5, §10).
 SCHEDULE_COLUMNS = ("next_check_at", "check_attempts", "last_checked_at")
 
 
 def verifies(license_key: str, public_key: Any) -> bool:
-    """`LIC1-<payload>-<signature>` checked against the public key (SPEC §7); raises when it does not."""
+    """`LIC1-<payload>-<signature>` checked against the public key (docs/licenses.md §3); raises when it does
+    not."""
     prefix, payload, signature = license_key.split("-")
 
     def b32(text: str) -> bytes:

@@ -1,4 +1,5 @@
-"""Several instances on one PostgreSQL database split the work with no coordination beyond it (SPEC §9)."""
+"""Several instances on one PostgreSQL database split the work with no coordination beyond it
+(docs/reconcile.md §16)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Several writers on one SQLite file (SPEC §9, issue #2): two `reconciler --once` processes and a storefront's
-webhook handler race over the same invoices; every license is issued exactly once and no transition is lost."""
+"""Several writers on one SQLite file (docs/reconcile.md §16, issue #2): two `reconciler --once` processes and
+a storefront's webhook handler race over the same invoices; every license is issued exactly once and no
+transition is lost."""
 
 from __future__ import annotations
 

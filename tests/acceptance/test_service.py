@@ -1,4 +1,4 @@
-"""The daemon as a systemd service (SPEC §13): sd_notify, /metrics and health, logs, and the unit files.
+"""The daemon as a systemd service (docs/cli.md §5): sd_notify, /metrics and health, logs, and the unit files.
 
 The daemon tests run the real `reconciler run` in a subprocess against a seeded SQLite shop and the scripted
 `fake` driver (see conftest.py). SIGTERM during a pass with slow provider calls is test_daemon_signals.py.

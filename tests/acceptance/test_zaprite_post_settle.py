@@ -1,5 +1,5 @@
-"""Zaprite's post-settle task (SPEC §8) through the real ``reconciler --once`` against the fake Zaprite:
-the card payment profile a subscription's first order saved lands on the subscription; the task is
+"""Zaprite's post-settle task (docs/reconcile.md §15) through the real ``reconciler --once`` against the fake
+Zaprite: the card payment profile a subscription's first order saved lands on the subscription; the task is
 retried across passes, gives up with an audit, makes no call when there is nothing to capture, and
 survives a crash between the settle's commit and its own run."""
 

@@ -12,7 +12,7 @@ from tests.drivers.conftest import MakeBTCPayDriver
 from tests.fakes import btcpay
 from tests.fakes.btcpay import Payment, make_invoice
 
-# SPEC §5, written out independently of the driver's table.
+# docs/statuses.md §3, written out independently of the driver's table.
 EXPECTED_STATUS = {
     "New": ProviderStatus.PENDING,
     "Processing": ProviderStatus.PENDING,

@@ -1,4 +1,5 @@
-"""Pure parts of the BTCPay driver: the status table (SPEC §5), body reading, sats, permissions."""
+"""Pure parts of the BTCPay driver: the status table (docs/statuses.md §3), body reading, sats,
+permissions."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``ZapriteDriver.fetch`` and ``check`` against the fake Zaprite server: mapping, amounts, and the
-one error boundary (SPEC §10)."""
+one error boundary (docs/providers.md §2.7)."""
 
 from __future__ import annotations
 

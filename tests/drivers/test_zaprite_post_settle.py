@@ -1,4 +1,5 @@
-"""``ZapriteDriver.post_settle``: capturing the card payment profile a settled order saved (SPEC §8)."""
+"""``ZapriteDriver.post_settle``: capturing the card payment profile a settled order saved
+(docs/providers.md §2.6)."""
 
 from __future__ import annotations
 

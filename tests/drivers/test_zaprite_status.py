@@ -1,4 +1,5 @@
-"""The Zaprite driver's pure parts: SPEC §5's status table, sat amounts, profile matching, settings."""
+"""The Zaprite driver's pure parts: docs/statuses.md §4's status table, sat amounts, profile matching,
+settings."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A fake Zaprite API: real sockets and JSON, fault knobs, and a log of every exchange.
 
-Serves what the Zaprite driver reads (SPEC §10, providers.md B):
+Serves what the Zaprite driver reads (docs/providers.md §2):
 
 - ``GET /v1/orders/{id}``: one order by Zaprite id or ``externalUniqId``;
 - ``GET /v1/orders?page=&limit=``: ``{"items": [...], "meta": {"pagesCount": n}}``;
@@ -138,7 +138,7 @@ def _add_contacts(raw: JsonObject) -> None:
 STATUS_DEVIATIONS: Mapping[str, Deviation] = {
     status: Deviation(
         f"zaprite.status.{status}",
-        f"{status} is not in the fixture's enum; SPEC §5 maps it (integrators handle it defensively)",
+        f"{status} is not in the fixture's enum; docs/statuses.md §4 maps it (integrators expect it)",
         _allow_status(status),
     )
     for status in ("EXPIRED", "ABANDONED", "INVALID", "CANCELLED", "CANCELED")
@@ -150,12 +150,12 @@ UNLISTED_STATUS = Deviation(
 )
 ORDER_LIST = Deviation(
     "zaprite.orders.list",
-    "GET /v1/orders is only in the current API (providers.md B.5, third-party shape)",
+    "GET /v1/orders is only in the current API (docs/providers.md §2.8, third-party shape)",
     _add_order_list,
 )
 CONTACTS = Deviation(
     "zaprite.contacts",
-    "GET /v1/contacts/{id} with paymentProfiles[] is only in the current API (providers.md B.7)",
+    "GET /v1/contacts/{id} with paymentProfiles[] is only in the current API (docs/providers.md §2.6)",
     _add_contacts,
 )
 GARBAGE = Deviation("fault.garbage", "a deliberate fault: a 200 whose body is not JSON", None)
@@ -269,7 +269,7 @@ def make_profile(
     expires_at: str | None = "2028-01-31T00:00:00.000Z",
     source_order_id: str = "od_source",
 ) -> JsonObject:
-    """A saved payment profile, as providers.md B.7 describes it."""
+    """A saved payment profile, as docs/providers.md §2.6 describes it."""
     return {
         "id": id,
         "method": method,

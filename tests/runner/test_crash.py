@@ -1,4 +1,5 @@
-"""Crash consistency of the settle transaction (SPEC §4.8): a failure at any step leaves all or nothing.
+"""Crash consistency of the settle transaction (docs/reconcile.md §8): a failure at any step leaves all or
+nothing.
 
 Faults are injected by the database itself: a trigger that aborts one statement of the transaction. The
 pass then fails loudly (a store failure is not swallowed) but gives back the leases it held; the next pass

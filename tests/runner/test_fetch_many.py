@@ -1,4 +1,5 @@
-"""Drivers with a batch endpoint (`fetch_many`, SPEC §10): the runner gathers their fetches into batches."""
+"""Drivers with a batch endpoint (`fetch_many`, docs/drivers.md §2): the runner gathers their fetches into
+batches."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Post-settle tasks (SPEC §8) through the runner: enqueued in the settle transaction, run after commit."""
+"""Post-settle tasks (docs/reconcile.md §15) through the runner: enqueued in the settle transaction, run after
+commit."""
 
 from __future__ import annotations
 

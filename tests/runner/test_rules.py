@@ -1,4 +1,5 @@
-"""SPEC §4–§7 through the runner, with FakeDriver and a real SQLite file."""
+"""docs/reconcile.md, docs/statuses.md, docs/licenses.md through the runner, with FakeDriver and a real SQLite
+file."""
 
 from __future__ import annotations
 

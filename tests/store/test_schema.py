@@ -1,5 +1,5 @@
 """schema.sql is the shared-database contract: it applies unchanged on SQLite and PostgreSQL, and its
-CHECKs refuse what would break the reconciler (SPEC §3)."""
+CHECKs refuse what would break the reconciler (docs/schema.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration loading and validation (SPEC §11, the lease rule of §9)."""
+"""Configuration loading and validation (docs/configuration.md, the lease rule of docs/reconcile.md §16)."""
 
 from __future__ import annotations
 

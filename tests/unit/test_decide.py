@@ -1,4 +1,5 @@
-"""SPEC §4.3–§4.10, §4.13–§4.14 and §6: the pure decision about one invoice, and its re-check schedule."""
+"""docs/reconcile.md §3–§10, docs/audit.md §2–§4 and docs/reconcile.md §14: the pure decision about one
+invoice, and its re-check schedule."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def test_decision_kinds_are_the_spec_names() -> None:
     }
 
 
-# --- §4.4 mapping for a pending invoice ---------------------------------------------------------------
+# --- docs/reconcile.md §4 mapping for a pending invoice -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -238,7 +239,7 @@ def test_settled_invoice_never_goes_back(paid_late: PaidLatePolicy, answer: Answ
     assert not set(actions(decision)) & {*TRANSITION_ACTIONS.values(), "invoice.amount_mismatch"}
 
 
-# --- §4.13 once rule ---------------------------------------------------------------------------------
+# --- docs/audit.md §3 once rule ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -284,7 +285,7 @@ def test_transition_audits_ignore_the_once_rule(
     assert actions(decision)[action] == 1
 
 
-# --- §4.9 paid late and underpaid ----------------------------------------------------------------------
+# --- docs/reconcile.md §9 paid late and underpaid ------------------------------------------------------
 
 PAID_LATE = snap(ProviderStatus.EXPIRED, "PaidLate", paid_late=True, currency="BTC", amount_sats=AMOUNT)
 
@@ -301,7 +302,7 @@ def test_paid_late_flag_keeps_an_expired_invoice_and_audits_once() -> None:
     assert (decision.kind, decision.new_status) == (DecisionKind.PAID_LATE_FLAG, None)
     assert actions(decision) == Counter(["invoice.paid_late"])
     again = run(invoice(InvoiceStatus.EXPIRED, last="Expired/PaidLate"), PAID_LATE, "flag")
-    # already flagged: nothing to write, so it counts as no change (SPEC §4.5)
+    # already flagged: nothing to write, so it counts as no change (docs/reconcile.md §5)
     assert (again.kind, again.new_status, again.audits) == (DecisionKind.NO_CHANGE, None, ())
 
 
@@ -334,7 +335,7 @@ def test_underpaid_then_expired_is_expired_plus_underpaid() -> None:
     assert actions(again) == Counter(["invoice.expired"])
 
 
-# --- §4.8 renewals -----------------------------------------------------------------------------------
+# --- docs/reconcile.md §8 renewals -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -347,7 +348,7 @@ def test_renewal_invoice_settles_as_renew(answer: Snapshot, paid_late: PaidLateP
     assert actions(decision)["invoice.settled"] == 1
 
 
-# --- §6 tripwire ---------------------------------------------------------------------------------------
+# --- docs/reconcile.md §14 tripwire --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -460,7 +461,8 @@ PENDING_MOVES = {ProviderStatus.EXPIRED: InvoiceStatus.EXPIRED, ProviderStatus.I
 
 
 def spec_status(current: InvoiceStatus, answer: Answer, policy: PaidLatePolicy) -> InvoiceStatus | None:
-    """SPEC §4.4 and §4.9 as a table: the status an answer moves an invoice to, None for no change."""
+    """docs/reconcile.md §4 and §9 as a table: the status an answer moves an invoice to, None for no
+    change."""
     if current is InvoiceStatus.SETTLED or not isinstance(answer, Snapshot):
         return None
     if answer.status is ProviderStatus.SETTLED:
@@ -536,7 +538,7 @@ def test_every_invoice_audit_names_provider_invoice_and_raw_status(
         assert record.details["raw_status"] == raw
 
 
-# --- §4.10 schedule -----------------------------------------------------------------------------------
+# --- docs/reconcile.md §10 schedule -------------------------------------------------------------------
 
 SCHEDULE = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=60))
 

@@ -1,4 +1,5 @@
-"""SPEC §5, §6, §9, §10: the pure helpers and types of the driver API."""
+"""docs/statuses.md §2, docs/reconcile.md §14, §16, docs/drivers.md §5: the pure helpers and types of the
+driver API."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from reconciler.driver_api import (
     parse_retry_after,
 )
 
-# --- decimal_to_sats / floor_sats (§6) ---------------------------------------------------------------
+# --- decimal_to_sats / floor_sats (docs/reconcile.md §14) --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_floor_sats_never_exceeds_the_value(value: Decimal) -> None:
     assert sats <= value * 10**8 < sats + 1
 
 
-# --- parse_retry_after (§4.3) ------------------------------------------------------------------------
+# --- parse_retry_after (docs/reconcile.md §3) --------------------------------------------------------
 
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -281,7 +282,7 @@ def test_provider_status_members() -> None:
     assert all(s.value == s.name for s in ProviderStatus)
 
 
-# --- normalize_timestamp (§10) -----------------------------------------------------------------------
+# --- normalize_timestamp (docs/drivers.md §5) --------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""SPEC §3 stored forms (timestamps, UUIDv7 audit ids) and §11 durations."""
+"""docs/schema.md §1 stored forms (timestamps, UUIDv7 audit ids) and docs/configuration.md §2 durations."""
 
 from __future__ import annotations
 

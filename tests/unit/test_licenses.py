@@ -1,4 +1,4 @@
-"""SPEC §7: policy choice, license terms, the LIC1 payload v2 and the signing key file."""
+"""docs/licenses.md: policy choice, license terms, the LIC1 payload v2 and the signing key file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Loading every configured provider's driver (SPEC §10): every provider's problem is reported at once."""
+"""Loading every configured provider's driver (docs/drivers.md §6): every provider's problem is reported at
+once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Log output (SPEC §13): journald priority prefixes, JSON lines, human lines, stdlib logging through loguru."""
+"""Log output (docs/cli.md §5.3): journald priority prefixes, JSON lines, human lines, stdlib logging through
+loguru."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics (SPEC §13) through the `runner.Observer` hooks, called as the runner calls them.
+"""Metrics (docs/cli.md §5.4) through the `runner.Observer` hooks, called as the runner calls them.
 
 Every series an alert can match exists from start-up at 0, so `increase(...) > 0` sees the first event.
 """

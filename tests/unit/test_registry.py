@@ -1,4 +1,5 @@
-"""Driver discovery: what makes a loaded entry point a driver, and the errors that name it (SPEC §10)."""
+"""Driver discovery: what makes a loaded entry point a driver, and the errors that name it
+(docs/drivers.md §6)."""
 
 from __future__ import annotations
 

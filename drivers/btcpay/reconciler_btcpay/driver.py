@@ -1,4 +1,5 @@
-"""The BTCPay Server driver (SPEC §5, §10): one store-scoped Greenfield GET per invoice.
+"""The BTCPay Server driver (docs/statuses.md §3, docs/providers.md §1): one store-scoped Greenfield GET per
+invoice.
 
 HTTP goes through the core's shared boundary (``driver_api.JsonClient``: bounded bodies, strict JSON,
 one status table); what this driver adds is BTCPay's: 403 may mean "not in this store" rather than
@@ -201,7 +202,8 @@ def _sats_currency(currency: str | None) -> bool:
 
 
 def amount_sats(amount: object, currency: str | None) -> int | None:
-    """The invoice amount in sats for ``BTC`` (half up) and ``SATS`` invoices; ``None`` otherwise (SPEC §6).
+    """The invoice amount in sats for ``BTC`` (half up) and ``SATS`` invoices; ``None`` otherwise
+    (docs/reconcile.md §14).
 
     Only positive amounts up to ``driver_api.MAX_SATS`` are an opinion.
     """

@@ -1,4 +1,4 @@
-"""BTCPay invoice status → the core's ProviderStatus and evidence flags (SPEC §5).
+"""BTCPay invoice status → the core's ProviderStatus and evidence flags (docs/statuses.md §3).
 
 Total and table-driven: the typed status depends on ``status`` alone (a ``Settled`` invoice is paid
 whatever its additional status says), ``additionalStatus`` only sets flags, matching ignores ASCII

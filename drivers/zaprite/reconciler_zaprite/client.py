@@ -5,8 +5,8 @@ boundary's (``driver_api.JsonClient``); this module says how Zaprite authenticat
 (``Authorization: Bearer <key>``), which models an answer must fit, and that an answer must be for
 what was asked (the order's ``id`` or ``externalUniqId``, the contact's ``id``).
 
-Paths are the current API's plural ones (``/v1/orders/{id}``, ``/v1/contacts/{id}``; SPEC §10), every
-id going through ``driver_api.path_segment``. Models ignore fields they do not name, so additions
+Paths are the current API's plural ones (``/v1/orders/{id}``, ``/v1/contacts/{id}``; docs/providers.md §2.2),
+every id going through ``driver_api.path_segment``. Models ignore fields they do not name, so additions
 on Zaprite's side are harmless; a field they name with the wrong type makes the answer unreadable
 (:class:`~reconciler.driver_api.BadProviderResponse`).
 """
@@ -55,7 +55,7 @@ class ContactRef(_Wire):
 
 
 class Order(_Wire):
-    """The order fields reconciliation reads (providers.md B.3)."""
+    """The order fields reconciliation reads (docs/providers.md §2.3)."""
 
     id: StrictStr | None = None
     external_uniq_id: StrictStr | None = None
@@ -73,7 +73,7 @@ class SourceOrder(_Wire):
 
 
 class Profile(_Wire):
-    """A saved payment profile of a contact (providers.md B.7); ``expires_at`` is read as given."""
+    """A saved payment profile of a contact (docs/providers.md §2.6); ``expires_at`` is read as given."""
 
     id: StrictStr
     method: StrictStr | None = None

@@ -1,4 +1,5 @@
-"""The Zaprite driver: settings, ``fetch``, ``check`` and the payment-profile post-settle task (SPEC §8, §10).
+"""The Zaprite driver: settings, ``fetch``, ``check`` and the payment-profile post-settle task
+(docs/reconcile.md §15, docs/providers.md §2).
 
 HTTP goes through the core's shared boundary (see ``client``); every snapshot passes
 ``driver_api.check_snapshot`` and every payment profile ``driver_api.check_payment_profile`` before
@@ -48,7 +49,7 @@ def find_profile(contact: client.Contact, invoice_id: str) -> client.Profile | N
 
 
 def expiry(profile: client.Profile) -> str | None:
-    """The profile's ``expiresAt`` in SPEC §3's form; ``None`` (with a warning) when unreadable."""
+    """The profile's ``expiresAt`` in docs/schema.md §1's form; ``None`` (with a warning) when unreadable."""
     if profile.expires_at is None:
         return None
     text = profile.expires_at if isinstance(profile.expires_at, str) else None

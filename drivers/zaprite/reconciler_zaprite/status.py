@@ -1,5 +1,5 @@
-"""Pure mappings from a Zaprite order to the core's terms: SPEC §5's status table and the sat
-amounts of SPEC §6 / §10."""
+"""Pure mappings from a Zaprite order to the core's terms: docs/statuses.md §4's status table and the sat
+amounts of docs/reconcile.md §14 / docs/providers.md §2.5."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Mapped:
 UNKNOWN: Final = Mapped(ProviderStatus.UNKNOWN)
 
 # Only the first six are in the fixture's enum; the rest are mapped explicitly so that a status
-# Zaprite adds later is UNKNOWN (no change) rather than invalid (SPEC §5).
+# Zaprite adds later is UNKNOWN (no change) rather than invalid (docs/statuses.md §4).
 TABLE: Final[Mapping[str, Mapped]] = {
     "PENDING": Mapped(ProviderStatus.PENDING),
     "PROCESSING": Mapped(ProviderStatus.PENDING),
@@ -47,7 +47,7 @@ _key = driver_api.ascii_upper
 
 
 def map_status(raw: str) -> Mapped:
-    """SPEC §5's Zaprite table, case-insensitive and total: anything else is UNKNOWN."""
+    """docs/statuses.md §4's Zaprite table, case-insensitive and total: anything else is UNKNOWN."""
     return TABLE.get(_key(raw), UNKNOWN)
 
 
@@ -71,7 +71,7 @@ def amount_evidence(order: client.Order) -> str | None:
 
 
 def paid_sats(order: client.Order) -> int | None:
-    """What the confirmed transactions of a BTC order retained, discounts included (SPEC §10).
+    """What the confirmed transactions of a BTC order retained, discounts included (docs/providers.md §2.5).
 
     ``None`` for a non-BTC order, when any amount it would add up is null or negative, or when the
     sum is over ``driver_api.MAX_SATS``.
