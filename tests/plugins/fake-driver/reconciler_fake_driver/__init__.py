@@ -101,7 +101,8 @@ class SecretsDriver(FakeDriver):
     record_calls = False
 
     async def check(self) -> None:
-        settings: SecretsSettings = self.settings
+        settings = self.settings
+        assert isinstance(settings, SecretsSettings)
         given = hashlib.sha256(settings.access_key.get_secret_value().encode()).hexdigest()
         if given != settings.access_key_sha256:
             raise ProviderAuthError(f"{self.provider_id}: the access key is not the expected one")
