@@ -1027,3 +1027,45 @@ def test_a_list_of_secrets_has_no_file_form(tmp_path: Path) -> None:
 
     assert "providers.shop.keys_file: unknown key (did you mean 'keys'?" in message
     assert "no such file" not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "lines"),
+    [
+        pytest.param(
+            {"RECONCILER_RECONCILE": "x", "RECONCILER_RECONCILE__BATCH_SIZE": "5"},
+            [
+                "$RECONCILER_RECONCILE__BATCH_SIZE: reconcile.batch_size: conflicts with $RECONCILER_RECONCILE, "
+                "which sets reconcile to a single value",
+                "$RECONCILER_RECONCILE: reconcile: Input should be a valid dictionary or instance of "
+                "ReconcileSettings",
+            ],
+            id="collision",
+        ),
+        pytest.param(
+            {"RECONCILER_DEFAULT_PROVIDER__X": "y"},
+            [
+                "$RECONCILER_DEFAULT_PROVIDER__X: default_provider.x: default_provider is a single value, not a "
+                "section of keys"
+            ],
+            id="plain-key-as-a-section",
+        ),
+        pytest.param(
+            {"RECONCILER_RECONCILE____BATCH_SIZE": "5"},
+            [
+                "$RECONCILER_RECONCILE____BATCH_SIZE: empty key between '__' separators (write "
+                "RECONCILER_SECTION__KEY)"
+            ],
+            id="empty-key-inside",
+        ),
+        pytest.param(
+            {"RECONCILER_RECONCILE__": "5"},
+            ["$RECONCILER_RECONCILE__: empty key between '__' separators (write RECONCILER_SECTION__KEY)"],
+            id="empty-key-at-the-end",
+        ),
+    ],
+)
+def test_environment_variables_that_cannot_be_laid_over_the_file_are_each_one_line(
+    tmp_path: Path, environ: dict[str, str], lines: list[str]
+) -> None:
+    assert load_error(tmp_path, "", None, **environ).splitlines() == lines
