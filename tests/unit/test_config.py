@@ -1069,3 +1069,19 @@ def test_environment_variables_that_cannot_be_laid_over_the_file_are_each_one_li
     tmp_path: Path, environ: dict[str, str], lines: list[str]
 ) -> None:
     assert load_error(tmp_path, "", None, **environ).splitlines() == lines
+
+
+def test_the_driver_problems_hook_runs_for_every_section_that_validates(tmp_path: Path) -> None:
+    text = "[reconcile]\nbatch_size = 0\n" + PROVIDER + '[providers.bad]\ndriver = "fake"\ntimeout = 5\n'
+
+    with pytest.raises(errors.ConfigError) as caught:
+        config.load_config(
+            write(tmp_path, text),
+            environ={"RECONCILER_PROVIDERS__SHOP__DRIVER": "fake"},
+            driver_problems=lambda provider: [f"{provider.origin('driver')}: hook saw {provider.id}"],
+        )
+
+    lines = str(caught.value).splitlines()
+    assert lines[-1] == "$RECONCILER_PROVIDERS__SHOP__DRIVER: hook saw shop"
+    assert not any("hook saw bad" in line for line in lines)
+    assert len(lines) == 3, lines
