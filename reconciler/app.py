@@ -25,6 +25,15 @@ class LoadedDriver:
     settings: BaseModel
 
 
+def driver_settings(name: str) -> type[BaseModel]:
+    """The ``Settings`` model of the installed driver ``name``, for ``config.load_config(driver_settings=...)``.
+
+    Raises DriverLoadError when the driver is missing or broken (a ``Settings`` that is not a
+    ``driver_api.DriverSettings`` included).
+    """
+    return registry.load(name).Settings
+
+
 def driver_problems(provider: ProviderConfig) -> list[str]:
     """What is wrong with one provider section against its driver (missing driver, bad options)."""
     try:
@@ -41,7 +50,9 @@ def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
     """Load and validate every configured provider's driver, offline (docs/drivers.md §6).
 
     Every provider's problems are reported at once, in provider-id order, as one error: a
-    DriverLoadError when some driver is missing or broken, else a ConfigError for their options.
+    DriverLoadError when some driver is missing or broken, else a ConfigError for their options. A section
+    whose options were validated when the configuration was loaded keeps those settings (its secret files
+    are not read again).
     """
     loaded: dict[str, LoadedDriver] = {}
     problems: list[str] = []
@@ -49,7 +60,10 @@ def load_drivers(cfg: Config) -> dict[str, LoadedDriver]:
     for provider_id, provider in sorted(cfg.providers.items()):
         try:
             driver_cls = registry.load(provider.common.driver)
-            settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
+            if isinstance(provider.settings, driver_cls.Settings):
+                settings = provider.settings
+            else:
+                settings = config_module.validate_driver_settings(provider, driver_cls.Settings)
         except errors.DriverLoadError as exc:
             load_errors.append(exc)
             problems.append(f"{provider.origin('driver')}: providers.{provider_id}.driver: {exc.message}")

@@ -1,10 +1,19 @@
 """Settings models and configuration loading (docs/configuration.md, the lease rule of docs/reconcile.md §16).
 
-Loading is a hand-rolled merge rather than pydantic-settings sources: the TOML file is read into a dict,
-the ``RECONCILER_*`` environment is laid over it (environment wins), provider ``*_file`` secrets are
-resolved with path-aware errors, and only then is the whole dict validated by the models below. The
-provider sections are open-ended (their options belong to drivers the core never imports), which the
-declared-field sources of pydantic-settings do not model; the merge keeps that behaviour in one place.
+:class:`Config` is a pydantic-settings ``BaseSettings``: its ``model_config`` declares the environment's
+``RECONCILER_`` prefix and ``__`` nesting, and :func:`load_config` reads the layers with pydantic-settings
+sources, highest priority first: the environment (:class:`_Environment`, an ``EnvSettingsSource``), then
+the TOML file (:class:`_TomlFile`, a ``TomlConfigSettingsSource``). Two steps stay ours, because
+``BaseSettings()`` merges and validates in one go and its errors cannot say which layer a bad value came
+from: the layers are merged here, keeping which variable set each key, and the whole is validated with
+``Config.model_validate`` so every problem can be reported at once, each naming its file or variable.
+
+A key is a secret when its model declares it ``SecretStr``: the core's own models, or, in a provider
+section, the driver's ``Settings``, found through ``load_config(driver_settings=...)``. Only such a key ``X``
+has a file form ``X_file`` (a path, or a systemd credential name looked up in ``$CREDENTIALS_DIRECTORY``),
+and only such keys are masked; ``ca_bundle_file: str`` is an ordinary option holding a path.
+pydantic-settings' own secrets source reads one file per field name from a directory, which is not the
+``X_file`` of docs/configuration.md (a key whose value names the file), so that resolution is written here.
 
 Every problem surfaces as one :class:`errors.ConfigError` naming where the value came from (the file or
 the environment variable), the dotted key and what is accepted. Secrets never appear in a message.
@@ -20,7 +29,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +48,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from reconciler import driver_api, errors, timeutil
 
@@ -57,7 +74,6 @@ MAX_DURATION = timedelta(days=3650)
 MAX_BATCH_SIZE = 100_000
 
 _PROVIDER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
-_SECRET_KEY = re.compile(r"^(api_key|password|.+_secret|.+_token)$")
 _COMMON_FIELDS = driver_api.CommonSettings.model_fields
 _COMMON_KEYS = frozenset(_COMMON_FIELDS)
 _DURATION_FORM = 'a quoted whole number and a unit, e.g. "90s", "15m", "72h", "2d"'
@@ -333,18 +349,23 @@ class HttpSettings(_Section):
 class ProviderConfig(BaseModel):
     """One ``[providers.<id>]`` section: the core-owned keys and the driver's options.
 
-    ``options`` are the section's other keys, validated later against the driver's ``Settings``
-    (:func:`validate_driver_settings`); ``X_file`` keys have already become ``X`` (a ``SecretStr``), and
-    inline secret-looking keys (``api_key``, ``password``, ``*_secret``, ``*_token``) are ``SecretStr`` too.
+    ``options`` are the section's other keys. Loaded with the driver known (``load_config(driver_settings=
+    ...)``), they are checked against its ``Settings``, which ``settings`` then holds; each key it declares
+    ``SecretStr`` is a ``SecretStr`` in ``options`` too, read from its ``X_file`` form if it was given so.
+    Without the driver, ``options`` are as written and ``settings`` is None
+    (:func:`validate_driver_settings` checks them later).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     common: driver_api.CommonSettings
-    options: dict[str, Any] = Field(default_factory=dict)
+    # not in the repr: without the driver known, nothing says which of them are secrets
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
     #: Where the section's keys were set, for error lines: key -> ``$VARIABLE``; "" -> the file.
     origins: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+    #: The options validated by the driver's ``Settings`` (set by :func:`load_config` with ``driver_settings``).
+    settings: BaseModel | None = Field(default=None, exclude=True, repr=False)
 
     def origin(self, key: str) -> str:
         """The file or ``$VARIABLE`` that set ``key`` (an ``X`` resolved from ``X_file`` too)."""
@@ -384,27 +405,34 @@ class ProviderConfig(BaseModel):
             raise ValidationError.from_exception_data("CommonSettings", problems)
         return converted
 
-    @field_validator("options")
-    @classmethod
-    def _wrap_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return {
-            key: SecretStr(value) if isinstance(value, str) and _SECRET_KEY.match(key) else value
-            for key, value in options.items()
-        }
-
     def masked(self) -> dict[str, Any]:
-        """The section as written in TOML, durations as strings and secrets masked."""
+        """The section in TOML's terms: durations as strings, the driver's options as its ``Settings`` holds
+        them with every key it declares ``SecretStr`` masked; every option masked if the driver is unknown."""
         common: dict[str, Any] = self.common.model_dump()
         for key in _COMMON_DURATIONS:
             common[key] = timeutil.format_duration(timedelta(seconds=common[key]))
-        options: dict[str, Any] = TypeAdapter(dict[str, Any]).dump_python(self.options, mode="json")
-        return common | options
+        if self.settings is None:
+            return common | dict.fromkeys(self.options, MASK)
+        options: dict[str, Any] = self.settings.model_dump(mode="json")
+        secrets = _secret_keys(type(self.settings).model_fields)
+        return common | options | {key: MASK for key in secrets if options.get(key) is not None}
 
 
-class Config(BaseModel):
-    """The whole configuration file (docs/configuration.md)."""
+class Config(BaseSettings):
+    """The whole configuration (docs/configuration.md): the TOML file with the ``RECONCILER_*`` environment
+    over it.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Read it with :func:`load_config`. A ``Config`` constructed in code is exactly its arguments: it reads
+    neither the environment nor a file (:meth:`settings_customise_sources`).
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTING,
+        case_sensitive=True,  # the file's keys; the environment's names are matched in any case
+    )
 
     default_provider: str | None = None
     database: DatabaseSettings = DatabaseSettings()
@@ -432,6 +460,17 @@ class Config(BaseModel):
                 self.default_provider,
             )
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
     def lease_problems(self) -> list[str]:
         """Why ``[reconcile] lease`` is too short for some provider (docs/reconcile.md §16); empty when it is
@@ -498,10 +537,41 @@ def _valid_provider(section: Any) -> ProviderConfig | None:
         return None
 
 
-def validate_driver_settings(provider: ProviderConfig, settings_model: type[BaseModel]) -> BaseModel:
-    """Validate a provider's options against its driver's ``Settings``; a ConfigError names each bad key."""
+#: How :func:`load_config` finds a driver's ``Settings`` model from the driver's name (``app.driver_settings``
+#: looks up the installed entry point); it raises :class:`errors.DriverLoadError` for a missing or broken driver.
+DriverSettingsLookup = Callable[[str], type[BaseModel]]
+
+
+def validate_driver_settings(
+    provider: ProviderConfig,
+    settings_model: type[BaseModel],
+    *,
+    environ: Mapping[str, str] | None = None,
+    resolve_files: bool = True,
+) -> BaseModel:
+    """Validate a provider's options against its driver's ``Settings``; a ConfigError names each bad key.
+
+    An ``X_file`` option is read first (as :func:`load_config` does, ``environ`` giving
+    ``$CREDENTIALS_DIRECTORY``) when ``settings_model`` declares ``X`` a ``SecretStr``.
+    """
+    options = dict(provider.options)
+    set_by_environment = {key for key in provider.origins if key}
+    secret_problems = _resolve_secrets(
+        options,
+        settings_model.model_fields,
+        set_by_environment,
+        os.environ if environ is None else environ,
+        resolve_files=resolve_files,
+    )
+    if secret_problems:
+        raise errors.ConfigError(
+            "\n".join(
+                f"{provider.origin(key)}: providers.{provider.id}.{key}: {problem}"
+                for key, problem in secret_problems
+            )
+        )
     try:
-        return settings_model.model_validate(provider.options)
+        return settings_model.model_validate(options)
     except ValidationError as exc:
         accepted = sorted(set(settings_model.model_fields) | _COMMON_KEYS)
         lines = []
@@ -509,7 +579,7 @@ def validate_driver_settings(provider: ProviderConfig, settings_model: type[Base
             key = ".".join(str(part) for part in error["loc"])
             problem = _describe(error, accepted)
             field = settings_model.model_fields.get(key)
-            if error["type"] == "missing" and field is not None and field.annotation is SecretStr:
+            if error["type"] == "missing" and field is not None and _is_secret(field):
                 problem = f"required: set {key} or {key}_file"
             lines.append(
                 f"{provider.origin(str(error['loc'][0]) if error['loc'] else '')}: providers.{provider.id}.{key}: "
@@ -523,39 +593,52 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     resolve_files: bool = True,
+    driver_settings: DriverSettingsLookup | None = None,
     driver_problems: Callable[[ProviderConfig], list[str]] | None = None,
 ) -> Config:
     """Read the TOML file (none: defaults), lay the ``RECONCILER_*`` environment over it, validate.
 
-    ``driver_problems`` (the wiring's check of a section against its driver) is run for every provider
-    section that validates, even when the rest of the file has problems, so they are reported together.
+    With ``driver_settings`` each provider section is checked against its driver's ``Settings`` in the
+    same round as the rest, even when other parts have problems, so everything is reported together: a
+    driver that cannot be loaded, options that do not validate. The keys that model declares
+    ``SecretStr`` are the section's secrets (read from ``X_file`` when given so, masked by
+    :meth:`Config.masked`), and :attr:`ProviderConfig.settings` holds the validated model. Without it
+    provider options are kept as written. ``driver_problems``, if given, is a further check run for every
+    provider section that validates.
 
     ``environ`` defaults to ``os.environ``; every ``RECONCILER_*`` variable is configuration except
     :data:`NOT_CONFIGURATION`, so a misspelt one is an error. A value for a number key is read as that
     kind of number (``RECONCILER_RECONCILE__BATCH_SIZE=100``); one starting with ``[`` that is a JSON array
-    sets a list (``RECONCILER_RECONCILE__SCHEDULE='["1m","5m","15m","1h"]'``). An ``X`` or ``X_file`` from
-    the environment replaces the file's ``X`` and ``X_file``. Every problem found is reported at once.
+    sets a list (``RECONCILER_RECONCILE__SCHEDULE='["1m","5m","15m","1h"]'``). A secret ``X`` or ``X_file``
+    from the environment replaces the file's ``X`` and ``X_file``. Every problem found is reported at once.
 
-    With ``resolve_files=False`` no ``*_file`` secret is opened (nor ``$CREDENTIALS_DIRECTORY``
-    required): each becomes ``X = SecretStr(UNRESOLVED_SECRET)``, enough to validate a file offline.
+    With ``resolve_files=False`` no ``X_file`` is opened (nor ``$CREDENTIALS_DIRECTORY`` required): each
+    becomes ``X = SecretStr(UNRESOLVED_SECRET)``, enough to validate a file offline.
     A lease shorter than :meth:`Config.lease_problems` allows is an error here too, so ``run`` refuses it.
     """
     environ = os.environ if environ is None else environ
     source = str(path) if path is not None else "configuration"
-    data = _read_toml(path) if path is not None else {}
-    overrides, origins, problems = _environment_layer(environ)
+    # the sources in pydantic-settings' order, highest priority first: each is read in full before merging
+    environment = _Environment(Config, environ)
+    overrides = environment()
+    data = _TomlFile(Config, path)() if path is not None else {}
     _merge(data, overrides)
+    origins = environment.origins
+    problems = list(environment.problems)
+    drivers = _Drivers(driver_settings) if driver_settings is not None else None
 
     def line(loc: tuple[str, ...], problem: str) -> str:
         origin = next((f"${origins[loc[:n]]}" for n in range(len(loc), 0, -1) if loc[:n] in origins), source)
         return f"{origin}: {'.'.join(loc) or '(top level)'}: {problem}"
 
     # Every problem at once, in a stable order: the environment's (by variable name), the secret files',
-    # the models' (by key, providers in file order), then the lease rule for whatever did validate.
-    secret_problems = _resolve_secret_files(data, environ, resolve_files)
+    # the models' (by key, providers in file order), the lease rule for whatever did validate, then each
+    # provider's driver (by provider id).
+    secret_problems = _resolve_config_secrets(data, origins, environ, resolve_files, drivers)
     problems += [line(loc, problem) for loc, problem in secret_problems]
     # a section whose secret file failed would only repeat that problem as "api_key: required"
     unresolved = {loc[1] for loc, _ in secret_problems if len(loc) > 1 and loc[0] == "providers"}
+    failed = {(*loc[:-1], loc[-1].removesuffix("_file")) for loc, _ in secret_problems}
     try:
         config: Config | None = Config.model_validate(data)
     except ValidationError as exc:
@@ -563,32 +646,67 @@ def load_config(
         problems += [
             line(_dotted(error["loc"]), _describe(error, _known_keys(_dotted(error["loc"])[:-1])))
             for error in exc.errors(include_url=False)
+            if _dotted(error["loc"]) not in failed
         ]
     lease_problems = config.lease_problems() if config is not None else _partial_lease_problems(data)
     problems += [line(("reconcile", "lease"), problem) for problem in lease_problems]
-    if driver_problems is not None:
-        if config is not None:
-            sections = list(config.providers.values())
-        else:
-            split = _split_provider_sections(data.get("providers") or {})
-            sections = [p for p in map(_valid_provider, split.values()) if p is not None]
-        for provider in sorted(sections, key=lambda p: p.id):
-            if provider.id in unresolved:
+    if config is not None:
+        sections = list(config.providers.values())
+    else:
+        written = data.get("providers")
+        split = _split_provider_sections(written) if isinstance(written, dict) else {}
+        sections = [p for p in map(_valid_provider, split.values()) if p is not None]
+    checked: dict[str, ProviderConfig] = {}
+    for provider in sorted(sections, key=lambda p: p.id):
+        located = provider.model_copy(update={"origins": _origins_of(provider.id, source, origins)})
+        checked[provider.id] = located
+        if provider.id in unresolved:
+            continue
+        if drivers is not None:
+            model = drivers.settings(provider.common.driver)
+            if isinstance(model, errors.DriverLoadError):
+                problems.append(
+                    f"{located.origin('driver')}: providers.{provider.id}.driver: {model.message}"
+                )
                 continue
-            located = provider.model_copy(update={"origins": _origins_of(provider.id, source, origins)})
+            try:
+                settings = validate_driver_settings(
+                    located, model, environ=environ, resolve_files=resolve_files
+                )
+            except errors.ConfigError as exc:
+                problems += exc.message.splitlines()
+            else:
+                checked[provider.id] = located.model_copy(update={"settings": settings})
+        if driver_problems is not None:
             problems += driver_problems(located)
     if problems or config is None:
         raise errors.ConfigError("\n".join(problems))
     return config.model_copy(
-        update={
-            "providers": {
-                provider_id: provider.model_copy(
-                    update={"origins": _origins_of(provider_id, source, origins)}
-                )
-                for provider_id, provider in config.providers.items()
-            }
-        }
+        update={"providers": {provider_id: checked[provider_id] for provider_id in config.providers}}
     )
+
+
+class _Drivers:
+    """The ``driver_settings`` lookup, asked once per driver name; a load failure is kept as the answer."""
+
+    def __init__(self, lookup: DriverSettingsLookup) -> None:
+        self._lookup = lookup
+        self._found: dict[str, type[BaseModel] | errors.DriverLoadError] = {}
+
+    def settings(self, driver: str) -> type[BaseModel] | errors.DriverLoadError:
+        if driver not in self._found:
+            try:
+                self._found[driver] = self._lookup(driver)
+            except errors.DriverLoadError as exc:
+                self._found[driver] = exc
+        return self._found[driver]
+
+    def fields(self, driver: object) -> Mapping[str, FieldInfo]:
+        """The fields of ``driver``'s ``Settings``; none when it is not a name or cannot be loaded."""
+        if not isinstance(driver, str):
+            return {}
+        model = self.settings(driver)
+        return {} if isinstance(model, errors.DriverLoadError) else model.model_fields
 
 
 def _origins_of(provider_id: str, source: str, origins: Mapping[tuple[str, ...], str]) -> dict[str, str]:
@@ -598,6 +716,19 @@ def _origins_of(provider_id: str, source: str, origins: Mapping[tuple[str, ...],
         if loc[:2] == ("providers", provider_id) and loc[2:]
     }
     return {"": source} | keys
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The configuration file. pydantic-settings skips a file that is missing or not a regular file and
+    lets read and syntax errors escape; here each is an error naming the file (a pipe such as
+    ``--config <(...)`` is read like a file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        self._path = path
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        return _read_toml(self._path)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -615,41 +746,87 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise errors.ConfigError(f"{path}: TOML syntax error: {exc}") from None
 
 
-def _environment_layer(
-    environ: Mapping[str, str],
-) -> tuple[dict[str, Any], dict[tuple[str, ...], str], list[str]]:
-    """The ``RECONCILER_*`` variables as a nested dict, which variable set each key, and the problems."""
-    layer: dict[str, Any] = {}
-    origins: dict[tuple[str, ...], str] = {}
-    problems: list[str] = []
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_CONFIGURATION:
-            continue
-        loc = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING))
-        dotted = ".".join(loc)
+def _is_configuration(name: str) -> bool:
+    return name.upper().startswith(ENV_PREFIX) and name.upper() not in NOT_CONFIGURATION
+
+
+class _Environment(EnvSettingsSource):
+    """The ``RECONCILER_*`` variables of ``environ``, nested at ``__`` by pydantic-settings, then checked.
+
+    The library reads them into the nested dict (names in any case, JSON arrays decoded). What it would
+    skip or take loosely is checked here, one problem per variable: a name that is no key, an empty key
+    between separators, a variable under a key another one set to a single value, a number the key's
+    type does not take. ``origins`` says which variable set each key.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._given = {name: environ[name] for name in sorted(environ) if _is_configuration(name)}
+        self.origins: dict[tuple[str, ...], str] = {}
+        self.problems: list[str] = []
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # the given mapping, not os.environ
+        return {name.lower(): value for name, value in self._given.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        # Only a JSON array is decoded. Any other text is left for the model to judge, so a bad value is one
+        # located problem among the others rather than the library's SettingsError for the whole load.
+        if isinstance(value, str) and value.startswith("["):
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                return value
+            if isinstance(decoded, list):
+                return decoded
+        return value
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        locs = {name: tuple(name[len(ENV_PREFIX) :].lower().split(ENV_NESTING)) for name in self._given}
+        named = {loc: name for name, loc in locs.items()}
+        for name, loc in locs.items():
+            problem = self._check(data, name, loc, named)
+            if problem is None:
+                self.origins[loc] = name
+            else:
+                self.problems.append(f"${name}: {problem}")
+        return data
+
+    def _check(
+        self, data: dict[str, Any], name: str, loc: tuple[str, ...], named: Mapping[tuple[str, ...], str]
+    ) -> str | None:
+        """What is wrong with variable ``name`` as "key: problem" (its value is taken out of ``data`` then)."""
         if "" in loc:
-            problems.append(
-                f"${name}: empty key between {ENV_NESTING!r} separators (write RECONCILER_SECTION__KEY)"
-            )
-            continue
+            _discard(data, loc[: loc.index("") + 1])
+            return f"empty key between {ENV_NESTING!r} separators (write RECONCILER_SECTION__KEY)"
         if loc[0] not in Config.model_fields:
-            problems.append(f"${name}: {loc[0]}: {_unknown_variable(name, loc[0])}")
-            continue
-        node = layer
-        for part in loc[:-1]:
-            node = node.setdefault(part, {})
+            return f"{loc[0]}: {_unknown_variable(name, loc[0])}"
+        dotted = ".".join(loc)
+        node: Any = data
+        for depth, part in enumerate(loc[:-1], start=1):
+            node = node.get(part) if isinstance(node, dict) else None
             if not isinstance(node, dict):
-                break
-        if not isinstance(node, dict) or isinstance(node.get(loc[-1]), dict):
-            problems.append(f"${name}: {dotted} conflicts with another RECONCILER_ variable")
-            continue
+                above = ".".join(loc[:depth])
+                other = named.get(loc[:depth])
+                if other is not None:
+                    return f"{dotted}: conflicts with ${other}, which sets {above} to a single value"
+                return f"{dotted}: {above} is a single value, not a section of keys"
         try:
-            node[loc[-1]] = _environment_value(environ[name], _declared_type(loc))
+            node[loc[-1]] = _environment_value(self._given[name], _declared_type(loc), node[loc[-1]])
         except ValueError as exc:
-            problems.append(f"${name}: {dotted}: {exc}")
-            continue
-        origins[loc] = name
-    return layer, origins, problems
+            del node[loc[-1]]
+            return f"{dotted}: {exc}"
+        return None
+
+
+def _discard(data: dict[str, Any], loc: tuple[str, ...]) -> None:
+    """Remove the key at ``loc`` from nested ``data``, if it is there."""
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
 
 
 def _unknown_variable(name: str, key: str) -> str:
@@ -680,8 +857,8 @@ def _declared_type(loc: tuple[str, ...]) -> Any:
     return annotation
 
 
-def _environment_value(text: str, declared: Any) -> Any:
-    """An environment string as the key's declared kind of number, a JSON list, or the text itself."""
+def _environment_value(text: str, declared: Any, read: Any) -> Any:
+    """A variable's value as its key's declared kind of number, from its ``text``; else as the library ``read`` it."""
     kind = _number_kind(declared)
     if kind is int:
         if not _INTEGER_TEXT.fullmatch(text):
@@ -693,55 +870,100 @@ def _environment_value(text: str, declared: Any) -> Any:
         if not _NUMBER_TEXT.fullmatch(text):
             raise ValueError("expected a number in digits, e.g. 2.5")
         return float(text)
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return text
-        if isinstance(value, list):
-            return value
-    return text
+    return read
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any], loc: tuple[str, ...] = ()) -> None:
-    """Lay ``overrides`` over ``base`` in place; in a provider section ``X`` and ``X_file`` replace each other."""
-    in_provider = len(loc) == 2 and loc[0] == "providers"
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Lay ``overrides`` over ``base`` in place, section by section."""
     for key, value in overrides.items():
-        if in_provider:
-            sibling = key.removesuffix("_file") if key.endswith("_file") else f"{key}_file"
-            if sibling not in overrides:
-                base.pop(sibling, None)
         current = base.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
-            _merge(current, value, (*loc, key))
+            _merge(current, value)
         else:
             base[key] = value
 
 
-def _resolve_secret_files(
-    data: dict[str, Any], environ: Mapping[str, str], resolve_files: bool
+def _is_secret(field: FieldInfo) -> bool:
+    """Whether a field is declared ``SecretStr`` (or ``SecretStr | None``)."""
+    if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+        return set(typing.get_args(field.annotation)) - {type(None)} == {SecretStr}
+    return field.annotation is SecretStr
+
+
+def _secret_keys(fields: Mapping[str, FieldInfo]) -> list[str]:
+    return [key for key, field in fields.items() if _is_secret(field)]
+
+
+def _resolve_config_secrets(
+    data: dict[str, Any],
+    origins: dict[tuple[str, ...], str],
+    environ: Mapping[str, str],
+    resolve_files: bool,
+    drivers: _Drivers | None,
 ) -> list[tuple[tuple[str, ...], str]]:
-    """Replace each provider's ``X_file`` by ``X = SecretStr(content)`` in place; the problems found."""
+    """Resolve the secrets of every section in place: the core's by its models, a provider's by its driver's
+    (a provider's options are left as written when its driver is not known)."""
+    sections: list[tuple[tuple[str, ...], Any, Mapping[str, FieldInfo]]] = [((), data, Config.model_fields)]
+    for name, field in Config.model_fields.items():
+        model = _model_of(field.annotation)
+        if model is not None and name != "providers":
+            sections.append(((name,), data.get(name), model.model_fields))
     providers = data.get("providers")
-    if not isinstance(providers, dict):
-        return []
-    problems: list[tuple[tuple[str, ...], str]] = []
-    for provider_id, section in providers.items():
+    for provider_id, section in providers.items() if isinstance(providers, dict) else ():
+        driver = section.get("driver") if isinstance(section, dict) else None
+        options = drivers.fields(driver) if drivers is not None else {}
+        sections.append((("providers", provider_id), section, _COMMON_FIELDS | dict(options)))
+    problems = []
+    for loc, section, fields in sections:
         if not isinstance(section, dict):
             continue
-        for key in [k for k in section if k.endswith("_file") and k != "_file"]:
-            target, value, loc = key.removesuffix("_file"), section.pop(key), ("providers", provider_id, key)
-            if target in section:
-                problems.append((loc, f"both {target} and {key} are set: keep one"))
-            elif not isinstance(value, str) or not value:
-                problems.append((loc, "expected a file path or a systemd credential name"))
+        set_by_environment = {key[-1] for key in origins if key[:-1] == loc}
+        for key, problem in _resolve_secrets(
+            section, fields, set_by_environment, environ, resolve_files=resolve_files
+        ):
+            problems.append(((*loc, key), problem))
+        for key in _secret_keys(fields):
+            if (*loc, f"{key}_file") in origins:
+                origins[(*loc, key)] = origins[(*loc, f"{key}_file")]
+    return problems
+
+
+def _resolve_secrets(
+    section: dict[str, Any],
+    fields: Mapping[str, FieldInfo],
+    set_by_environment: Collection[str],
+    environ: Mapping[str, str],
+    *,
+    resolve_files: bool,
+) -> list[tuple[str, str]]:
+    """Make each key ``fields`` declares ``SecretStr`` a ``SecretStr`` in ``section``, in place, reading it from
+    its ``X_file`` form when given so; the problems, by the key written. ``X`` or ``X_file`` set by the
+    environment replaces the other form given in the file."""
+    problems = []
+    for key in _secret_keys(fields):
+        file_key = f"{key}_file"
+        if file_key in fields:  # the model declares X_file itself: an ordinary option
+            continue
+        if key in section and file_key in section:
+            from_environment = {key, file_key} & set(set_by_environment)
+            if len(from_environment) != 1:
+                section.pop(file_key)
+                problems.append((file_key, f"both {key} and {file_key} are set: keep one"))
+                continue
+            section.pop(({key, file_key} - from_environment).pop())
+        if file_key in section:
+            name = section.pop(file_key)
+            if not isinstance(name, str) or not name:
+                problems.append((file_key, "expected a file path or a systemd credential name"))
             elif not resolve_files:
-                section[target] = SecretStr(UNRESOLVED_SECRET)
+                section[key] = SecretStr(UNRESOLVED_SECRET)
             else:
                 try:
-                    section[target] = SecretStr(_read_secret(value, environ))
+                    section[key] = SecretStr(_read_secret(name, environ))
                 except errors.ConfigError as exc:
-                    problems.append((loc, exc.message))
+                    problems.append((file_key, exc.message))
+        elif isinstance(section.get(key), str):
+            section[key] = SecretStr(section[key])
     return problems
 
 

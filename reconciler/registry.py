@@ -1,7 +1,10 @@
 """Driver discovery: entry points in the group `reconciler.drivers`, validated when loaded.
 
 A configured driver that is missing, fails to import, or does not look like a `driver_api.Driver` is a
-`DriverLoadError` naming the entry point and its distribution, raised before the first pass (exit 2).
+`DriverLoadError` naming the entry point and its distribution, raised before the first pass (exit 2). Its
+`Settings` must subclass `driver_api.DriverSettings` and keep `extra="forbid"`: the core validates every
+option of a provider section against it, and a model that let unknown keys through would let a misspelt
+option fall back to its default unnoticed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from importlib import metadata
 from pydantic import BaseModel
 
 from reconciler import errors
-from reconciler.driver_api import Driver
+from reconciler.driver_api import Driver, DriverSettings
 
 GROUP = "reconciler.drivers"
 
@@ -95,6 +98,11 @@ def _shape_problem(obj: object) -> str | None:
     settings = getattr(obj, "Settings", None)
     if not (inspect.isclass(settings) and issubclass(settings, BaseModel)):
         return "it has no pydantic `Settings` model"
+    if not issubclass(settings, DriverSettings):
+        return "its `Settings` does not subclass reconciler.driver_api.DriverSettings, which refuses unknown keys"
+    extra = settings.model_config.get("extra")
+    if extra != "forbid":
+        return f"its `Settings` accepts unknown keys (extra={extra!r}): keep DriverSettings' extra='forbid'"
     kinds = getattr(obj, "post_settle_kinds", None)
     if not (isinstance(kinds, tuple) and all(isinstance(k, str) for k in kinds)):
         return "`post_settle_kinds` is not a tuple of strings"

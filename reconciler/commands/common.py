@@ -25,7 +25,7 @@ def configuration(args: argparse.Namespace, *, resolve_files: bool = True) -> Co
     cfg = config_module.load_config(
         getattr(args, "config", config_module.DEFAULT_CONFIG_PATH),
         resolve_files=resolve_files,
-        driver_problems=app.driver_problems,
+        driver_settings=app.driver_settings,
     )
     logs.configure(getattr(args, "log_format", cfg.log.format), cfg.log.level)  # --log-format wins
     return cfg

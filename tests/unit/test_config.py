@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, Field, SecretStr, create_model
 
-from reconciler import config, driver_api, errors
+from reconciler import app, config, driver_api, errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Value-42"
@@ -27,19 +28,44 @@ class FakeSettings(driver_api.DriverSettings):
     api_key: SecretStr
 
 
+class PlainSettings(driver_api.DriverSettings):
+    base_url: str = "https://pay.example.com"
+
+
+#: the drivers most tests install: `driver = "fake"` has FakeSettings
+FAKE: Mapping[str, type[BaseModel]] = {"fake": FakeSettings}
+
+
+def installed(drivers: Mapping[str, type[BaseModel]]) -> Callable[[str], type[BaseModel]]:
+    """A `driver_settings` lookup over `drivers` (name -> Settings), like app.driver_settings over entry points."""
+
+    def settings_of(name: str) -> type[BaseModel]:
+        if name not in drivers:
+            raise errors.DriverLoadError(f"driver {name!r} is not installed", driver=name)
+        return drivers[name]
+
+    return settings_of
+
+
 def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def load(tmp_path: Path, text: str, **environ: str) -> config.Config:
-    return config.load_config(write(tmp_path, text), environ=environ)
+def load(
+    tmp_path: Path, text: str, drivers: Mapping[str, type[BaseModel]] | None = None, /, **environ: str
+) -> config.Config:
+    """Load `text`; with `drivers`, each provider section is checked against its driver's Settings."""
+    lookup = installed(drivers) if drivers is not None else None
+    return config.load_config(write(tmp_path, text), environ=environ, driver_settings=lookup)
 
 
-def load_error(tmp_path: Path, text: str, **environ: str) -> str:
+def load_error(
+    tmp_path: Path, text: str, drivers: Mapping[str, type[BaseModel]] | None = None, /, **environ: str
+) -> str:
     with pytest.raises(errors.ConfigError) as caught:
-        load(tmp_path, text, **environ)
+        load(tmp_path, text, drivers, **environ)
     return str(caught.value)
 
 
@@ -189,12 +215,13 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
     text = (
         'default_provider = "shop"\n[reconcile]\nbatch_size = 50\n'
         + PROVIDER
-        + '[providers.other]\ndriver = "fake"\n'
+        + '[providers.other]\ndriver = "plain"\n'
     )
 
     cfg = load(
         tmp_path,
         text,
+        {"fake": FakeSettings, "plain": PlainSettings},
         RECONCILER_RECONCILE__BATCH_SIZE="100",
         RECONCILER_PROVIDERS__SHOP__BASE_URL="https://env.example.com",
         RECONCILER_PROVIDERS__SHOP__API_KEY=SECRET,
@@ -241,7 +268,7 @@ def test_an_unknown_nested_environment_key_is_an_error(tmp_path: Path) -> None:
 def test_secret_file_by_absolute_path(tmp_path: Path) -> None:
     secret_file = write(tmp_path, SECRET + "\n", name="key")
 
-    cfg = load(tmp_path, PROVIDER + f'api_key_file = "{secret_file}"\n')
+    cfg = load(tmp_path, PROVIDER + f'api_key_file = "{secret_file}"\n', FAKE)
 
     assert cfg.providers["shop"].options["api_key"] == SecretStr(SECRET)
     assert "api_key_file" not in cfg.providers["shop"].options
@@ -252,13 +279,15 @@ def test_secret_file_by_credential_name(tmp_path: Path) -> None:
     credentials.mkdir()
     write(credentials, SECRET, name="shop_key")
 
-    cfg = load(tmp_path, PROVIDER + 'api_key_file = "shop_key"\n', CREDENTIALS_DIRECTORY=str(credentials))
+    cfg = load(
+        tmp_path, PROVIDER + 'api_key_file = "shop_key"\n', FAKE, CREDENTIALS_DIRECTORY=str(credentials)
+    )
 
     assert cfg.providers["shop"].options["api_key"] == SecretStr(SECRET)
 
 
 def test_a_credential_name_needs_credentials_directory(tmp_path: Path) -> None:
-    message = load_error(tmp_path, PROVIDER + 'api_key_file = "shop_key"\n')
+    message = load_error(tmp_path, PROVIDER + 'api_key_file = "shop_key"\n', FAKE)
 
     assert "providers.shop.api_key_file:" in message
     assert "$CREDENTIALS_DIRECTORY is not set" in message
@@ -267,7 +296,7 @@ def test_a_credential_name_needs_credentials_directory(tmp_path: Path) -> None:
 def test_a_missing_secret_file_names_key_and_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
 
-    message = load_error(tmp_path, PROVIDER + f'api_key_file = "{missing}"\n')
+    message = load_error(tmp_path, PROVIDER + f'api_key_file = "{missing}"\n', FAKE)
 
     assert f"providers.shop.api_key_file: {missing}: no such file" in message
 
@@ -275,7 +304,7 @@ def test_a_missing_secret_file_names_key_and_path(tmp_path: Path) -> None:
 def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
     secret_file = write(tmp_path, "\n", name="key")
 
-    message = load_error(tmp_path, PROVIDER + f'api_key_file = "{secret_file}"\n')
+    message = load_error(tmp_path, PROVIDER + f'api_key_file = "{secret_file}"\n', FAKE)
 
     assert f"providers.shop.api_key_file: {secret_file}: empty file" in message
 
@@ -283,7 +312,7 @@ def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
 def test_a_secret_given_both_ways_is_refused(tmp_path: Path) -> None:
     secret_file = write(tmp_path, SECRET, name="key")
 
-    message = load_error(tmp_path, PROVIDER + f'api_key = "{SECRET}"\napi_key_file = "{secret_file}"\n')
+    message = load_error(tmp_path, PROVIDER + f'api_key = "{SECRET}"\napi_key_file = "{secret_file}"\n', FAKE)
 
     assert "providers.shop.api_key_file: both api_key and api_key_file are set" in message
     assert SECRET not in message
@@ -291,16 +320,25 @@ def test_a_secret_given_both_ways_is_refused(tmp_path: Path) -> None:
 
 def test_an_environment_secret_replaces_the_file_one(tmp_path: Path) -> None:
     cfg = load(
-        tmp_path, PROVIDER + 'api_key_file = "/nonexistent/key"\n', RECONCILER_PROVIDERS__SHOP__API_KEY=SECRET
+        tmp_path,
+        PROVIDER + 'api_key_file = "/nonexistent/key"\n',
+        FAKE,
+        RECONCILER_PROVIDERS__SHOP__API_KEY=SECRET,
     )
 
     assert cfg.providers["shop"].options["api_key"] == SecretStr(SECRET)
 
 
+class TokenSettings(FakeSettings):
+    token: SecretStr
+
+
 def test_unresolved_secret_files_are_not_opened(tmp_path: Path) -> None:
     path = write(tmp_path, PROVIDER + 'api_key_file = "/nonexistent/key"\ntoken_file = "no_dir_needed"\n')
 
-    cfg = config.load_config(path, environ={}, resolve_files=False)
+    cfg = config.load_config(
+        path, environ={}, resolve_files=False, driver_settings=installed({"fake": TokenSettings})
+    )
 
     assert cfg.providers["shop"].options == {
         "base_url": "https://pay.example.com",
@@ -309,12 +347,19 @@ def test_unresolved_secret_files_are_not_opened(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("key", ["api_key", "password", "webhook_secret", "refresh_token"])
+@pytest.mark.parametrize("key", ["api_key", "password", "webhook_secret", "refresh_token", "access_key"])
 def test_inline_secrets_are_secret_strings(tmp_path: Path, key: str) -> None:
-    cfg = load(tmp_path, PROVIDER + f'{key} = "{SECRET}"\n')
+    # a secret because the driver declares it SecretStr, whatever its name
+    declared = create_model("Declared", __base__=PlainSettings, **{key: (SecretStr, ...)})  # type: ignore[call-overload]
+
+    cfg = load(tmp_path, PROVIDER + f'{key} = "{SECRET}"\n', {"fake": declared})
 
     assert cfg.providers["shop"].options[key] == SecretStr(SECRET)
     assert SECRET not in repr(cfg)
+
+
+class WebhookSettings(FakeSettings):
+    webhook_secret: SecretStr
 
 
 def test_secrets_never_reach_errors_or_the_masked_view(tmp_path: Path) -> None:
@@ -322,7 +367,7 @@ def test_secrets_never_reach_errors_or_the_masked_view(tmp_path: Path) -> None:
     text = PROVIDER + f'api_key_file = "{secret_file}"\nwebhook_secret = "{SECRET}"\n'
     text += f'[database]\nurl = "postgresql://shop:{SECRET}@db.example.com:5432/shop"\n'
 
-    cfg = load(tmp_path, text)
+    cfg = load(tmp_path, text, {"fake": WebhookSettings})
     masked = json.dumps(cfg.masked())
 
     assert SECRET not in masked
@@ -342,7 +387,9 @@ def test_secrets_never_reach_errors_or_the_masked_view(tmp_path: Path) -> None:
 
 
 def test_masked_shows_durations_as_written(tmp_path: Path) -> None:
-    cfg = load(tmp_path, PROVIDER + 'timeout = "15s"\n[http]\nlisten = "127.0.0.1:9464"\n')
+    cfg = load(
+        tmp_path, PROVIDER + 'timeout = "15s"\n[http]\nlisten = "127.0.0.1:9464"\n', {"fake": PlainSettings}
+    )
 
     masked = cfg.masked()
 
@@ -481,7 +528,12 @@ def test_post_settle_needs_a_backoff_step(tmp_path: Path) -> None:
 
 
 def test_the_example_config_validates_without_opening_its_files() -> None:
-    cfg = config.load_config(REPO_ROOT / "config.example.toml", environ={}, resolve_files=False)
+    cfg = config.load_config(
+        REPO_ROOT / "config.example.toml",
+        environ={},
+        resolve_files=False,
+        driver_settings=app.driver_settings,  # the installed btcpay and zaprite drivers
+    )
 
     assert cfg.default_provider == "btcpay_main"
     assert set(cfg.providers) == {"btcpay_main", "zaprite"}
@@ -502,7 +554,7 @@ def test_the_example_providers_validate_against_their_installed_driver(provider_
         pytest.skip(f"driver {provider.common.driver!r} is not installed")
     driver = next(iter(found)).load()
 
-    config.validate_driver_settings(provider, driver.Settings)
+    config.validate_driver_settings(provider, driver.Settings, resolve_files=False)
 
 
 # -- issue 10: nothing one bad value can stop ----------------------------------------------------------------
@@ -784,7 +836,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         + '[providers.other]\ndriver = "fake"\nmax_concurrency = 0\n'
     )
 
-    message = load_error(tmp_path, text, RECONCILER_RECONCLE__X="1", RECONCILER_DAEMON__GRACE="1s")
+    message = load_error(tmp_path, text, FAKE, RECONCILER_RECONCLE__X="1", RECONCILER_DAEMON__GRACE="1s")
     source = str(tmp_path / "config.toml")
 
     assert message.splitlines() == [
@@ -825,3 +877,213 @@ def test_the_same_problems_are_reported_in_the_same_order_every_time(tmp_path: P
         "providers.b.retry_attempts",
         "providers.a.retry_attempts",
     ]
+
+
+# -- issue 11: secrets by declared type ------------------------------------------------------------------------
+class VaultSettings(PlainSettings):
+    """A third-party driver's options: the secrets are what it declares SecretStr, whatever their names."""
+
+    access_key: SecretStr
+    refresh_token: SecretStr | None = None
+    api_key: str = ""  # named like a secret, declared as plain text
+    ca_bundle_file: str = ""  # ends in _file, declared as plain text: a path, never read by the core
+
+
+VAULT: Mapping[str, type[BaseModel]] = {"fake": VaultSettings}
+
+
+def test_a_key_is_a_secret_because_its_driver_declares_it_so(tmp_path: Path) -> None:
+    bundle = write(tmp_path, "-----BEGIN CERTIFICATE-----\n", name="bundle.pem")
+    text = PROVIDER + f'access_key = "{SECRET}"\napi_key = "shown-key"\nca_bundle_file = "{bundle}"\n'
+
+    cfg = load(tmp_path, text, VAULT)
+
+    provider = cfg.providers["shop"]
+    assert provider.options == {
+        "base_url": "https://pay.example.com",
+        "access_key": SecretStr(SECRET),
+        "api_key": "shown-key",
+        "ca_bundle_file": str(bundle),
+    }
+    assert isinstance(provider.settings, VaultSettings)
+    assert provider.settings.access_key.get_secret_value() == SECRET
+    shown = cfg.masked()["providers"]["shop"]
+    assert (shown["access_key"], shown["api_key"], shown["ca_bundle_file"]) == (
+        config.MASK,
+        "shown-key",
+        str(bundle),
+    )
+    assert SECRET not in json.dumps(cfg.masked()) + repr(cfg)
+
+
+def test_only_a_declared_secret_has_a_file_form(tmp_path: Path) -> None:
+    key = write(tmp_path, SECRET + "\n", name="key")
+    token = write(tmp_path, "token-Value-9\n", name="token")
+    bundle = write(tmp_path, "-----BEGIN CERTIFICATE-----\n", name="bundle.pem")
+    text = (
+        PROVIDER + f'access_key_file = "{key}"\nrefresh_token_file = "{token}"\nca_bundle_file = "{bundle}"\n'
+    )
+
+    provider = load(tmp_path, text, VAULT).providers["shop"]
+
+    assert provider.options["access_key"] == SecretStr(SECRET)
+    assert provider.options["refresh_token"] == SecretStr("token-Value-9")
+    assert provider.options["ca_bundle_file"] == str(bundle)  # the path, not the file's contents
+    assert not {"access_key_file", "refresh_token_file", "ca_bundle"} & set(provider.options)
+
+    message = load_error(tmp_path, text + 'password_file = "/nonexistent/password"\n', VAULT)
+
+    assert message.splitlines() == [
+        f"{tmp_path / 'config.toml'}: providers.shop.password_file: unknown key (accepted: access_key, api_key, "
+        "base_url, ca_bundle_file, driver, max_concurrency, max_response_bytes, rate_limit, refresh_token, "
+        "retry_attempts, retry_max_delay, timeout) (driver 'fake')"
+    ]
+
+
+def test_unresolved_files_replace_only_declared_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, PROVIDER + 'access_key_file = "vault_key"\nca_bundle_file = "/nonexistent/bundle"\n'
+    )
+
+    cfg = config.load_config(path, environ={}, resolve_files=False, driver_settings=installed(VAULT))
+
+    assert cfg.providers["shop"].options == {
+        "base_url": "https://pay.example.com",
+        "access_key": SecretStr(config.UNRESOLVED_SECRET),
+        "ca_bundle_file": "/nonexistent/bundle",
+    }
+
+
+def test_the_environment_s_file_form_replaces_the_file_s_value(tmp_path: Path) -> None:
+    key = write(tmp_path, SECRET, name="key")
+
+    cfg = load(
+        tmp_path,
+        PROVIDER + 'access_key = "from-the-file"\n',
+        VAULT,
+        RECONCILER_PROVIDERS__SHOP__ACCESS_KEY_FILE=str(key),
+    )
+
+    assert cfg.providers["shop"].options["access_key"] == SecretStr(SECRET)
+    assert cfg.providers["shop"].origin("access_key") == "$RECONCILER_PROVIDERS__SHOP__ACCESS_KEY_FILE"
+
+
+def test_options_never_checked_against_a_driver_are_all_masked(tmp_path: Path) -> None:
+    # without its driver nothing says which options are secrets, so none is shown
+    cfg = load(tmp_path, PROVIDER + f'access_key = "{SECRET}"\n')
+
+    shown = cfg.masked()["providers"]["shop"]
+
+    assert (shown["base_url"], shown["access_key"]) == (config.MASK, config.MASK)
+    assert shown["driver"] == "fake"
+    assert SECRET not in repr(cfg)
+
+
+def test_a_driver_that_cannot_be_loaded_is_reported_with_the_file_s_other_problems(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[reconcile]\nbatch_size = 0\n" + PROVIDER, {})
+
+    source = tmp_path / "config.toml"
+    assert message.splitlines() == [
+        f"{source}: reconcile.batch_size: Input should be greater than or equal to 1",
+        f"{source}: providers.shop.driver: driver 'fake' is not installed",
+    ]
+
+
+def test_the_core_s_own_secrets_are_recognised_by_declared_type_too(tmp_path: Path) -> None:
+    class Section(BaseModel):
+        password: SecretStr | None = None
+        certificate_file: Path = Path("/etc/x.pem")
+
+    secret = write(tmp_path, SECRET, name="password")
+    section: dict[str, object] = {"password_file": str(secret), "certificate_file": "/etc/y.pem"}
+
+    problems = config._resolve_secrets(section, Section.model_fields, set(), {}, resolve_files=True)
+
+    assert (problems, section) == ([], {"password": SecretStr(SECRET), "certificate_file": "/etc/y.pem"})
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "origin"),
+    [
+        pytest.param("providers = 5\n", {}, "{source}", id="file"),
+        pytest.param(PROVIDER, {"RECONCILER_PROVIDERS": "x"}, "$RECONCILER_PROVIDERS", id="environment"),
+    ],
+)
+def test_providers_that_are_not_a_table_are_one_problem_not_a_crash(
+    tmp_path: Path, text: str, environ: dict[str, str], origin: str
+) -> None:
+    message = load_error(tmp_path, text + "[reconcile]\nbatch_size = 0\n", FAKE, **environ)
+
+    source = str(tmp_path / "config.toml")
+    assert message.splitlines() == [
+        f"{source}: reconcile.batch_size: Input should be greater than or equal to 1",
+        f"{origin.format(source=source)}: providers: Input should be a valid dictionary",
+    ]
+
+
+def test_a_list_of_secrets_has_no_file_form(tmp_path: Path) -> None:
+    class ListSettings(PlainSettings):
+        keys: list[SecretStr] = Field(default_factory=list)
+
+    message = load_error(tmp_path, PROVIDER + 'keys_file = "/nonexistent/keys"\n', {"fake": ListSettings})
+
+    assert "providers.shop.keys_file: unknown key (did you mean 'keys'?" in message
+    assert "no such file" not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "lines"),
+    [
+        pytest.param(
+            {"RECONCILER_RECONCILE": "x", "RECONCILER_RECONCILE__BATCH_SIZE": "5"},
+            [
+                "$RECONCILER_RECONCILE__BATCH_SIZE: reconcile.batch_size: conflicts with $RECONCILER_RECONCILE, "
+                "which sets reconcile to a single value",
+                "$RECONCILER_RECONCILE: reconcile: Input should be a valid dictionary or instance of "
+                "ReconcileSettings",
+            ],
+            id="collision",
+        ),
+        pytest.param(
+            {"RECONCILER_DEFAULT_PROVIDER__X": "y"},
+            [
+                "$RECONCILER_DEFAULT_PROVIDER__X: default_provider.x: default_provider is a single value, not a "
+                "section of keys"
+            ],
+            id="plain-key-as-a-section",
+        ),
+        pytest.param(
+            {"RECONCILER_RECONCILE____BATCH_SIZE": "5"},
+            [
+                "$RECONCILER_RECONCILE____BATCH_SIZE: empty key between '__' separators (write "
+                "RECONCILER_SECTION__KEY)"
+            ],
+            id="empty-key-inside",
+        ),
+        pytest.param(
+            {"RECONCILER_RECONCILE__": "5"},
+            ["$RECONCILER_RECONCILE__: empty key between '__' separators (write RECONCILER_SECTION__KEY)"],
+            id="empty-key-at-the-end",
+        ),
+    ],
+)
+def test_environment_variables_that_cannot_be_laid_over_the_file_are_each_one_line(
+    tmp_path: Path, environ: dict[str, str], lines: list[str]
+) -> None:
+    assert load_error(tmp_path, "", None, **environ).splitlines() == lines
+
+
+def test_the_driver_problems_hook_runs_for_every_section_that_validates(tmp_path: Path) -> None:
+    text = "[reconcile]\nbatch_size = 0\n" + PROVIDER + '[providers.bad]\ndriver = "fake"\ntimeout = 5\n'
+
+    with pytest.raises(errors.ConfigError) as caught:
+        config.load_config(
+            write(tmp_path, text),
+            environ={"RECONCILER_PROVIDERS__SHOP__DRIVER": "fake"},
+            driver_problems=lambda provider: [f"{provider.origin('driver')}: hook saw {provider.id}"],
+        )
+
+    lines = str(caught.value).splitlines()
+    assert lines[-1] == "$RECONCILER_PROVIDERS__SHOP__DRIVER: hook saw shop"
+    assert not any("hook saw bad" in line for line in lines)
+    assert len(lines) == 3, lines

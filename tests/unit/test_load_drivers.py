@@ -88,3 +88,23 @@ def test_a_problem_set_from_the_environment_names_the_variable(tmp_path: Path) -
     first, second = str(caught.value).splitlines()
     assert first.startswith("$RECONCILER_PROVIDERS__OTHER__DRIVER: providers.other.driver: driver 'nosuch'")
     assert second.startswith("$RECONCILER_PROVIDERS__SHOP__LATENCY: providers.shop.latency: ")
+
+
+def test_the_settings_validated_at_load_are_used_and_secret_files_are_read_once(tmp_path: Path) -> None:
+    key = tmp_path / "vault-key"
+    key.write_text("vault-Key-31\n", encoding="utf-8")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[providers.vault]\ndriver = "fake_secrets"\nca_bundle_file = "/etc/ssl/bundle.pem"\n'
+        f'access_key_sha256 = "x"\naccess_key_file = "{key}"\n',
+        encoding="utf-8",
+    )
+    cfg = config.load_config(path, environ={}, driver_settings=app.driver_settings)
+    key.unlink()
+
+    loaded = app.load_drivers(cfg)
+
+    settings = loaded["vault"].settings
+    assert settings is cfg.providers["vault"].settings
+    assert getattr(settings, "access_key").get_secret_value() == "vault-Key-31"  # noqa: B009
+    assert getattr(settings, "ca_bundle_file") == "/etc/ssl/bundle.pem"  # noqa: B009

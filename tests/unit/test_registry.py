@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from reconciler import errors, registry
+from reconciler import driver_api, errors, registry
 from reconciler.testing import FakeDriver
 
 
@@ -38,12 +38,30 @@ class _SettingsNotAModel(FakeDriver):
     Settings: ClassVar[type[BaseModel]] = dict  # type: ignore[assignment]
 
 
+class _PlainModel(BaseModel):
+    latency: float = 0.0
+
+
+class _PlainModelSettings(FakeDriver):
+    Settings: ClassVar[type[BaseModel]] = _PlainModel
+
+
+class _ExtraAllowed(driver_api.DriverSettings):
+    model_config = ConfigDict(extra="allow")
+
+
+class _ExtraAllowedSettings(FakeDriver):
+    Settings: ClassVar[type[BaseModel]] = _ExtraAllowed
+
+
 @pytest.mark.parametrize(
     ("candidate", "problem"),
     [
         (FakeDriver(), "is not a class"),
         (_NoSettings, "no pydantic `Settings`"),
         (_SettingsNotAModel, "no pydantic `Settings`"),
+        (_PlainModelSettings, "`Settings` does not subclass reconciler.driver_api.DriverSettings"),
+        (_ExtraAllowedSettings, "`Settings` accepts unknown keys (extra='allow')"),
         (_BadKinds, "`post_settle_kinds` is not a tuple"),
         (_SyncFetch, "`fetch` is not an async method"),
         (_SyncPostSettle, "`post_settle` is not an async method"),

@@ -1,13 +1,18 @@
 """A scripted driver for subprocess tests, configured by a JSON file.
 
-`script_path` (a JSON file; not `*_file`, which the core reads as a secret) maps provider invoice ids to a list of outcomes (the last repeats); `"*"` is the default for ids
-not listed. An outcome is a snapshot (`{"status": "SETTLED", "raw_status": "Settled", "amount_sats": 1000}`) or
+`script_path` (a JSON file) maps provider invoice ids to a list of outcomes (the last repeats); `"*"` is the
+default for ids not listed. An outcome is a snapshot (`{"status": "SETTLED", "raw_status": "Settled", "amount_sats": 1000}`) or
 an error (`{"error": "unavailable" | "auth" | "not_found" | "bad_response" | "crash", "retry_after": 5}`).
+
+Two more entry points serve the configuration tests: `fake_secrets` (:class:`SecretsDriver`), a third-party
+driver with a secret and a path among its options, and `fake_loose` (:class:`LooseDriver`), whose `Settings`
+is a plain pydantic model the core must refuse to load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +28,7 @@ from reconciler.driver_api import (
     ProviderAuthError,
     ProviderStatus,
     ProviderUnavailable,
+    SecretStr,
     Snapshot,
 )
 from reconciler.testing import FakeDriver
@@ -77,3 +83,42 @@ class ScriptedDriver(FakeDriver):
                 return outcome
             self.script(provider_invoice_id, *self._default)
         return await super().fetch(provider_invoice_id)
+
+
+class SecretsSettings(DriverSettings):
+    """Options of a third-party driver: a secret by its declared type, and a path that only ends in `_file`."""
+
+    access_key: SecretStr
+    ca_bundle_file: str
+    #: what `check` compares the key it was given with, so a test can tell it got the right one
+    access_key_sha256: str
+
+
+class SecretsDriver(FakeDriver):
+    """`check` (``check-config --online``) proves what the core handed over: the key, and a path as a path."""
+
+    Settings: ClassVar[type[BaseModel]] = SecretsSettings
+    record_calls = False
+
+    async def check(self) -> None:
+        settings = self.settings
+        assert isinstance(settings, SecretsSettings)
+        given = hashlib.sha256(settings.access_key.get_secret_value().encode()).hexdigest()
+        if given != settings.access_key_sha256:
+            raise ProviderAuthError(f"{self.provider_id}: the access key is not the expected one")
+        try:
+            bundle = await asyncio.to_thread(Path(settings.ca_bundle_file).read_text, encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise ProviderUnavailable(f"{self.provider_id}: ca_bundle_file is not a readable path") from exc
+        if not bundle.startswith("-----BEGIN CERTIFICATE-----"):
+            raise ProviderUnavailable(f"{self.provider_id}: ca_bundle_file does not hold a CA bundle")
+
+
+class LooseSettings(BaseModel):
+    """Not a DriverSettings: unknown keys would pass unnoticed, so the core refuses the driver."""
+
+    latency: float = 0.0
+
+
+class LooseDriver(FakeDriver):
+    Settings: ClassVar[type[BaseModel]] = LooseSettings
