@@ -74,7 +74,7 @@ SELECT i.id, i.provider_invoice_id, i.status, i.created_at,
 FROM invoices AS i
 WHERE CAST(:include_null AS INTEGER) = 1 AND i.payment_provider_id IS NULL AND i.provider_invoice_id IN (SELECT json_array_elements_text(CAST(:provider_invoice_ids AS json)));
 
--- name: lock_payment
+-- name: lock
 -- Held until the settle transaction ends, so two instances settle one payment's rows one after the other.
 SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
 

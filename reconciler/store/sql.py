@@ -16,7 +16,7 @@ from loguru import logger
 
 from reconciler import audit, decide, errors, ids
 from reconciler.models import Invoice, InvoiceStatus, Policy, Unreadable, UnreadablePolicy
-from reconciler.store import base, rows
+from reconciler.store import base, queries, rows
 from reconciler.timeutil import format_ts, parse_ts
 
 _T = TypeVar("_T")
@@ -47,11 +47,16 @@ class Tx(Protocol):
         """Run a statement once per parameter set, in as few round trips as the driver allows."""
         ...
 
+    async def script(self, sql: str) -> None:
+        """Run a script of statements without parameters (schema.sql)."""
+        ...
+
 
 class SqlStore(base.Store):
     @abc.abstractmethod
-    def _transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """A write transaction: committed when the block ends, rolled back on any exception."""
+    def _transaction(self, what: str) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction (`what` names it in errors): committed when the block ends, rolled back on any
+        exception."""
 
     @abc.abstractmethod
     async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
@@ -61,12 +66,12 @@ class SqlStore(base.Store):
     async def _write_one(self, name: str, params: dict[str, Any]) -> int:
         """Run one statement as its own transaction (atomic by itself); the number of rows it changed."""
 
-    async def _atomic(self, body: Callable[[Tx], Awaitable[_T]]) -> _T:
+    async def _atomic(self, what: str, body: Callable[[Tx], Awaitable[_T]]) -> _T:
         """Run `body` in one write transaction; run it again (from the start, in a new transaction) when
         the database aborted it for contention. `body` must only talk to the database."""
         for attempt in range(1, CONTENTION_ATTEMPTS + 1):
             try:
-                async with self._transaction() as tx:
+                async with self._transaction(what) as tx:
                     return await body(tx)
             except errors.StoreContention as exc:
                 if attempt == CONTENTION_ATTEMPTS:
@@ -85,6 +90,38 @@ class SqlStore(base.Store):
                     raise
                 await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
         raise AssertionError("unreachable")
+
+    # -- schema -------------------------------------------------------------------------------------------
+    async def schema_version(self) -> int | None:
+        tables = {str(row[0]) for row in await self._read("schema_tables", {})}
+        versions: list[Any] = []
+        if "schema_meta" in tables:
+            if ("schema_meta", "version") not in (await self.schema_shape()).columns:
+                raise errors.SchemaError(
+                    "schema_meta is not ours (it has no version column): "
+                    "point database.url at the reconciler's database"
+                )
+            versions = [row[0] for row in await self._read("schema_version", {})]
+        return base.check_schema(tables, versions)
+
+    async def schema_shape(self) -> base.SchemaShape:
+        return base.SchemaShape.from_rows(
+            await self._read("schema_columns", {}), await self._read("schema_indexes", {})
+        )
+
+    async def init_schema(self) -> bool:
+        async def create(tx: Tx) -> bool:
+            # one init-db at a time; another may have created the schema while we waited
+            await tx.returning("lock", {"key": "reconciler init-db"})
+            if {str(row[0]) for row in await tx.returning("schema_tables", {})} & base.OUR_TABLES:
+                return False
+            await tx.script(queries.schema_sql())
+            return True
+
+        if await self.schema_version() is None and await self._atomic("init-db", create):
+            return True
+        await self.require_schema()
+        return False
 
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[base.AuditRecord]) -> None:
         if not records:
@@ -128,7 +165,7 @@ class SqlStore(base.Store):
         async def claim(tx: Tx) -> list[Row]:
             return await tx.returning("claim", params)
 
-        found = [rows.invoice(row) for row in await self._atomic(claim)]
+        found = [rows.invoice(row) for row in await self._atomic("claim", claim)]
         found.sort(key=_claim_order)
         return found
 
@@ -170,7 +207,7 @@ class SqlStore(base.Store):
                 released += await tx.exec("release", _release_params(row, None))
             return released
 
-        return await self._atomic(release)
+        return await self._atomic("release_all", release)
 
     async def record_quarantine(
         self,
@@ -196,7 +233,7 @@ class SqlStore(base.Store):
             await self._audit(tx, now, audits)
             return True
 
-        return await self._atomic(quarantine)
+        return await self._atomic("record_quarantine", quarantine)
 
     async def payment_rows(self, keys: Sequence[base.PaymentKey]) -> list[base.PaymentRow]:
         groups: dict[tuple[str, bool], list[str]] = {}
@@ -237,7 +274,7 @@ class SqlStore(base.Store):
             await self._audit(tx, now, audits)
             return True
 
-        return await self._atomic(check)
+        return await self._atomic("record_check", check)
 
     async def record_transition(
         self,
@@ -272,7 +309,7 @@ class SqlStore(base.Store):
             await self._audit(tx, now, [audit.with_redemption(a, cancelled=bool(cancelled)) for a in audits])
             return base.TransitionOutcome(redemption_cancelled=bool(cancelled))
 
-        return await self._atomic(transition)
+        return await self._atomic("record_transition", transition)
 
     async def record_settlement(
         self, invoice: Invoice, settlement: base.Settlement
@@ -280,7 +317,7 @@ class SqlStore(base.Store):
         async def settle(tx: Tx) -> base.SettleOutcome | base.DuplicateFound | None:
             return await self._settle(tx, invoice, settlement)
 
-        return await self._atomic(settle)
+        return await self._atomic("record_settlement", settle)
 
     async def _settle(
         self, tx: Tx, invoice: Invoice, settlement: base.Settlement
@@ -290,7 +327,7 @@ class SqlStore(base.Store):
         if settlement.payment is not None:
             # One payment, one license: under the payment's lock, the rows as they are now decide.
             key = settlement.payment
-            await tx.returning("lock_payment", {"key": f"{key.provider_id}\x1f{key.provider_invoice_id}"})
+            await tx.returning("lock", {"key": f"{key.provider_id}\x1f{key.provider_invoice_id}"})
             found = await tx.returning(
                 "payment_rows",
                 _payment_params(key.provider_id, key.include_null, [key.provider_invoice_id]),
@@ -472,7 +509,7 @@ class SqlStore(base.Store):
                 await self._audit(tx, now, [result.audit])
             return True
 
-        return await self._atomic(finish)
+        return await self._atomic("finish_task", finish)
 
     # -- instances and reporting --------------------------------------------------------------------------
     async def upsert_instance(self, row: base.InstanceRow) -> None:
@@ -485,7 +522,7 @@ class SqlStore(base.Store):
                     "prune_instances", {"cutoff": format_ts(cutoff), "lease_owner": row.lease_owner}
                 )
 
-        await self._atomic(upsert)
+        await self._atomic("upsert_instance", upsert)
 
     async def status_report(
         self, *, now: datetime, max_age: timedelta, instances_since: datetime | None = None

@@ -72,7 +72,7 @@ SELECT i.id, i.provider_invoice_id, i.status, i.created_at,
 FROM invoices AS i
 WHERE :include_null = 1 AND i.payment_provider_id IS NULL AND i.provider_invoice_id IN (SELECT value FROM json_each(:provider_invoice_ids));
 
--- name: lock_payment
+-- name: lock
 -- Held until the settle transaction ends, so two instances settle one payment's rows one after the other.
 -- SQLite serialises writers with BEGIN IMMEDIATE already: nothing more to lock.
 SELECT :key AS key;
