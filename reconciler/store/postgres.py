@@ -63,8 +63,6 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
 def _mapped(what: str) -> Iterator[None]:
     try:
         yield
-    except asyncpg.UniqueViolationError as exc:
-        raise errors.StoreConflict(f"PostgreSQL {what}: {exc}") from exc
     except _CONTENTION as exc:
         raise errors.StoreContention(f"PostgreSQL {what}: {type(exc).__name__}: {_first_line(exc)}") from exc
     except _UNAVAILABLE as exc:

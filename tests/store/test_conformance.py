@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -209,6 +210,33 @@ async def test_settlement_carries_on_with_an_existing_license(backend: Backend) 
     assert outcome is not None and outcome.license_id == theirs and not outcome.license_issued
     assert await backend.scalar("SELECT license_id FROM subscriptions") == theirs
     assert await backend.scalar("SELECT count(*) FROM audit_log WHERE action = 'license.issued'") == 0
+
+
+async def test_a_unique_violation_the_sql_does_not_absorb_is_a_bug_on_both_engines(backend: Backend) -> None:
+    """Every "someone else did it first" is absorbed in SQL (ON CONFLICT, fenced compare-and-set). A unique
+    violation that still escapes is a bug of ours: on both engines it stays the driver's own error, never a
+    store error that could pass for "unavailable, try again", and nothing of the transaction is written."""
+    product, (other, mine) = await seed(backend, 2)
+    taken = new_id()
+    await backend.raw.execute(
+        "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at) VALUES (:id, :p, :i, 'K', :t)",
+        {"id": taken, "p": product, "i": other, "t": format_ts(T0)},
+    )
+    (inv,) = [i for i in await claim(backend) if i.id == mine]
+    if backend.name == "sqlite":
+        expected: type[Exception] = sqlite3.IntegrityError
+    else:
+        import asyncpg
+
+        expected = asyncpg.UniqueViolationError
+
+    with pytest.raises(expected) as caught:
+        await backend.store.record_settlement(inv, _settlement(product, license_id=taken))
+
+    assert not isinstance(caught.value, errors.ReconcilerError)
+    assert await backend.scalar("SELECT status FROM invoices WHERE id = :id", {"id": mine}) == "pending"
+    assert await backend.scalar("SELECT count(*) FROM licenses") == 1
+    assert await backend.scalar("SELECT count(*) FROM audit_log") == 0
 
 
 async def test_post_settle_task_attempts_are_compare_and_set(backend: Backend) -> None:
