@@ -470,7 +470,7 @@ class SchemaShape:
 @functools.cache
 def expected_shape() -> SchemaShape:
     """What schema.sql declares, read back from an in-memory SQLite database it was applied to."""
-    sql = queries.load("sqlite.sql")
+    sql = queries.load("sqlite")
     db = sqlite3.connect(":memory:")
     try:
         db.row_factory = sqlite3.Row

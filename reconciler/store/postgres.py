@@ -82,7 +82,7 @@ class _Query:
 class PostgresStore(SqlStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._q = {name: _Query(sql) for name, sql in queries.load("postgres.sql").items()}
+        self._q = {name: _Query(sql) for name, sql in queries.load("postgres").items()}
 
     @classmethod
     async def open(

@@ -39,7 +39,7 @@ class SqliteStore(SqlStore):
         self._db = connection
         self._path = path
         self._lock = asyncio.Lock()
-        self._q = queries.load("sqlite.sql")
+        self._q = queries.load("sqlite")
         self._wal = False
 
     @classmethod

@@ -14,7 +14,7 @@ import pytest
 from reconciler import errors
 from reconciler.driver_api import PaymentProfile
 from reconciler.models import AuditRecord, Invoice, InvoiceStatus
-from reconciler.store import base, queries
+from reconciler.store import base
 from reconciler.timeutil import format_ts
 from tests.conftest import PG_URL, pg_connection
 from tests.store.backends import Backend, postgres_backend, sqlite_backend
@@ -34,10 +34,6 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async with pg_connection() as (conn, schema):
             async for found in postgres_backend(conn, schema, PG_URL):
                 yield found
-
-
-def test_both_dialects_define_the_same_queries() -> None:
-    assert set(queries.load("sqlite.sql")) == set(queries.load("postgres.sql"))
 
 
 async def seed(b: Backend, n: int = 1, **invoice: Any) -> tuple[str, list[str]]:
