@@ -21,8 +21,10 @@ from reconciler.models import (
     AuditRecord,
     Invoice,
     InvoiceStatus,
+    LicenseDraft,
     PaymentRow,
     Policy,
+    SubscriptionDraft,
     Unreadable,
     UnreadablePolicy,
 )
@@ -59,38 +61,6 @@ OUR_TABLES = frozenset(
         "reconciler_instances",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class LicenseDraft:
-    """A license row the settle transaction inserts unless the invoice already has one."""
-
-    id: str
-    product_id: str
-    policy_id: str | None
-    license_key: str
-    issued_at: datetime
-    expires_at: datetime | None
-    grace_seconds: int
-    max_machines: int
-    entitlements: tuple[str, ...]
-    is_trial: bool
-    buyer_email: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionDraft:
-    """The subscription row of a recurring policy, inserted unless the license already has one."""
-
-    id: str
-    policy_id: str | None
-    product_id: str
-    started_at: datetime
-    period_days: int
-    listed_currency: str
-    listed_value: int
-    payment_provider_id: str | None
-    next_renewal_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

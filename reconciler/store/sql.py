@@ -15,7 +15,15 @@ from typing import Any, Protocol, TypeVar
 from loguru import logger
 
 from reconciler import audit, decide, errors, ids
-from reconciler.models import Invoice, InvoiceStatus, Policy, Unreadable, UnreadablePolicy
+from reconciler.models import (
+    Invoice,
+    InvoiceStatus,
+    LicenseDraft,
+    Policy,
+    SubscriptionDraft,
+    Unreadable,
+    UnreadablePolicy,
+)
 from reconciler.store import base, queries, rows
 from reconciler.timeutil import format_ts, parse_ts
 
@@ -608,7 +616,7 @@ def _quarantined(row: Row) -> base.Quarantined:
     return base.Quarantined(str(row["id"]), kind, detail, rows.lenient_ts(row["since"]))
 
 
-def _license_params(draft: base.LicenseDraft, invoice: Invoice) -> dict[str, Any]:
+def _license_params(draft: LicenseDraft, invoice: Invoice) -> dict[str, Any]:
     return {
         "id": draft.id,
         "product_id": draft.product_id,
@@ -627,7 +635,7 @@ def _license_params(draft: base.LicenseDraft, invoice: Invoice) -> dict[str, Any
 
 
 def _subscription_params(
-    sub: base.SubscriptionDraft, license_id: str | None, invoice_id: str, stamp: str
+    sub: SubscriptionDraft, license_id: str | None, invoice_id: str, stamp: str
 ) -> dict[str, Any]:
     return {
         "id": sub.id,

@@ -13,7 +13,7 @@ import pytest
 
 from reconciler import errors
 from reconciler.driver_api import PaymentProfile
-from reconciler.models import AuditRecord, Invoice, InvoiceStatus
+from reconciler.models import AuditRecord, Invoice, InvoiceStatus, LicenseDraft, SubscriptionDraft
 from reconciler.store import base
 from reconciler.timeutil import format_ts
 from tests.conftest import PG_URL, pg_connection
@@ -173,8 +173,8 @@ def _settlement(product: str, *, license_id: str | None = None, recurring: bool 
         observation="Settled",
         provider_id="fake",
         audits=(),
-        license=base.LicenseDraft(lid, product, None, "LIC1-X-Y", NOW, None, 0, 1, ("a",), False, None),
-        subscription=base.SubscriptionDraft(new_id(), None, product, NOW, 30, "SAT", 1000, "fake", NOW)
+        license=LicenseDraft(lid, product, None, "LIC1-X-Y", NOW, None, 0, 1, ("a",), False, None),
+        subscription=SubscriptionDraft(new_id(), None, product, NOW, 30, "SAT", 1000, "fake", NOW)
         if recurring
         else None,
         post_settle_kinds=("fake.capture",) if recurring else (),
