@@ -16,7 +16,8 @@ import asyncpg
 
 from reconciler import errors
 from reconciler.store import queries
-from reconciler.store.sql import Row, SqlStore
+from reconciler.store.engine import Row
+from reconciler.store.sql import SqlStore
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 #: Seconds a new connection may take (TCP, TLS, authentication) before the attempt is StoreUnavailable.

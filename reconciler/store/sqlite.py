@@ -24,7 +24,8 @@ import aiosqlite
 
 from reconciler import errors
 from reconciler.store import queries
-from reconciler.store.sql import Row, SqlStore
+from reconciler.store.engine import Row
+from reconciler.store.sql import SqlStore
 
 #: How long an operation waits for another connection's lock before the pass gives up (StoreUnavailable).
 BUSY_TIMEOUT_MS = 30_000
