@@ -18,7 +18,8 @@ class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting):
         tables = {str(row[0]) for row in await self._read("schema_tables", {})}
         versions: list[object] = []
         if "schema_meta" in tables:
-            if ("schema_meta", "version") not in (await self.schema_shape()).columns:
+            columns = await self._read("schema_columns", {})
+            if not any(r["table_name"] == "schema_meta" and r["column_name"] == "version" for r in columns):
                 raise errors.SchemaError(
                     "schema_meta is not ours (it has no version column): "
                     "point database.url at the reconciler's database"
