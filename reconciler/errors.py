@@ -9,9 +9,8 @@
     ├── SigningKeyError          the license signing key is missing or unreadable: exit 2
     ├── LicenseEncodingError     a license cannot be encoded (docs/licenses.md §3): audited, rescheduled
     ├── StoreError               the database failed
-    │   ├── StoreUnavailable     connection lost, lock timeout: the pass ends, the next tick retries
-    │   │   └── StoreContention  deadlock / serialization failure: the transaction is retried first
-    │   └── StoreConflict        a constraint said someone else did it first
+    │   └── StoreUnavailable     connection lost, lock timeout: the pass ends, the next tick retries
+    │       └── StoreContention  deadlock / serialization failure: the transaction is retried first
     └── DriverError              raised by drivers, translated from HTTP/JSON at one boundary
         ├── ProviderUnavailable  transient (timeout, 5xx, 408, 429): retried, then rescheduled
         ├── ProviderAuthError    credentials refused: the provider's circuit opens for the pass
@@ -78,10 +77,6 @@ class StoreUnavailable(StoreError):
 
 class StoreContention(StoreUnavailable):
     """The database aborted the transaction to resolve contention (deadlock, serialization failure)."""
-
-
-class StoreConflict(StoreError):
-    """Another writer got there first."""
 
 
 class DriverError(ReconcilerError):

@@ -1,4 +1,5 @@
-"""Frozen rows the store reads and the pure code reasons about. No I/O here."""
+"""Frozen rows the store reads and the pure code reasons about, and the drafts it hands the store to write.
+No I/O here."""
 
 from __future__ import annotations
 
@@ -116,3 +117,35 @@ class PaymentRow:
     status: str
     created_at: str  # as stored: text orders correctly and survives a row that is otherwise unreadable
     has_license: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseDraft:
+    """A license row the settle transaction inserts unless the invoice already has one."""
+
+    id: str
+    product_id: str
+    policy_id: str | None
+    license_key: str
+    issued_at: datetime
+    expires_at: datetime | None
+    grace_seconds: int
+    max_machines: int
+    entitlements: tuple[str, ...]
+    is_trial: bool
+    buyer_email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionDraft:
+    """The subscription row of a recurring policy, inserted unless the license already has one."""
+
+    id: str
+    policy_id: str | None
+    product_id: str
+    started_at: datetime
+    period_days: int
+    listed_currency: str
+    listed_value: int
+    payment_provider_id: str | None
+    next_renewal_at: datetime

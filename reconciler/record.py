@@ -66,7 +66,7 @@ class Recorder:
         assert decision is not None
         next_at = self.next_check(invoice, now)
         if decision.new_status is not None:
-            outcome = await self.store.record_transition(
+            done = await self.store.record_transition(
                 invoice,
                 new_status=decision.new_status,
                 now=now,
@@ -74,7 +74,7 @@ class Recorder:
                 observation=decision.observation,
                 audits=decision.audits,
             )
-            return decision.kind if outcome is not None else await self._fenced(p, invoice)
+            return decision.kind if done else await self._fenced(p, invoice)
         done = await self.store.record_check(
             invoice, now=now, next_check_at=next_at, observation=decision.observation, audits=decision.audits
         )

@@ -12,8 +12,7 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler import errors, ids, licenses
-from reconciler.models import Invoice, Policy, UnreadablePolicy
-from reconciler.store import base
+from reconciler.models import Invoice, LicenseDraft, Policy, SubscriptionDraft, UnreadablePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +20,8 @@ class Plan:
     """The rows a settle adds besides the status: the license and subscription drafts (none for a renewal)
     and the driver's post-settle task kinds."""
 
-    license: base.LicenseDraft | None
-    subscription: base.SubscriptionDraft | None
+    license: LicenseDraft | None
+    subscription: SubscriptionDraft | None
     post_settle_kinds: tuple[str, ...]
 
 
@@ -79,7 +78,7 @@ def plan(
             )
     except errors.LicenseEncodingError as exc:
         return IssueFailed(exc.message)
-    draft = base.LicenseDraft(
+    draft = LicenseDraft(
         id=license_id,
         product_id=invoice.product_id,
         policy_id=terms.policy_id,
@@ -98,12 +97,12 @@ def plan(
 
 def _subscription(
     invoice: Invoice, policy: Policy | None, provider_id: str | None, now: datetime
-) -> base.SubscriptionDraft | None:
+) -> SubscriptionDraft | None:
     terms = licenses.subscription_terms(policy, now)
     if terms is None or policy is None:
         return None
     listed = invoice.listed_currency is not None and invoice.listed_value is not None
-    return base.SubscriptionDraft(
+    return SubscriptionDraft(
         id=ids.new_id(),
         policy_id=policy.id,
         product_id=invoice.product_id,

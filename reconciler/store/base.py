@@ -1,22 +1,21 @@
 """The store interface: every database read and write the reconciler makes, as use cases.
 
-SQL lives behind this interface only (one `.sql` file per dialect, the same query names in each). Writes to an
-invoice are compare-and-set on its status and fenced by the lease token of the claim that read it, so a writer
-whose lease was taken over changes nothing; issuance is made exactly-once by `UNIQUE(licenses.invoice_id)`.
+SQL lives behind this interface only (store/queries.sql). Writes to an invoice are compare-and-set on its status
+and fenced by the lease token of the claim that read it, so a writer whose lease was taken over changes nothing;
+issuance is made exactly-once by `UNIQUE(licenses.invoice_id)`.
+
+The values the interface speaks (store/records.py, store/schema.py, the rows of reconciler/models.py) are
+importable from here as well: callers need only this module.
 """
 
 from __future__ import annotations
 
 import abc
-import functools
-import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from reconciler import errors
-from reconciler.driver_api import PaymentProfile
 from reconciler.models import (
     AuditRecord,
     Invoice,
@@ -26,209 +25,52 @@ from reconciler.models import (
     Unreadable,
     UnreadablePolicy,
 )
-from reconciler.store import queries
+from reconciler.store import schema
+from reconciler.store.records import (
+    INSTANCE_RETENTION,
+    QUARANTINE_LISTED,
+    DueTask,
+    DuplicateFound,
+    InstanceRow,
+    PaymentKey,
+    PendingByProvider,
+    Quarantined,
+    Settlement,
+    SettleOutcome,
+    StatusReport,
+    TaskResult,
+)
+from reconciler.store.schema import OUR_TABLES, SCHEMA_VERSION
 
 __all__ = [
+    "INSTANCE_RETENTION",
+    "OUR_TABLES",
+    "QUARANTINE_LISTED",
+    "SCHEMA_VERSION",
     "AuditRecord",
+    "DueTask",
+    "DuplicateFound",
+    "InstanceRow",
+    "PaymentKey",
     "PaymentRow",
+    "PendingByProvider",
+    "Quarantined",
+    "Row",
+    "SettleOutcome",
+    "Settlement",
+    "StatusReport",
+    "Store",
+    "TaskResult",
     "Unreadable",
     "UnreadablePolicy",
-]  # re-exported: part of the store interface
+]
 
 #: What a claim, a peek or a lookup hands back for one row: readable, or quarantined with the reason.
 Row = Invoice | Unreadable
 
-SCHEMA_VERSION = 1
-
-#: `reconciler_instances` rows whose last pass is older than this are deleted by later passes.
-INSTANCE_RETENTION = timedelta(days=7)
-
-#: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
-OUR_TABLES = frozenset(
-    {
-        "schema_meta",
-        "products",
-        "policies",
-        "invoices",
-        "licenses",
-        "subscriptions",
-        "discount_codes",
-        "discount_redemptions",
-        "audit_log",
-        "post_settle_tasks",
-        "reconciler_instances",
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LicenseDraft:
-    """A license row the settle transaction inserts unless the invoice already has one."""
-
-    id: str
-    product_id: str
-    policy_id: str | None
-    license_key: str
-    issued_at: datetime
-    expires_at: datetime | None
-    grace_seconds: int
-    max_machines: int
-    entitlements: tuple[str, ...]
-    is_trial: bool
-    buyer_email: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionDraft:
-    """The subscription row of a recurring policy, inserted unless the license already has one."""
-
-    id: str
-    policy_id: str | None
-    product_id: str
-    started_at: datetime
-    period_days: int
-    listed_currency: str
-    listed_value: int
-    payment_provider_id: str | None
-    next_renewal_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentKey:
-    """One payment at a provider: every row whose provider id (NULL counted as `default_provider` when
-    `include_null`) and provider invoice id are these is the same payment (docs/reconcile.md §13, one payment,
-    one license)."""
-
-    provider_id: str
-    provider_invoice_id: str
-    include_null: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DuplicateFound:
-    """The settle transaction found that another row of the same payment is the one to settle."""
-
-    winner_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """Everything the settle transaction of docs/reconcile.md §8 writes (or the recovery of
-    docs/reconcile.md §1 when `recovered`).
-
-    `audits` are the invoice-targeted rows the decision made (`invoice.settled`, `invoice.paid_late`,
-    `invoice.amount_mismatch`); the store adds `license.issued`, `code.redeemed` and `subscription.renewed`,
-    which depend on what the transaction finds.
-    """
-
-    now: datetime
-    next_check_at: datetime
-    observation: str | None
-    provider_id: str | None
-    audits: tuple[AuditRecord, ...]
-    license: LicenseDraft | None  # None for a renewal invoice
-    subscription: SubscriptionDraft | None  # only for a recurring policy
-    post_settle_kinds: tuple[str, ...] = ()
-    recovered: bool = False
-    #: set when other rows may be the same payment: checked again under a lock inside the transaction
-    payment: PaymentKey | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SettleOutcome:
-    """What the settle transaction found and wrote (`license_id` is ours or the one already there)."""
-
-    license_id: str | None
-    license_issued: bool
-    subscription_created: bool
-    redemption_redeemed: bool
-    subscription_renewed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionOutcome:
-    """What the expire / invalidate transaction did besides the status."""
-
-    redemption_cancelled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DueTask:
-    """A pending post-settle task (docs/reconcile.md §15) with what running it needs."""
-
-    invoice_id: str
-    kind: str
-    provider_id: str | None
-    attempts: int
-    provider_invoice_id: str
-    subscription_id: str | None
-    has_profile: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TaskResult:
-    """How one claimed attempt ended: `done`, still `pending` (retry at `next_attempt_at`) or `failed`."""
-
-    status: str
-    next_attempt_at: datetime | None = None
-    last_error: str | None = None
-    profile: PaymentProfile | None = None
-    audit: AuditRecord | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    """A `reconciler_instances` row: one running process and its last pass."""
-
-    lease_owner: str
-    hostname: str
-    pid: int
-    started_at: datetime
-    last_pass_started_at: datetime | None = None
-    last_pass_finished_at: datetime | None = None
-    last_summary: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingByProvider:
-    """Pending invoices still checked (created within `max_age`) for one provider id."""
-
-    provider_id: str | None
-    pending: int
-    oldest_created_at: datetime | None  # None when the oldest row's timestamp cannot be read
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """An invoice held back for a person: unreadable, or a duplicate of another row of its payment."""
-
-    invoice_id: str
-    kind: str  # "unreadable" or "duplicate"
-    detail: str  # the column, or the row that won
-    since: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReport:
-    """What `reconciler status` shows: backlog, instances and audit actions for review."""
-
-    pending: tuple[PendingByProvider, ...]
-    no_longer_checked: int
-    instances: tuple[InstanceRow, ...]
-    review: tuple[tuple[str, int, datetime], ...] = field(default=())
-    #: invoices quarantined now (at most `QUARANTINE_LISTED` of them) and how many there are in all
-    quarantined: tuple[Quarantined, ...] = field(default=())
-    quarantined_total: int = 0
-    #: instances left out of `instances` because their last pass started before `instances_since`
-    other_instances: int = 0
-
-
-#: How many quarantined invoices `status` lists by id (the count covers the rest).
-QUARANTINE_LISTED = 50
-
 
 class Store(abc.ABC):
-    """A reconciler database. Implementations: `SqliteStore`; PostgreSQL follows the same contract."""
+    """A reconciler database: `SqliteStore` and `PostgresStore` (both `sql.SqlStore`)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -244,7 +86,7 @@ class Store(abc.ABC):
         """Create the schema when none of our tables exist (True); do nothing at a known version (False)."""
 
     @abc.abstractmethod
-    async def schema_shape(self) -> SchemaShape:
+    async def schema_shape(self) -> schema.SchemaShape:
         """The columns and indexes the database's tables have now."""
 
     async def require_schema(self) -> None:
@@ -253,7 +95,7 @@ class Store(abc.ABC):
             raise errors.SchemaError(
                 "the database has no reconciler schema: create it with `reconciler init-db`"
             )
-        check_shape(await self.schema_shape())
+        schema.check_shape(await self.schema_shape())
 
     # -- reconcile pass -----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -332,9 +174,9 @@ class Store(abc.ABC):
         next_check_at: datetime,
         observation: str | None,
         audits: Sequence[AuditRecord],
-    ) -> TransitionOutcome | None:
-        """Expire or invalidate (docs/reconcile.md §7) in one transaction; None when another writer got there
-        first."""
+    ) -> bool:
+        """Expire or invalidate (docs/reconcile.md §7) in one transaction, the discount slot given back once;
+        False when another writer got there first."""
 
     @abc.abstractmethod
     async def record_settlement(
@@ -386,120 +228,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]:
         """The audit rows about one invoice, oldest first."""
-
-
-def check_schema(tables: set[str], versions: list[Any]) -> int | None:
-    """Our schema version from the tables present and schema_meta's rows; None when nothing of ours exists."""
-    ours = tables & OUR_TABLES
-    if not ours:
-        return None
-    if "schema_meta" not in tables:
-        raise errors.SchemaError(
-            f"the database has some reconciler tables ({', '.join(sorted(ours))}) but no schema_meta: "
-            "it is not a reconciler database, or a half-finished one; restore it or start from an empty database"
-        )
-    if len(versions) != 1 or not isinstance(versions[0], int):
-        raise errors.SchemaError(
-            "schema_meta does not hold exactly one version row: this database is not ours; "
-            "point database.url at the reconciler's database"
-        )
-    version = int(versions[0])
-    if version != SCHEMA_VERSION:
-        raise errors.SchemaError(
-            f"the database schema is version {version} but this reconciler knows version {SCHEMA_VERSION}: "
-            "upgrade the reconciler (a newer schema) or restore a matching backup"
-        )
-    missing = OUR_TABLES - tables
-    if missing:
-        raise errors.SchemaError(
-            f"the database is missing reconciler tables: {', '.join(sorted(missing))}; restore it from a backup"
-        )
-    return version
-
-
-class _CatalogueRow(Protocol):
-    def __getitem__(self, key: str, /) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Index:
-    """An index or unique constraint as the database enforces it: what ON CONFLICT and lookups rely on."""
-
-    table: str
-    columns: tuple[str | None, ...]  # None: an expression, which never stands in for a column
-    unique: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaShape:
-    """Columns and indexes per table, from the `schema_columns` / `schema_indexes` queries of a dialect."""
-
-    columns: frozenset[tuple[str, str]]
-    #: each index with how an error names it (`UNIQUE licenses (invoice_id)`, `index audit_log_target ...`)
-    indexes: Mapping[Index, str]
-
-    @classmethod
-    def from_rows(
-        cls, column_rows: Iterable[_CatalogueRow], index_rows: Iterable[_CatalogueRow]
-    ) -> SchemaShape:
-        """Rows of `(table_name, column_name)` and `(table_name, index_name, is_unique, origin, position,
-        column_name)` ordered by position; only our tables count."""
-        columns = frozenset(
-            (str(r["table_name"]), str(r["column_name"]))
-            for r in column_rows
-            if r["table_name"] in OUR_TABLES
-        )
-        found: dict[tuple[str, str], tuple[bool, str, list[str | None]]] = {}
-        for r in index_rows:
-            table = str(r["table_name"])
-            if table not in OUR_TABLES:
-                continue
-            key = (table, str(r["index_name"]))
-            _, _, cols = found.setdefault(key, (bool(r["is_unique"]), str(r["origin"]), []))
-            cols.append(None if r["column_name"] is None else str(r["column_name"]))
-        indexes: dict[Index, str] = {}
-        for (table, name), (unique, origin, cols) in found.items():
-            index = Index(table, tuple(cols), unique)
-            listed = ", ".join(c or "(expression)" for c in cols)
-            if origin == "pk":
-                indexes[index] = f"PRIMARY KEY {table} ({listed})"
-            elif origin == "c":
-                indexes[index] = f"{'unique ' if unique else ''}index {name} on {table} ({listed})"
-            else:
-                indexes[index] = f"UNIQUE {table} ({listed})"
-        return cls(columns, indexes)
-
-
-@functools.cache
-def expected_shape() -> SchemaShape:
-    """What schema.sql declares, read back from an in-memory SQLite database it was applied to."""
-    sql = queries.load("sqlite.sql")
-    db = sqlite3.connect(":memory:")
-    try:
-        db.row_factory = sqlite3.Row
-        db.executescript(queries.schema_sql())
-        return SchemaShape.from_rows(
-            db.execute(sql["schema_columns"]).fetchall(), db.execute(sql["schema_indexes"]).fetchall()
-        )
-    finally:
-        db.close()
-
-
-#: How many missing things one error line lists before it counts the rest.
-_LISTED = 6
-
-
-def check_shape(actual: SchemaShape) -> None:
-    """SchemaError naming each column and index of schema.sql the database lacks (extra ones are fine)."""
-    expected = expected_shape()
-    missing = [f"column {t}.{c}" for t, c in sorted(expected.columns - actual.columns)]
-    missing += sorted(label for index, label in expected.indexes.items() if index not in actual.indexes)
-    if not missing:
-        return
-    shown = ", ".join(missing[:_LISTED]) + (
-        f" and {len(missing) - _LISTED} more" if len(missing) > _LISTED else ""
-    )
-    raise errors.SchemaError(
-        f"the database schema lacks what schema.sql declares: {shown}; "
-        "restore the database from a backup or add exactly what schema.sql says"
-    )

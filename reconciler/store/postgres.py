@@ -15,12 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from reconciler import errors
-from reconciler.store import base, queries
-from reconciler.store.sql import Row, SqlStore
+from reconciler.store import queries
+from reconciler.store.engine import Row
+from reconciler.store.sql import SqlStore
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
-# Serialises `init-db` across instances racing on an empty database (an arbitrary constant of ours).
-_INIT_LOCK = 0x5EC0_0C11
 #: Seconds a new connection may take (TCP, TLS, authentication) before the attempt is StoreUnavailable.
 CONNECT_TIMEOUT = 10.0
 
@@ -65,16 +64,10 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
 def _mapped(what: str) -> Iterator[None]:
     try:
         yield
-    except asyncpg.UniqueViolationError as exc:
-        raise errors.StoreConflict(f"PostgreSQL {what}: {exc}") from exc
     except _CONTENTION as exc:
         raise errors.StoreContention(f"PostgreSQL {what}: {type(exc).__name__}: {_first_line(exc)}") from exc
     except _UNAVAILABLE as exc:
         raise errors.StoreUnavailable(f"PostgreSQL {what}: {type(exc).__name__}: {exc}") from exc
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    """We keep no session state (no SET, no LISTEN, no prepared names), so skip the reset round trip."""
 
 
 class _Query:
@@ -90,7 +83,7 @@ class _Query:
 class PostgresStore(SqlStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._q = {name: _Query(sql) for name, sql in queries.load("postgres.sql").items()}
+        self._q = {name: _Query(sql) for name, sql in queries.load("postgres").items()}
 
     @classmethod
     async def open(
@@ -140,8 +133,8 @@ class PostgresStore(SqlStore):
                     raise
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_PgTx]:
-        async with self._connection("transaction") as conn, conn.transaction():
+    async def _transaction(self, what: str) -> AsyncIterator[_PgTx]:
+        async with self._connection(what) as conn, conn.transaction():
             yield _PgTx(conn, self._q)
 
     async def _write_one(self, name: str, params: dict[str, Any]) -> int:
@@ -153,33 +146,6 @@ class PostgresStore(SqlStore):
         query = self._q[name]
         async with self._connection(name) as conn:
             return list(await conn.fetch(query.sql, *query.args(params)))
-
-    # -- schema -------------------------------------------------------------------------------------------
-    async def schema_version(self) -> int | None:
-        tables = {str(row[0]) for row in await self._read("schema_tables", {})}
-        versions: list[Any] = []
-        if "schema_meta" in tables:
-            try:
-                versions = [row[0] for row in await self._read("schema_version", {})]
-            except asyncpg.UndefinedColumnError as exc:
-                raise errors.SchemaError(
-                    f"schema_meta is not ours ({exc}): point database.url at the reconciler's database"
-                ) from exc
-        return base.check_schema(tables, versions)
-
-    async def schema_shape(self) -> base.SchemaShape:
-        return base.SchemaShape.from_rows(
-            await self._read("schema_columns", {}), await self._read("schema_indexes", {})
-        )
-
-    async def init_schema(self) -> bool:
-        async with self._connection("init-db") as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-            if await self.schema_version() is None:
-                await conn.execute(queries.schema_sql())
-                return True
-        await self.require_schema()
-        return False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -267,3 +233,6 @@ class _PgTx:
     async def exec_many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
         query = self._q[name]
         await self._conn.executemany(query.sql, [query.args(p) for p in params])
+
+    async def script(self, sql: str) -> None:
+        await self._conn.execute(sql)

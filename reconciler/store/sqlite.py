@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
 from reconciler import errors
-from reconciler.store import base, queries
-from reconciler.store.sql import Row, SqlStore
+from reconciler.store import queries
+from reconciler.store.engine import Row
+from reconciler.store.sql import SqlStore
 
 #: How long an operation waits for another connection's lock before the pass gives up (StoreUnavailable).
 BUSY_TIMEOUT_MS = 30_000
@@ -39,7 +40,7 @@ class SqliteStore(SqlStore):
         self._db = connection
         self._path = path
         self._lock = asyncio.Lock()
-        self._q = queries.load("sqlite.sql")
+        self._q = queries.load("sqlite")
         self._wal = False
 
     @classmethod
@@ -53,56 +54,53 @@ class SqliteStore(SqlStore):
             raise errors.SchemaError(
                 f"database file {path} does not exist: create it with `reconciler init-db`"
             )
-        connection = aiosqlite.connect(path, isolation_level=None)
-        try:
-            await connection
-        except sqlite3.Error as exc:
-            # aiosqlite stops its thread after a failed connect without waiting for it: wait here, so the
-            # thread never outlives the event loop (it would die with "Event loop is closed" tracebacks).
-            await asyncio.to_thread(connection._thread.join, 5)
-            raise _open_error(path, exc) from exc
-        store = cls(connection, path)
-        try:
-            connection.row_factory = sqlite3.Row
-            # Text a storefront wrote that is not UTF-8 must not fail a whole batch: it decodes to lone
-            # surrogates, which the row checks (store/rows.py) turn into that one row's quarantine.
-            connection.text_factory = _decode_text
-            # Per-connection settings and one read: nothing touches the file until the schema has been checked.
-            await _complete(_run(connection, f"PRAGMA busy_timeout = {BUSY_SLICE_MS}"))
-            await store._patiently("open", lambda: _fetch(connection, "SELECT count(*) FROM sqlite_master"))
-            await _complete(_run(connection, "PRAGMA synchronous = NORMAL"))
-            await _complete(_run(connection, "PRAGMA foreign_keys = ON"))
-        except BaseException as exc:
-            await _complete(connection.close())
-            if isinstance(exc, sqlite3.Error):
-                raise _open_error(path, exc) from exc
-            raise
-        return store
+        with _mapped(path, "open", opening=True):
+            connection = aiosqlite.connect(path, isolation_level=None)
+            try:
+                await connection
+            except sqlite3.Error:
+                # aiosqlite stops its thread after a failed connect without waiting for it: wait here, so the
+                # thread never outlives the event loop (it would die with "Event loop is closed" tracebacks).
+                await asyncio.to_thread(connection._thread.join, 5)
+                raise
+            try:
+                connection.row_factory = sqlite3.Row
+                # Text a storefront wrote that is not UTF-8 must not fail a whole batch: it decodes to lone
+                # surrogates, which the row checks (store/rows.py) turn into that one row's quarantine.
+                connection.text_factory = _decode_text
+                # Per-connection settings and one read: nothing touches the file until the schema is checked.
+                await _complete(_run(connection, f"PRAGMA busy_timeout = {BUSY_SLICE_MS}"))
+                await _patiently(lambda: _fetch(connection, "SELECT count(*) FROM sqlite_master"))
+                await _complete(_run(connection, "PRAGMA synchronous = NORMAL"))
+                await _complete(_run(connection, "PRAGMA foreign_keys = ON"))
+            except BaseException:
+                await _complete(connection.close())
+                raise
+        return cls(connection, path)
 
     async def close(self) -> None:
         await _complete(self._db.close())
 
     # -- plumbing -----------------------------------------------------------------------------------------
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_SqliteTx]:
-        """One `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any exception."""
-        async with self._write() as db:
-            yield _SqliteTx(db, self._q)
+    async def _connection(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, ours alone for the block; the one place its errors become ours."""
+        with _mapped(self._path, what):
+            async with self._lock:
+                yield self._db
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection inside `BEGIN IMMEDIATE`; the transaction ends (COMMIT or ROLLBACK) whatever happens."""
-        async with self._lock:
+    async def _transaction(self, what: str) -> AsyncIterator[_SqliteTx]:
+        """One `BEGIN IMMEDIATE` transaction; it ends (COMMIT, or ROLLBACK on any exception) whatever happens."""
+        async with self._connection(what) as db:
             await self._begin()
             try:
-                yield self._db
-            except BaseException as exc:
+                yield _SqliteTx(db, self._q)
+            except BaseException:
                 await _complete(self._rollback())
-                if isinstance(exc, sqlite3.OperationalError) and _unavailable(exc):
-                    raise errors.StoreUnavailable(f"SQLite write failed: {exc}") from exc
                 raise
             try:
-                await self._patiently("commit", lambda: _run(self._db, "COMMIT"))
+                await _patiently(lambda: _run(db, "COMMIT"))
             except BaseException:
                 await _complete(self._rollback())  # nothing to do when COMMIT went through before a cancel
                 raise
@@ -111,22 +109,26 @@ class SqliteStore(SqlStore):
         try:
             await _complete(self._rollback())  # a transaction some earlier failure could not end
             await self._use_wal()
-            await self._patiently("BEGIN", lambda: _run(self._db, "BEGIN IMMEDIATE"))
+            await _patiently(lambda: _run(self._db, "BEGIN IMMEDIATE"))
         except asyncio.CancelledError:
             await _complete(self._rollback())  # the BEGIN may have got the lock just as we were cancelled
             raise
 
     async def _write_one(self, name: str, params: dict[str, Any]) -> int:
-        async with self._lock:
+        async with self._connection(f"write {name}") as db:
             await _complete(self._rollback())
             await self._use_wal()
-            return await self._patiently(f"write {name}", lambda: _run(self._db, self._q[name], params))
+            return await _patiently(lambda: _run(db, self._q[name], params))
+
+    async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
+        async with self._connection(f"query {name}") as db:
+            return await _patiently(lambda: _fetch(db, self._q[name], params))
 
     async def _use_wal(self) -> None:
         """WAL (readers never block the writer) is a property of the file: set before our first write."""
         if not self._wal:
             # the pragma answers with a row: read it, an open statement would block COMMIT
-            await self._patiently("journal_mode", lambda: _fetch(self._db, "PRAGMA journal_mode = WAL"))
+            await _patiently(lambda: _fetch(self._db, "PRAGMA journal_mode = WAL"))
             self._wal = True
 
     async def _rollback(self) -> None:
@@ -134,57 +136,6 @@ class SqliteStore(SqlStore):
         # awaited to its end, so `in_transaction` is not read while one is still running.
         if self._db.in_transaction:
             await _run(self._db, "ROLLBACK")
-
-    async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` (one statement, or a COMMIT) to its end, again while the database stays busy.
-
-        SQLite says to retry a statement outside a transaction, and a COMMIT, that failed with SQLITE_BUSY:
-        nothing of it took effect. Past BUSY_TIMEOUT_MS the failure is StoreUnavailable.
-        """
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                return await _complete(attempt())
-            except sqlite3.OperationalError as exc:
-                if _busy(exc) and time.monotonic() < deadline:
-                    continue
-                if not _unavailable(exc):
-                    raise
-                raise errors.StoreUnavailable(f"SQLite {what} on {self._path} failed: {exc}") from exc
-
-    async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
-        async with self._lock:
-            return await self._patiently(f"query {name}", lambda: _fetch(self._db, self._q[name], params))
-
-    # -- schema -------------------------------------------------------------------------------------------
-    async def schema_version(self) -> int | None:
-        tables = {row[0] for row in await self._read("schema_tables", {})}
-        return base.check_schema(tables, await self._meta_versions() if "schema_meta" in tables else [])
-
-    async def _meta_versions(self) -> list[Any]:
-        try:
-            return [row[0] for row in await self._read("schema_version", {})]
-        except sqlite3.OperationalError as exc:
-            raise errors.SchemaError(
-                f"schema_meta is not ours ({exc}): point database.url at the reconciler's database"
-            ) from exc
-
-    async def schema_shape(self) -> base.SchemaShape:
-        return base.SchemaShape.from_rows(
-            await self._read("schema_columns", {}), await self._read("schema_indexes", {})
-        )
-
-    async def init_schema(self) -> bool:
-        if await self.schema_version() is None:
-            async with self._write() as db:
-                # another `init-db` may have created it while we waited for the lock
-                tables = {row[0] for row in await _complete(_fetch(db, self._q["schema_tables"]))}
-                if not tables & base.OUR_TABLES:
-                    for statement in _statements(queries.schema_sql()):
-                        await _complete(_run(db, statement))
-                    return True
-        await self.require_schema()
-        return False
 
 
 def _decode_text(raw: bytes) -> str:
@@ -202,12 +153,26 @@ def _code(exc: sqlite3.Error) -> int:
     return getattr(exc, "sqlite_errorcode", 0) & 0xFF
 
 
-def _unavailable(exc: sqlite3.Error) -> bool:
-    return _code(exc) in _UNAVAILABLE_CODES
+@contextmanager
+def _mapped(path: Path, what: str, *, opening: bool = False) -> Iterator[None]:
+    """The one boundary where sqlite3's errors become ours (PostgreSQL's is `postgres._mapped`).
+
+    Opening, every failure says what the operator must do about the file. Afterwards only "try again later"
+    is mapped (StoreUnavailable); anything else (a constraint, our own SQL) is a bug and stays itself.
+    """
+    try:
+        yield
+    except sqlite3.Error as exc:
+        mapped = _open_error(path, exc) if opening else _operation_error(path, what, exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
-def _busy(exc: sqlite3.Error) -> bool:
-    return _code(exc) == _BUSY
+def _operation_error(path: Path, what: str, exc: sqlite3.Error) -> errors.ReconcilerError | None:
+    if _code(exc) in _UNAVAILABLE_CODES:
+        return errors.StoreUnavailable(f"SQLite {what} on {path} failed: {exc}")
+    return None
 
 
 def _open_error(path: Path, exc: sqlite3.Error) -> errors.ReconcilerError:
@@ -228,8 +193,23 @@ def _open_error(path: Path, exc: sqlite3.Error) -> errors.ReconcilerError:
     return errors.StoreUnavailable(f"cannot open SQLite database {path}: {exc}")
 
 
+async def _patiently(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run `attempt` (one statement, or a COMMIT) to its end, again while the database stays busy.
+
+    SQLite says to retry a statement outside a transaction, and a COMMIT, that failed with SQLITE_BUSY:
+    nothing of it took effect. Past BUSY_TIMEOUT_MS the error goes on (to `_mapped`: StoreUnavailable).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return await _complete(attempt())
+        except sqlite3.OperationalError as exc:
+            if _code(exc) != _BUSY or time.monotonic() >= deadline:
+                raise
+
+
 def _statements(script: str) -> list[str]:
-    """A script's statements, one by one (executescript would COMMIT the transaction they belong in)."""
+    """A script's statements, one by one."""
     statements: list[str] = []
     pending = ""
     for line in script.splitlines(keepends=True):
@@ -297,3 +277,8 @@ class _SqliteTx:
             await cursor.close()
 
         await _complete(run())
+
+    async def script(self, sql: str) -> None:
+        # statement by statement: executescript would COMMIT the transaction they belong in
+        for statement in _statements(sql):
+            await _complete(_run(self._db, statement))

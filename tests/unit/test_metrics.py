@@ -153,10 +153,10 @@ def test_an_action_the_store_adds_to_its_review_list_gets_a_series_too() -> None
 def test_the_metrics_name_every_action_the_stores_count_for_review() -> None:
     """Both dialects count the actions of the one audit vocabulary, and the metrics name the same ones."""
     from reconciler import audit
+    from reconciler.store import queries
 
-    store = REPO / "reconciler" / "store"
-    for dialect in ("sqlite.sql", "postgres.sql"):
-        query = (store / dialect).read_text().split("-- name: status_review", 1)[1].split("-- name:", 1)[0]
+    for dialect in queries.DIALECTS:
+        query = queries.load(dialect)["status_review"]
         assert ":actions" in query and not re.findall(r"'([a-z_]+\.[a-z_]+)'", query), dialect
     assert set(REVIEW_ACTIONS) == set(audit.REVIEW_ACTIONS)
 

@@ -1,0 +1,134 @@
+"""What every use case of the SQL store stands on: named queries, transactions run again on contention, fenced
+writes with their audit rows. Each dialect (`SqliteStore`, `PostgresStore`) supplies its connections and
+transactions; the use cases (invoices.py, settle.py, tasks.py, reporting.py) are written once above them."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from loguru import logger
+
+from reconciler import errors, ids
+from reconciler.models import AuditRecord
+from reconciler.store import base
+from reconciler.timeutil import format_ts
+
+_T = TypeVar("_T")
+
+#: A transaction the database aborted to break a deadlock or a serialization conflict is run again, up to
+#: this many times in all, with a short jittered pause between tries (docs/reconcile.md §16: the store
+#: survives contention).
+CONTENTION_ATTEMPTS = 5
+
+
+class Row(Protocol):
+    """A result row: sqlite3.Row and asyncpg.Record both read by column name or position."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+
+class Tx(Protocol):
+    """One open transaction, speaking named queries."""
+
+    async def exec(self, name: str, params: dict[str, Any]) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    async def returning(self, name: str, params: dict[str, Any]) -> list[Row]:
+        """Run a statement and read the rows it returns."""
+        ...
+
+    async def exec_many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
+        """Run a statement once per parameter set, in as few round trips as the driver allows."""
+        ...
+
+    async def script(self, sql: str) -> None:
+        """Run a script of statements without parameters (schema.sql)."""
+        ...
+
+
+class Engine(base.Store):
+    @abc.abstractmethod
+    def _transaction(self, what: str) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction (`what` names it in errors): committed when the block ends, rolled back on any
+        exception."""
+
+    @abc.abstractmethod
+    async def _read(self, name: str, params: dict[str, Any]) -> list[Row]:
+        """Run a read-only named query outside any explicit transaction."""
+
+    @abc.abstractmethod
+    async def _write_one(self, name: str, params: dict[str, Any]) -> int:
+        """Run one statement as its own transaction (atomic by itself); the number of rows it changed."""
+
+    async def _atomic(self, what: str, body: Callable[[Tx], Awaitable[_T]]) -> _T:
+        """Run `body` in one write transaction; run it again (from the start, in a new transaction) when
+        the database aborted it for contention. `body` must only talk to the database."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                async with self._transaction(what) as tx:
+                    return await body(tx)
+            except errors.StoreContention as exc:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                logger.info("database contention ({}); running the transaction again", exc.message)
+                await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _statement(self, name: str, params: dict[str, Any]) -> int:
+        """`_write_one`, run again on contention like `_atomic`."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                return await self._write_one(name, params)
+            except errors.StoreContention:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _fenced_write(
+        self, name: str, params: dict[str, Any], *, audits: Sequence[AuditRecord], now: datetime
+    ) -> bool:
+        """One fenced UPDATE and its audit rows, all or nothing; False (nothing written) when fenced out.
+
+        Without audits the UPDATE is its own transaction: the common case costs no round trips around it."""
+        if not audits:
+            return await self._statement(name, params) == 1
+
+        async def write(tx: Tx) -> bool:
+            if await tx.exec(name, params) != 1:
+                return False
+            await self._audit(tx, now, audits)
+            return True
+
+        return await self._atomic(name, write)
+
+    async def _audit(self, tx: Tx, now: datetime, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        await tx.exec_many(
+            "insert_audit",
+            [
+                {
+                    "id": ids.uuid7(now),
+                    "occurred_at": format_ts(now),
+                    "action": record.action,
+                    "target_kind": record.target_kind,
+                    "target_id": record.target_id,
+                    "details": json.dumps(record.details, sort_keys=True, default=str),
+                }
+                for record in records
+            ],
+        )
+
+
+def fmt(value: datetime | None) -> str | None:
+    """A timestamp parameter, NULL kept."""
+    return format_ts(value) if value is not None else None

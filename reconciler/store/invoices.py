@@ -1,0 +1,233 @@
+"""The reconcile pass's reads and writes of invoices (docs/reconcile.md §1–§7, §11): claim, look up, release,
+quarantine, check, expire or invalidate, and what deciding needs to read (payments, policies, licenses)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from reconciler import audit, ids
+from reconciler.models import (
+    AuditRecord,
+    Invoice,
+    InvoiceStatus,
+    PaymentRow,
+    Policy,
+    Unreadable,
+    UnreadablePolicy,
+)
+from reconciler.store import base, rows
+from reconciler.store.engine import Engine, Row, Tx
+from reconciler.timeutil import format_ts
+
+
+class InvoiceUseCases(Engine):
+    async def claim(
+        self,
+        *,
+        owner: str,
+        pass_start: datetime,
+        now: datetime,
+        lease: timedelta,
+        max_age: timedelta,
+        batch_size: int,
+    ) -> list[base.Row]:
+        params = {
+            "owner": owner,
+            "token": ids.new_id(),
+            "lease_until": format_ts(now + lease),
+            "min_created_at": format_ts(pass_start - max_age),
+            "pass_start": format_ts(pass_start),
+            "now": format_ts(now),
+            "batch_size": batch_size,
+        }
+
+        async def claim(tx: Tx) -> list[Row]:
+            return await tx.returning("claim", params)
+
+        found = [rows.invoice(row) for row in await self._atomic("claim", claim)]
+        found.sort(key=_claim_order)
+        return found
+
+    async def peek(
+        self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
+    ) -> list[base.Row]:
+        found = await self._read(
+            "peek",
+            {
+                "min_created_at": format_ts(pass_start - max_age),
+                "pass_start": format_ts(pass_start),
+                "now": format_ts(now),
+                "batch_size": batch_size,
+                "offset": offset,
+            },
+        )
+        return [rows.invoice(row) for row in found]
+
+    async def get_invoice(self, invoice_id: str) -> base.Row | None:
+        found = await self._read("get_invoice", {"invoice_id": invoice_id})
+        return rows.invoice(found[0]) if found else None
+
+    async def find_invoices(self, provider_invoice_id: str, provider_id: str | None) -> list[base.Row]:
+        found = await self._read(
+            "find_invoices", {"provider_invoice_id": provider_invoice_id, "provider_id": provider_id}
+        )
+        return [rows.invoice(row) for row in found]
+
+    async def release(self, invoice: base.Row, *, next_check_at: datetime | None) -> bool:
+        return await self._statement("release", _release_params(invoice, next_check_at)) == 1
+
+    async def release_all(self, held: Sequence[base.Row]) -> int:
+        if not held:
+            return 0
+
+        async def release(tx: Tx) -> int:
+            released = 0
+            for row in held:
+                released += await tx.exec("release", _release_params(row, None))
+            return released
+
+        return await self._atomic("release_all", release)
+
+    async def record_quarantine(
+        self,
+        row: base.Row,
+        *,
+        next_check_at: datetime,
+        observation: str,
+        audits: Sequence[AuditRecord],
+        now: datetime,
+    ) -> bool:
+        params = {
+            "invoice_id": row.id,
+            "token": row.lease_token,
+            "next_check_at": format_ts(next_check_at),
+            "observation": observation,
+        }
+        return await self._fenced_write("quarantine", params, audits=audits, now=now)
+
+    async def payment_rows(self, keys: Sequence[base.PaymentKey]) -> list[PaymentRow]:
+        groups: dict[tuple[str, bool], list[str]] = {}
+        for key in keys:
+            groups.setdefault((key.provider_id, key.include_null), []).append(key.provider_invoice_id)
+        found: list[PaymentRow] = []
+        for (provider_id, include_null), provider_invoice_ids in groups.items():
+            result = await self._read(
+                "payment_rows", payment_params(provider_id, include_null, provider_invoice_ids)
+            )
+            found.extend(payment_row(row) for row in result)
+        return found
+
+    async def record_check(
+        self,
+        invoice: Invoice,
+        *,
+        now: datetime,
+        next_check_at: datetime,
+        observation: str | None,
+        audits: Sequence[AuditRecord] = (),
+        checked: bool = True,
+    ) -> bool:
+        params = {
+            "invoice_id": invoice.id,
+            "status": invoice.status.value,
+            "token": invoice.lease_token,
+            "next_check_at": format_ts(next_check_at),
+            "checked_at": format_ts(now) if observation is not None and checked else None,
+            "observation": observation,
+        }
+        return await self._fenced_write("record_check", params, audits=audits, now=now)
+
+    async def record_transition(
+        self,
+        invoice: Invoice,
+        *,
+        new_status: InvoiceStatus,
+        now: datetime,
+        next_check_at: datetime,
+        observation: str | None,
+        audits: Sequence[AuditRecord],
+    ) -> bool:
+        stamp = format_ts(now)
+
+        async def transition(tx: Tx) -> bool:
+            changed = await tx.exec(
+                "transition",
+                {
+                    "invoice_id": invoice.id,
+                    "status": invoice.status.value,
+                    "token": invoice.lease_token,
+                    "new_status": new_status.value,
+                    "now": stamp,
+                    "next_check_at": format_ts(next_check_at),
+                    "observation": observation,
+                },
+            )
+            if changed != 1:
+                return False
+            cancelled = await tx.returning("cancel_redemption", {"invoice_id": invoice.id, "now": stamp})
+            for row in cancelled:
+                await tx.exec("give_back_slot", {"code_id": row[0]})
+            await self._audit(tx, now, [audit.with_redemption(a, cancelled=bool(cancelled)) for a in audits])
+            return True
+
+        return await self._atomic("record_transition", transition)
+
+    async def policies_for(
+        self, invoice: Invoice
+    ) -> tuple[Policy | UnreadablePolicy | None, list[Policy | UnreadablePolicy]]:
+        own: Policy | UnreadablePolicy | None = None
+        if invoice.policy_id is not None:
+            found = await self._read("invoice_policy", {"policy_id": invoice.policy_id})
+            own = rows.policy(found[0]) if found else None
+        product = await self._read("product_policies", {"product_id": invoice.product_id})
+        return own, [rows.policy(row) for row in product]
+
+    async def license_of(self, invoice_id: str) -> dict[str, Any] | None:
+        found = await self._read("license_of", {"invoice_id": invoice_id})
+        if not found:
+            return None
+        row = found[0]
+        return {key: row[key] for key in ("id", "status", "issued_at", "expires_at", "policy_id")}
+
+    async def redemption_status(self, invoice_id: str) -> str | None:
+        found = await self._read("redemption_status", {"invoice_id": invoice_id})
+        return str(found[0][0]) if found else None
+
+
+def _claim_order(row: base.Row) -> tuple[str, str]:
+    if isinstance(row, Unreadable):
+        return ("", row.label)  # quarantined first: they cost no provider call
+    return (format_ts(row.created_at), row.id)
+
+
+def _release_params(row: base.Row, next_check_at: datetime | None) -> dict[str, Any]:
+    return {
+        "invoice_id": row.id,
+        "token": row.lease_token,
+        "next_check_at": format_ts(next_check_at) if next_check_at else None,
+    }
+
+
+def payment_params(
+    provider_id: str, include_null: bool, provider_invoice_ids: Sequence[str]
+) -> dict[str, Any]:
+    """The `payment_rows` parameters for some provider invoice ids of one provider."""
+    return {
+        "provider_id": provider_id,
+        "include_null": int(include_null),
+        "provider_invoice_ids": json.dumps(list(provider_invoice_ids)),
+    }
+
+
+def payment_row(row: Row) -> PaymentRow:
+    created_at = row["created_at"]
+    return PaymentRow(
+        id=str(row["id"]),
+        provider_invoice_id=str(row["provider_invoice_id"]),
+        status=str(row["status"]),
+        created_at=created_at if isinstance(created_at, str) else "",
+        has_license=bool(row["has_license"]),
+    )

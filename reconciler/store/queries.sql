@@ -1,0 +1,379 @@
+-- The store's SQL, one file for SQLite and PostgreSQL (loaded by queries.py).
+--
+-- `-- name: <query>` starts a query the store runs; `-- part: <part>` starts SQL that queries and other
+-- parts include as `{part}`. The line after a header says what the block is for. A block serves both
+-- dialects unless it is written once per dialect (`-- name: <query> @sqlite` and `... @postgres`): only
+-- where the engines differ. Parameters are `:name` (turned into `$n` for PostgreSQL), timestamps are text
+-- (docs/schema.md §1) and time is always a parameter. PostgreSQL cannot infer the type of a parameter only
+-- compared with NULL: it carries a CAST, which SQLite reads the same way.
+
+-- part: has_license
+-- Whether the invoice row in scope (`invoices`) has its license.
+EXISTS (SELECT 1 FROM licenses AS l WHERE l.invoice_id = invoices.id)
+
+-- part: invoice_columns
+-- The invoice columns store/rows.py reads (claim, peek, lookups).
+id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amount_sats, listed_currency,
+    listed_value, buyer_email, subscription_id, created_at, settled_at, check_attempts,
+    last_provider_status, lease_token, {has_license} AS has_license
+
+-- part: due_candidates
+-- docs/reconcile.md §1's candidates, never-checked first, then oldest due: created within max_age, due, not
+-- leased, and still open or settled without a license (a renewal invoice has no license of its own).
+WHERE created_at >= :min_created_at
+  AND (next_check_at IS NULL OR next_check_at <= :pass_start)
+  AND (lease_until IS NULL OR lease_until < :now)
+  AND (status IN ('pending', 'expired', 'invalid')
+       OR (status = 'settled' AND subscription_id IS NULL AND NOT {has_license}))
+ORDER BY (next_check_at IS NOT NULL), next_check_at, created_at, id
+
+-- part: skip_locked @sqlite
+-- Nothing: a claim runs inside BEGIN IMMEDIATE, the one writer of the file.
+
+-- part: skip_locked @postgres
+-- Rows another instance is claiming right now are left to it, not waited for.
+FOR UPDATE SKIP LOCKED
+
+-- part: fenced
+-- The row as this claim leased it: a writer whose lease was taken over matches nothing.
+id = :invoice_id AND lease_token = :token
+
+-- part: lease_cleared
+-- The lease given back with the write.
+lease_owner = NULL, lease_token = NULL, lease_until = NULL
+
+-- part: json_elements @sqlite
+-- The set-returning function over a JSON array parameter (column `value`).
+json_each
+
+-- part: json_elements @postgres
+-- The set-returning function over a JSON array parameter (column `value`).
+json_array_elements_text
+
+-- part: payment_columns
+-- What choosing the row of a payment to settle needs (decide.payment_winner).
+id, provider_invoice_id, status, created_at, {has_license} AS has_license
+
+-- part: policy_columns
+-- The policy columns store/rows.py reads.
+id, product_id, slug, duration_seconds, is_trial, is_recurring, trial_days, renewal_period_days,
+    grace_seconds, max_machines, entitlements, active, created_at
+
+-- part: post_settle_task
+-- One post-settle task at the attempt this instance counted on, still pending.
+invoice_id = :invoice_id AND kind = :kind AND attempts = :attempts AND status = 'pending'
+
+-- part: instance_listed
+-- Instances whose last pass (or start) is at or after :since; every instance when :since is NULL.
+CAST(:since AS TEXT) IS NULL OR COALESCE(last_pass_started_at, started_at) >= :since
+
+-- part: quarantined
+-- Invoices held back for a person (unreadable, duplicate): their observation starts with `!`.
+last_provider_status LIKE '!unreadable:%' OR last_provider_status LIKE '!duplicate:%'
+
+-- name: schema_tables @sqlite
+-- The names of the database's tables.
+SELECT name FROM sqlite_master WHERE type = 'table';
+
+-- name: schema_tables @postgres
+-- The names of the tables of the schema we work in.
+SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema();
+
+-- name: schema_version
+-- The schema_meta rows: exactly one, our SCHEMA_VERSION, in a database that is ours.
+SELECT version FROM schema_meta;
+
+-- name: schema_columns @sqlite
+-- Every (table, column) of the database, for the schema check.
+SELECT m.name AS table_name, c.name AS column_name
+FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+WHERE m.type = 'table'
+ORDER BY m.name, c.cid;
+
+-- name: schema_columns @postgres
+-- Every (table, column) of the schema, for the schema check.
+SELECT table_name::text AS table_name, column_name::text AS column_name
+FROM information_schema.columns
+WHERE table_schema = current_schema()
+ORDER BY table_name, ordinal_position;
+
+-- name: schema_indexes @sqlite
+-- Every index and unique constraint with its columns in order, for the schema check.
+-- partial indexes enforce nothing for the rows outside them: they never count
+SELECT m.name AS table_name, il.name AS index_name, il."unique" AS is_unique, il.origin AS origin,
+       ii.seqno AS position, ii.name AS column_name
+FROM sqlite_master AS m, pragma_index_list(m.name) AS il, pragma_index_info(il.name) AS ii
+WHERE m.type = 'table' AND il.partial = 0
+ORDER BY m.name, il.name, ii.seqno;
+
+-- name: schema_indexes @postgres
+-- Every index and unique constraint with its columns in order, for the schema check.
+-- key columns only (not INCLUDE ones); partial and invalid indexes enforce nothing for every row
+SELECT t.relname::text AS table_name, i.relname::text AS index_name, x.indisunique AS is_unique,
+       CASE WHEN x.indisprimary THEN 'pk' WHEN x.indisunique THEN 'u' ELSE 'c' END AS origin,
+       k.position AS position, a.attname::text AS column_name
+FROM pg_catalog.pg_index AS x
+JOIN pg_catalog.pg_class AS t ON t.oid = x.indrelid
+JOIN pg_catalog.pg_class AS i ON i.oid = x.indexrelid
+CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k (attnum, position)
+LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.attnum AND k.attnum > 0
+WHERE t.relnamespace = current_schema()::regnamespace
+  AND x.indpred IS NULL AND x.indisvalid AND k.position <= x.indnkeyatts
+ORDER BY 1, 2, 5;
+
+-- name: lock @sqlite
+-- Nothing to take: BEGIN IMMEDIATE already made this transaction the file's one writer.
+SELECT :key AS key;
+
+-- name: lock @postgres
+-- A lock on :key held until the transaction ends (one settle per payment, one init-db at a time).
+SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
+
+-- name: claim
+-- Lease up to :batch_size due candidates to :owner with a new :token until :lease_until.
+UPDATE invoices
+SET lease_owner = :owner, lease_token = :token, lease_until = :lease_until
+WHERE id IN (SELECT id FROM invoices {due_candidates} LIMIT :batch_size {skip_locked})
+RETURNING {invoice_columns};
+
+-- name: peek
+-- The candidates a claim would lease, a page at a time, leasing nothing (dry run).
+SELECT {invoice_columns} FROM invoices {due_candidates}
+LIMIT :batch_size OFFSET :offset;
+
+-- name: get_invoice
+-- One invoice by its id.
+SELECT {invoice_columns} FROM invoices WHERE id = :invoice_id;
+
+-- name: find_invoices
+-- The invoices with a provider invoice id (of one provider id unless :provider_id is NULL), oldest first.
+SELECT {invoice_columns} FROM invoices
+WHERE provider_invoice_id = :provider_invoice_id
+  AND (CAST(:provider_id AS TEXT) IS NULL OR payment_provider_id = :provider_id)
+ORDER BY created_at, id;
+
+-- name: payment_rows
+-- Every row of some payments: the provider's own rows and, for the default provider, rows without one.
+-- Two branches so that each is a lookup on UNIQUE(payment_provider_id, provider_invoice_id).
+SELECT {payment_columns} FROM invoices
+WHERE payment_provider_id = :provider_id
+  AND provider_invoice_id IN (SELECT value FROM {json_elements}(:provider_invoice_ids))
+UNION ALL
+SELECT {payment_columns} FROM invoices
+WHERE CAST(:include_null AS INTEGER) = 1 AND payment_provider_id IS NULL
+  AND provider_invoice_id IN (SELECT value FROM {json_elements}(:provider_invoice_ids));
+
+-- name: license_of
+-- The license of an invoice, as `explain` shows it.
+SELECT id, status, issued_at, expires_at, policy_id FROM licenses WHERE invoice_id = :invoice_id;
+
+-- name: release
+-- Give the lease back, changing nothing else (but next_check_at when given).
+UPDATE invoices
+SET {lease_cleared}, next_check_at = COALESCE(:next_check_at, next_check_at)
+WHERE {fenced};
+
+-- name: record_check
+-- No status change: the schedule, one attempt more, the observation (and when it was made).
+UPDATE invoices
+SET next_check_at = :next_check_at, check_attempts = check_attempts + 1,
+    last_checked_at = COALESCE(:checked_at, last_checked_at),
+    last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
+WHERE {fenced} AND status = :status;
+
+-- name: quarantine
+-- A row held back for a person (unreadable, duplicate): no status, no attempt counted, only the schedule.
+UPDATE invoices
+SET next_check_at = :next_check_at, last_provider_status = :observation, {lease_cleared}
+WHERE {fenced};
+
+-- name: transition
+-- Expire or invalidate (docs/reconcile.md §7), compare-and-set on the status the claim read.
+UPDATE invoices
+SET status = :new_status, updated_at = :now, next_check_at = :next_check_at,
+    check_attempts = check_attempts + 1, last_checked_at = :now,
+    last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
+WHERE {fenced} AND status = :status;
+
+-- name: settle
+-- Mark settled (docs/reconcile.md §8), compare-and-set on the status the claim read; a recovery observes
+-- nothing.
+UPDATE invoices
+SET status = 'settled', settled_at = COALESCE(settled_at, :now), updated_at = :now,
+    next_check_at = :next_check_at, check_attempts = check_attempts + 1,
+    last_checked_at = CASE WHEN CAST(:observation AS TEXT) IS NULL THEN last_checked_at ELSE :now END,
+    last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
+WHERE {fenced} AND status = :status;
+
+-- name: cancel_redemption
+-- Cancel the invoice's pending discount redemption; the code whose slot goes back.
+UPDATE discount_redemptions
+SET status = 'cancelled', updated_at = :now
+WHERE invoice_id = :invoice_id AND status = 'pending'
+RETURNING code_id;
+
+-- name: give_back_slot
+-- One use of a discount code given back (never below zero).
+UPDATE discount_codes
+SET used_count = CASE WHEN used_count > 0 THEN used_count - 1 ELSE 0 END
+WHERE id = :code_id;
+
+-- name: redeem_redemption
+-- Redeem the invoice's pending discount redemption for its license.
+UPDATE discount_redemptions
+SET status = 'redeemed', license_id = :license_id, updated_at = :now
+WHERE invoice_id = :invoice_id AND status = 'pending'
+RETURNING id, code_id;
+
+-- name: redemption_status
+-- The status of the invoice's discount redemption, if it has one.
+SELECT status FROM discount_redemptions WHERE invoice_id = :invoice_id;
+
+-- name: insert_license
+-- Issue the license unless the invoice has one (UNIQUE(invoice_id): exactly once across every writer).
+INSERT INTO licenses (id, product_id, policy_id, invoice_id, status, license_key, issued_at, expires_at,
+    grace_seconds, max_machines, entitlements, is_trial, buyer_email, metadata)
+VALUES (:id, :product_id, :policy_id, :invoice_id, 'active', :license_key, :issued_at, :expires_at,
+    :grace_seconds, :max_machines, :entitlements, :is_trial, :buyer_email, :metadata)
+ON CONFLICT (invoice_id) DO NOTHING
+RETURNING id;
+
+-- name: license_for_invoice
+-- The id of the license another writer issued for the invoice first.
+SELECT id FROM licenses WHERE invoice_id = :invoice_id;
+
+-- name: insert_subscription
+-- The subscription of a recurring policy, unless the license has one.
+INSERT INTO subscriptions (id, license_id, policy_id, product_id, status, started_at, period_days,
+    listed_currency, listed_value, first_invoice_id, payment_provider_id, next_renewal_at, created_at, updated_at)
+VALUES (:id, :license_id, :policy_id, :product_id, 'active', :started_at, :period_days,
+    :listed_currency, :listed_value, :first_invoice_id, :payment_provider_id, :next_renewal_at, :now, :now)
+ON CONFLICT (license_id) DO NOTHING
+RETURNING id;
+
+-- name: renew_subscription
+-- A paid renewal invoice makes its subscription active again.
+UPDATE subscriptions SET status = 'active', updated_at = :now WHERE id = :subscription_id
+RETURNING id;
+
+-- name: insert_post_settle_task
+-- Queue a post-settle task (docs/reconcile.md §15) of the settled invoice, once per kind.
+INSERT INTO post_settle_tasks (invoice_id, kind, provider_id, status, attempts, next_attempt_at, created_at,
+    updated_at)
+VALUES (:invoice_id, :kind, :provider_id, 'pending', 0, :now, :now, :now)
+ON CONFLICT (invoice_id, kind) DO NOTHING;
+
+-- name: insert_audit
+-- One audit_log row (docs/audit.md §1), written by the reconciler.
+INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
+VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
+
+-- name: invoice_policy
+-- The invoice's own policy, active or not.
+SELECT {policy_columns} FROM policies WHERE id = :policy_id;
+
+-- name: product_policies
+-- A product's active policies, oldest first.
+SELECT {policy_columns} FROM policies WHERE product_id = :product_id AND active = 1
+ORDER BY created_at, id;
+
+-- name: upsert_instance
+-- Record a process and its pass; the fields a call leaves out (NULL) keep what an earlier one wrote.
+INSERT INTO reconciler_instances (lease_owner, hostname, pid, started_at, last_pass_started_at,
+    last_pass_finished_at, last_summary)
+VALUES (:lease_owner, :hostname, :pid, :started_at, :last_pass_started_at, :last_pass_finished_at,
+    :last_summary)
+ON CONFLICT (lease_owner) DO UPDATE SET
+    last_pass_started_at = COALESCE(excluded.last_pass_started_at, reconciler_instances.last_pass_started_at),
+    last_pass_finished_at = excluded.last_pass_finished_at,
+    last_summary = COALESCE(excluded.last_summary, reconciler_instances.last_summary);
+
+-- name: prune_instances
+-- Forget processes whose last pass ended before :cutoff (never the one writing).
+DELETE FROM reconciler_instances
+WHERE COALESCE(last_pass_finished_at, started_at) < :cutoff AND lease_owner <> :lease_owner;
+
+-- name: status_pending
+-- `status`: pending invoices still checked, per provider id, with the oldest one's creation.
+SELECT payment_provider_id, count(*) AS pending, min(created_at) AS oldest_created_at
+FROM invoices
+WHERE status = 'pending' AND created_at >= :min_created_at
+GROUP BY payment_provider_id
+ORDER BY payment_provider_id;
+
+-- name: status_stale
+-- `status`: pending invoices older than max_age, no longer checked.
+SELECT count(*) FROM invoices WHERE status = 'pending' AND created_at < :min_created_at;
+
+-- name: status_instances
+-- `status`: the instances listed, latest pass first.
+SELECT lease_owner, hostname, pid, started_at, last_pass_started_at, last_pass_finished_at, last_summary
+FROM reconciler_instances
+WHERE {instance_listed}
+ORDER BY last_pass_finished_at DESC, lease_owner;
+
+-- name: status_other_instances
+-- `status`: how many instances are left out of the list.
+SELECT count(*) FROM reconciler_instances WHERE NOT ({instance_listed});
+
+-- name: status_quarantined
+-- `status`: quarantined invoices, oldest first, with when their quarantine was audited last.
+SELECT i.id, i.last_provider_status,
+    (SELECT max(a.occurred_at) FROM audit_log AS a
+     WHERE a.target_kind = 'invoice' AND a.target_id = i.id
+       AND a.action IN ('invoice.unreadable', 'invoice.duplicate')) AS since
+FROM invoices AS i
+WHERE {quarantined}
+ORDER BY i.created_at, i.id
+LIMIT :limit;
+
+-- name: status_quarantined_count
+-- `status`: how many invoices are quarantined in all.
+SELECT count(*) FROM invoices WHERE {quarantined};
+
+-- name: status_review
+-- `status`: how often each audit action for review (a JSON array) occurred since :since, and when last.
+SELECT action, count(*) AS n, max(occurred_at) AS latest
+FROM audit_log
+WHERE action IN (SELECT value FROM {json_elements}(:actions))
+  AND occurred_at >= :since
+GROUP BY action
+ORDER BY action;
+
+-- name: invoice_audits
+-- `explain`: the audit rows about one invoice, oldest first.
+SELECT occurred_at, action, target_kind, target_id, details
+FROM audit_log
+WHERE target_kind = 'invoice' AND target_id = :invoice_id
+ORDER BY occurred_at, id;
+
+-- name: due_post_settle_tasks
+-- Pending post-settle tasks whose next attempt is due, with what running one needs.
+SELECT t.invoice_id, t.kind, t.provider_id, t.attempts, i.provider_invoice_id,
+    s.id AS subscription_id, s.payment_profile_id
+FROM post_settle_tasks AS t
+JOIN invoices AS i ON i.id = t.invoice_id
+LEFT JOIN licenses AS l ON l.invoice_id = t.invoice_id
+LEFT JOIN subscriptions AS s ON s.license_id = l.id
+WHERE t.status = 'pending' AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= :now)
+ORDER BY t.next_attempt_at, t.invoice_id, t.kind
+LIMIT :batch_size;
+
+-- name: claim_post_settle_task
+-- Take one attempt: count it and hold the task until :lease_until (compare-and-set on attempts).
+UPDATE post_settle_tasks
+SET attempts = attempts + 1, next_attempt_at = :lease_until, updated_at = :now
+WHERE {post_settle_task};
+
+-- name: finish_post_settle_task
+-- Record how the attempt this instance took ended.
+UPDATE post_settle_tasks
+SET status = :status, last_error = :last_error, next_attempt_at = :next_attempt_at, updated_at = :now
+WHERE {post_settle_task};
+
+-- name: store_payment_profile
+-- Keep the buyer's saved payment profile on the subscription, unless it has one.
+UPDATE subscriptions
+SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
+    payment_profile_expires_at = :expires_at, updated_at = :now
+WHERE id = :subscription_id AND payment_profile_id IS NULL;

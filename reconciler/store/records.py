@@ -1,0 +1,138 @@
+"""The frozen values the store takes and hands back, besides the models (reconciler/models.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from reconciler.driver_api import PaymentProfile
+from reconciler.models import AuditRecord, LicenseDraft, SubscriptionDraft
+
+#: `reconciler_instances` rows whose last pass is older than this are deleted by later passes.
+INSTANCE_RETENTION = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentKey:
+    """One payment at a provider: every row whose provider id (NULL counted as `default_provider` when
+    `include_null`) and provider invoice id are these is the same payment (docs/reconcile.md §13, one payment,
+    one license)."""
+
+    provider_id: str
+    provider_invoice_id: str
+    include_null: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateFound:
+    """The settle transaction found that another row of the same payment is the one to settle."""
+
+    winner_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Everything the settle transaction of docs/reconcile.md §8 writes (or the recovery of
+    docs/reconcile.md §1 when `recovered`).
+
+    `audits` are the invoice-targeted rows the decision made (`invoice.settled`, `invoice.paid_late`,
+    `invoice.amount_mismatch`); the store adds `license.issued`, `code.redeemed` and `subscription.renewed`,
+    which depend on what the transaction finds.
+    """
+
+    now: datetime
+    next_check_at: datetime
+    observation: str | None
+    provider_id: str | None
+    audits: tuple[AuditRecord, ...]
+    license: LicenseDraft | None  # None for a renewal invoice
+    subscription: SubscriptionDraft | None  # only for a recurring policy
+    post_settle_kinds: tuple[str, ...] = ()
+    recovered: bool = False
+    #: set when other rows may be the same payment: checked again under a lock inside the transaction
+    payment: PaymentKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    """The settle transaction went through: `license_id` is the invoice's license, ours or the one already
+    there (None for a renewal invoice)."""
+
+    license_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueTask:
+    """A pending post-settle task (docs/reconcile.md §15) with what running it needs."""
+
+    invoice_id: str
+    kind: str
+    provider_id: str | None
+    attempts: int
+    provider_invoice_id: str
+    subscription_id: str | None
+    has_profile: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How one claimed attempt ended: `done`, still `pending` (retry at `next_attempt_at`) or `failed`."""
+
+    status: str
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    profile: PaymentProfile | None = None
+    audit: AuditRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """A `reconciler_instances` row: one running process and its last pass."""
+
+    lease_owner: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_pass_started_at: datetime | None = None
+    last_pass_finished_at: datetime | None = None
+    last_summary: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingByProvider:
+    """Pending invoices still checked (created within `max_age`) for one provider id."""
+
+    provider_id: str | None
+    pending: int
+    oldest_created_at: datetime | None  # None when the oldest row's timestamp cannot be read
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An invoice held back for a person: unreadable, or a duplicate of another row of its payment."""
+
+    invoice_id: str
+    kind: str  # "unreadable" or "duplicate"
+    detail: str  # the column, or the row that won
+    since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What `reconciler status` shows: backlog, instances and audit actions for review."""
+
+    pending: tuple[PendingByProvider, ...]
+    no_longer_checked: int
+    instances: tuple[InstanceRow, ...]
+    review: tuple[tuple[str, int, datetime], ...] = field(default=())
+    #: invoices quarantined now (at most `QUARANTINE_LISTED` of them) and how many there are in all
+    quarantined: tuple[Quarantined, ...] = field(default=())
+    quarantined_total: int = 0
+    #: instances left out of `instances` because their last pass started before `instances_since`
+    other_instances: int = 0
+
+
+#: How many quarantined invoices `status` lists by id (the count covers the rest).
+QUARANTINE_LISTED = 50
