@@ -640,7 +640,7 @@ def test_a_duration_at_its_bound_is_accepted(tmp_path: Path, template: str, key:
 
 
 def timedelta_seconds(duration: str) -> int:
-    return int(config._DURATION_ADAPTER.validate_python(duration).total_seconds())
+    return int(config.models._DURATION_ADAPTER.validate_python(duration).total_seconds())
 
 
 @pytest.mark.parametrize(
@@ -997,7 +997,7 @@ def test_the_core_s_own_secrets_are_recognised_by_declared_type_too(tmp_path: Pa
     secret = write(tmp_path, SECRET, name="password")
     section: dict[str, object] = {"password_file": str(secret), "certificate_file": "/etc/y.pem"}
 
-    problems = config._resolve_secrets(section, Section.model_fields, set(), {}, resolve_files=True)
+    problems = config.secrets._resolve_secrets(section, Section.model_fields, set(), {}, resolve_files=True)
 
     assert (problems, section) == ([], {"password": SecretStr(SECRET), "certificate_file": "/etc/y.pem"})
 
