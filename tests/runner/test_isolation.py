@@ -447,3 +447,42 @@ def test_an_unusable_amount_is_shown_as_what_it_was() -> None:
         snap = Snapshot(ProviderStatus.SETTLED, "Settled", currency="SATS", amount_raw=raw)
         facts = decide.evidence(invoice, "fake", snap)
         assert facts["provider_amount_sats"] is None and facts["provider_amount_raw"] == raw
+
+
+async def test_a_long_pass_says_how_far_it_got(
+    shop: Shop, make_runner: RunnerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loguru import logger
+
+    from reconciler import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY", 0.05)
+    product = shop.product()
+    for i in range(4):
+        shop.invoice(product, provider_invoice_id=f"P{i}")
+    driver = FakeDriver()
+    driver.latency = 0.1
+    driver.script_many([f"P{i}" for i in range(4)], snapshot("PENDING"))
+    lines: list[str] = []
+    handle = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        common = CommonSettings(driver="fake", max_concurrency=1)
+        await make_runner({"fake": driver}, common=common).run_pass()
+    finally:
+        logger.remove(handle)
+    progress = [line for line in lines if line.startswith("pass in progress:")]
+    assert progress and "4 claimed" in progress[0] and "invoices/s" in progress[0]
+
+
+async def test_explain_and_dry_run_see_an_unreadable_row_as_the_pass_does(
+    shop: Shop, make_runner: RunnerFactory
+) -> None:
+    bad = shop.invoice(shop.product(), provider_invoice_id="BAD")
+    shop.execute("UPDATE invoices SET amount_sats = 'lots' WHERE id = ?", (bad,))
+    runner = make_runner({"fake": FakeDriver()})
+    row = await runner.store.get_invoice(bad)
+    assert row is not None
+    lines: list[dict[str, Any]] = []
+    await runner.dry_run(lines.append, only=row)
+    (line,) = lines
+    assert line["decision"] == "unreadable" and line["evidence"]["column"] == "amount_sats"
