@@ -6,6 +6,7 @@ it untouched (fenced, lease too short) so the pass claims it again.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import datetime
 
@@ -22,6 +23,74 @@ from reconciler.traffic import Release
 from reconciler.verdicts import Decided, Duplicate, Quarantine, Skip, Unanswered, Verdict
 
 
+class Bookkeeping:
+    """The no-change checks and lease releases of the invoices in flight, written together: one transaction
+    for everything that finished within `WINDOW` seconds (or `size` rows), each row still fenced by its own
+    lease token. An invoice's task waits for its row's write, so nothing leaves the pass unwritten."""
+
+    WINDOW = 0.002
+
+    def __init__(self, store: base.Store, *, size: int) -> None:
+        self.store = store
+        self.size = max(1, size)
+        self._checks: list[tuple[base.CheckWrite, asyncio.Future[bool]]] = []
+        self._releases: list[tuple[base.ReleaseWrite, asyncio.Future[bool]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def check(self, write: base.CheckWrite) -> bool:
+        """Record a no-change check (without audit rows); False when another writer fenced it out."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._checks.append((write, future))
+        self._due()
+        return await future
+
+    async def release(self, write: base.ReleaseWrite) -> bool:
+        """Give a lease back; False when it was no longer ours."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._releases.append((write, future))
+        self._due()
+        return await future
+
+    def _due(self) -> None:
+        if len(self._checks) + len(self._releases) >= self.size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.WINDOW, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        checks, self._checks = self._checks, []
+        releases, self._releases = self._releases, []
+        if checks or releases:
+            task = asyncio.get_running_loop().create_task(self._write(checks, releases))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(
+        self,
+        checks: list[tuple[base.CheckWrite, asyncio.Future[bool]]],
+        releases: list[tuple[base.ReleaseWrite, asyncio.Future[bool]]],
+    ) -> None:
+        try:
+            written = await self.store.record_bookkeeping([w for w, _ in checks], [w for w, _ in releases])
+        except BaseException as exc:  # every row of the batch sees the store's failure
+            for _, future in (*checks, *releases):
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for check, future in checks:
+            if not future.done():
+                future.set_result(check.invoice.id in written)
+        for release, future in releases:
+            if not future.done():
+                future.set_result(release.invoice.id in written)
+
+
 class Recorder:
     def __init__(
         self, store: base.Store, settings: RunnerSettings, *, clock: Clock, rng: random.Random
@@ -30,6 +99,7 @@ class Recorder:
         self.settings = settings
         self.clock = clock
         self.rng = rng
+        self.bookkeeping = Bookkeeping(store, size=settings.batch_size)
 
     async def record(self, p: PassState, verdict: Verdict) -> str:
         """Write what `verdict` calls for; the kind the invoice leaves the pass with."""
@@ -39,15 +109,15 @@ class Recorder:
         if isinstance(verdict, Duplicate):
             return await self.duplicate(p, verdict.invoice, verdict.provider_id, verdict.winner_id, now)
         if isinstance(verdict, Skip):
-            await self.store.release(verdict.invoice, next_check_at=now + self.settings.interval)
+            await self.bookkeeping.release(base.ReleaseWrite(verdict.invoice, now + self.settings.interval))
             return DecisionKind.SKIPPED
         if isinstance(verdict, Unanswered):
             if isinstance(verdict.failure, Release):
-                await self.store.release(verdict.invoice, next_check_at=None)
+                await self.bookkeeping.release(base.ReleaseWrite(verdict.invoice, None))
                 p.returned += 1
                 return RELEASED
             next_at = self.reschedule(verdict.invoice, now, verdict.failure.not_before)
-            await self.store.release(verdict.invoice, next_check_at=next_at)
+            await self.bookkeeping.release(base.ReleaseWrite(verdict.invoice, next_at))
             return verdict.failure.kind
         return await self._apply(p, verdict, now)
 
@@ -75,9 +145,19 @@ class Recorder:
                 audits=decision.audits,
             )
             return decision.kind if done else await self._fenced(p, invoice)
-        done = await self.store.record_check(
-            invoice, now=now, next_check_at=next_at, observation=decision.observation, audits=decision.audits
-        )
+        if decision.audits:
+            done = await self.store.record_check(
+                invoice,
+                now=now,
+                next_check_at=next_at,
+                observation=decision.observation,
+                audits=decision.audits,
+            )
+        else:  # the common case: written with the other no-change checks of the moment
+            checked = now if decision.observation is not None else None
+            done = await self.bookkeeping.check(
+                base.CheckWrite(invoice, next_at, decision.observation, checked)
+            )
         return decision.kind if done else await self._fenced(p, invoice)
 
     async def _settle(self, p: PassState, verdict: Decided, plan: settlement.Plan, now: datetime) -> str:

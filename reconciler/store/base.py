@@ -29,12 +29,14 @@ from reconciler.store import schema
 from reconciler.store.records import (
     INSTANCE_RETENTION,
     QUARANTINE_LISTED,
+    CheckWrite,
     DueTask,
     DuplicateFound,
     InstanceRow,
     PaymentKey,
     PendingByProvider,
     Quarantined,
+    ReleaseWrite,
     Settlement,
     SettleOutcome,
     StatusReport,
@@ -48,6 +50,7 @@ __all__ = [
     "QUARANTINE_LISTED",
     "SCHEMA_VERSION",
     "AuditRecord",
+    "CheckWrite",
     "DueTask",
     "DuplicateFound",
     "InstanceRow",
@@ -55,6 +58,7 @@ __all__ = [
     "PaymentRow",
     "PendingByProvider",
     "Quarantined",
+    "ReleaseWrite",
     "Row",
     "SettleOutcome",
     "Settlement",
@@ -133,6 +137,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_all(self, rows: Sequence[Row]) -> int:
         """Clear the leases of `rows` that are still ours, in one transaction; how many were."""
+
+    @abc.abstractmethod
+    async def record_bookkeeping(
+        self, checks: Sequence[CheckWrite], releases: Sequence[ReleaseWrite]
+    ) -> set[str]:
+        """Several no-change checks and lease releases in one transaction (two statements however many
+        rows), each fenced by its row's lease token; the ids written (the others were fenced out)."""
 
     @abc.abstractmethod
     async def record_quarantine(

@@ -91,6 +91,41 @@ class InvoiceUseCases(Engine):
 
         return await self._atomic("release_all", release)
 
+    async def record_bookkeeping(
+        self, checks: Sequence[base.CheckWrite], releases: Sequence[base.ReleaseWrite]
+    ) -> set[str]:
+        check_rows = [
+            {
+                "invoice_id": c.invoice.id,
+                "token": c.invoice.lease_token,
+                "status": c.invoice.status.value,
+                "next_check_at": format_ts(c.next_check_at),
+                "checked_at": format_ts(c.checked_at) if c.checked_at is not None else None,
+                "observation": c.observation,
+            }
+            for c in checks
+        ]
+        release_rows = [
+            {
+                "invoice_id": r.invoice.id,
+                "token": r.invoice.lease_token,
+                "next_check_at": format_ts(r.next_check_at) if r.next_check_at is not None else None,
+            }
+            for r in releases
+        ]
+
+        async def write(tx: Tx) -> set[str]:
+            written: set[str] = set()
+            if check_rows:
+                found = await tx.returning("record_checks", {"rows": json.dumps(check_rows)})
+                written.update(str(row[0]) for row in found)
+            if release_rows:
+                found = await tx.returning("release_rows", {"rows": json.dumps(release_rows)})
+                written.update(str(row[0]) for row in found)
+            return written
+
+        return await self._atomic("bookkeeping", write)
+
     async def record_quarantine(
         self,
         row: base.Row,

@@ -181,6 +181,51 @@ SET next_check_at = :next_check_at, check_attempts = check_attempts + 1,
     last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
 WHERE {fenced} AND status = :status;
 
+-- name: record_checks @sqlite
+-- Several no-change checks at once (`:rows`, a JSON array of {invoice_id, token, status, next_check_at,
+-- checked_at, observation}), each fenced like record_check; the rows written.
+UPDATE invoices
+SET next_check_at = json_extract(v.value, '$.next_check_at'), check_attempts = check_attempts + 1,
+    last_checked_at = COALESCE(json_extract(v.value, '$.checked_at'), last_checked_at),
+    last_provider_status = COALESCE(json_extract(v.value, '$.observation'), last_provider_status),
+    {lease_cleared}
+FROM json_each(:rows) AS v
+WHERE invoices.id = json_extract(v.value, '$.invoice_id')
+  AND invoices.lease_token = json_extract(v.value, '$.token')
+  AND invoices.status = json_extract(v.value, '$.status')
+RETURNING invoices.id;
+
+-- name: record_checks @postgres
+-- Several no-change checks at once (`:rows`, a JSON array of {invoice_id, token, status, next_check_at,
+-- checked_at, observation}), each fenced like record_check; the rows written.
+UPDATE invoices AS i
+SET next_check_at = v.next_check_at, check_attempts = i.check_attempts + 1,
+    last_checked_at = COALESCE(v.checked_at, i.last_checked_at),
+    last_provider_status = COALESCE(v.observation, i.last_provider_status), {lease_cleared}
+FROM json_to_recordset(CAST(:rows AS json))
+    AS v(invoice_id text, token text, status text, next_check_at text, checked_at text, observation text)
+WHERE i.id = v.invoice_id AND i.lease_token = v.token AND i.status = v.status
+RETURNING i.id;
+
+-- name: release_rows @sqlite
+-- Several leases given back at once (`:rows`, a JSON array of {invoice_id, token, next_check_at}),
+-- changing nothing else (but next_check_at when given); the rows released.
+UPDATE invoices
+SET {lease_cleared}, next_check_at = COALESCE(json_extract(v.value, '$.next_check_at'), next_check_at)
+FROM json_each(:rows) AS v
+WHERE invoices.id = json_extract(v.value, '$.invoice_id')
+  AND invoices.lease_token = json_extract(v.value, '$.token')
+RETURNING invoices.id;
+
+-- name: release_rows @postgres
+-- Several leases given back at once (`:rows`, a JSON array of {invoice_id, token, next_check_at}),
+-- changing nothing else (but next_check_at when given); the rows released.
+UPDATE invoices AS i
+SET {lease_cleared}, next_check_at = COALESCE(v.next_check_at, i.next_check_at)
+FROM json_to_recordset(CAST(:rows AS json)) AS v(invoice_id text, token text, next_check_at text)
+WHERE i.id = v.invoice_id AND i.lease_token = v.token
+RETURNING i.id;
+
 -- name: quarantine
 -- A row held back for a person (unreadable, duplicate): no status, no attempt counted, only the schedule.
 UPDATE invoices

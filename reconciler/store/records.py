@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.driver_api import PaymentProfile
-from reconciler.models import AuditRecord, LicenseDraft, SubscriptionDraft
+from reconciler.models import AuditRecord, Invoice, LicenseDraft, SubscriptionDraft
 
 #: `reconciler_instances` rows whose last pass is older than this are deleted by later passes.
 INSTANCE_RETENTION = timedelta(days=7)
@@ -23,6 +23,24 @@ class PaymentKey:
     provider_id: str
     provider_invoice_id: str
     include_null: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckWrite:
+    """A no-change check to record with others (no audit rows): schedule, one attempt more, observation."""
+
+    invoice: Invoice
+    next_check_at: datetime
+    observation: str | None
+    checked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseWrite:
+    """A lease to give back with others, changing nothing else (but `next_check_at` when given)."""
+
+    invoice: Invoice
+    next_check_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,15 +286,15 @@ async def test_a_pass_ended_by_a_store_failure_releases_what_it_holds(
     driver = FakeDriver()
     driver.script_many([f"P{i}" for i in range(6)], snapshot("PENDING"))
     runner = make_runner({"fake": driver})
-    real = runner.store.record_check
+    real = runner.store.record_bookkeeping
 
-    async def failing(*args: Any, **kwargs: Any) -> bool:
-        if kwargs.get("observation") == "Pending" and not getattr(failing, "done", False):
+    async def failing(*args: Any, **kwargs: Any) -> set[str]:
+        if not getattr(failing, "done", False):
             failing.done = True  # type: ignore[attr-defined]
             raise errors.StoreUnavailable("database is locked")
         return await real(*args, **kwargs)
 
-    runner.store.record_check = failing  # type: ignore[method-assign]
+    runner.store.record_bookkeeping = failing  # type: ignore[method-assign]
     with pytest.raises(errors.StoreUnavailable):
         await runner.run_pass()
     assert leased(shop) == 0

@@ -754,10 +754,10 @@ async def test_a_store_failure_ends_the_pass_as_store_unavailable(
     async def unavailable(*_: object, **__: object) -> bool:
         raise errors.StoreUnavailable("database is locked")
 
-    real = runner.store.record_check
-    runner.store.record_check = unavailable  # type: ignore[method-assign]
+    real = runner.store.record_bookkeeping  # where the pass writes its no-change checks
+    runner.store.record_bookkeeping = unavailable  # type: ignore[method-assign,assignment]
     try:
         with pytest.raises(errors.StoreUnavailable):  # itself, not wrapped in an ExceptionGroup
             await runner.run_pass()
     finally:
-        runner.store.record_check = real  # type: ignore[method-assign]
+        runner.store.record_bookkeeping = real  # type: ignore[method-assign]
