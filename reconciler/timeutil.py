@@ -11,7 +11,6 @@ Clock = Callable[[], datetime]
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> datetime:
@@ -23,8 +22,9 @@ def format_ts(moment: datetime) -> str:
     """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    utc = moment.astimezone(UTC)
-    return f"{utc.year:04d}" + utc.strftime(_FORMAT[2:])
+    utc = moment.astimezone(UTC) if moment.utcoffset() else moment
+    # isoformat pads the year to 4 digits and, with timespec, always writes the microseconds
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: str) -> datetime:
