@@ -43,7 +43,7 @@ async def callbacks_per_invoice(shop: Shop, make_runner: RunnerFactory, batch_si
     loop = asyncio.get_running_loop()
     previous = loop.get_task_factory()
     CountingTask.registered = 0
-    loop.set_task_factory(counting_factory)  # type: ignore[arg-type]
+    loop.set_task_factory(counting_factory)
     try:
         summary = await runner.run_pass()
     finally:
