@@ -13,8 +13,10 @@ Snapshot`` and ``check()``. It may also implement ``fetch_many`` (:class:`Suppor
 Retries, circuit breaking, concurrency and rate limits live in the core's runner, not in drivers:
 a driver makes one attempt and translates every HTTP or JSON failure into one of the
 :class:`DriverError` subclasses at one boundary, never putting a secret in a message. That boundary
-is shared: :class:`JsonClient` (``reconciler.providers_http``) bounds what is read, decodes JSON
-strictly and maps every transport failure and status once, the same way for every driver. What a
+is shared: :class:`JsonClient` (``reconciler.providers_http``), which a driver builds in its
+constructor with ``JsonClient.for_provider(provider_id, common, session, service=..., base_url=...,
+authorization=auth_header("Bearer", settings.api_key))``, bounds what is read, decodes JSON strictly
+and maps every transport failure and status once, the same way for every driver. What a
 driver builds from an answer goes through :func:`check_snapshot` before it is returned; ids put in a
 URL path go through :func:`path_segment`. Drivers never touch the database.
 """
@@ -85,6 +87,7 @@ __all__ = [
     "SupportsFetchMany",
     "SupportsPostSettle",
     "ascii_upper",
+    "auth_header",
     "check_payment_profile",
     "check_snapshot",
     "decimal_to_sats",
@@ -104,6 +107,7 @@ BadProviderResponse = errors.BadProviderResponse
 
 # The shared HTTP boundary (see reconciler.providers_http).
 JsonClient = providers_http.JsonClient
+auth_header = providers_http.auth_header
 Reply = providers_http.Reply
 parse_retry_after = providers_http.parse_retry_after
 RETRY_AFTER_MAX = providers_http.RETRY_AFTER_MAX

@@ -1,6 +1,7 @@
 """The one HTTP boundary every driver uses: bounded reads, strict JSON, one table of failures.
 
-Drivers reach it through :mod:`reconciler.driver_api` (``driver_api.JsonClient``). What it guarantees:
+Drivers reach it through :mod:`reconciler.driver_api` (``driver_api.JsonClient``, built in a driver's
+constructor with ``JsonClient.for_provider``). What it guarantees:
 
 - one attempt per call, a per-request timeout, no redirects followed, the driver's ``Authorization``
   header sent from a ``SecretStr`` and scrubbed from every message and every exception chained;
@@ -36,6 +37,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from reconciler import errors
+from reconciler.driver_types import CommonSettings
 from reconciler.retry_after import RETRY_AFTER_MAX, parse_retry_after
 from reconciler.safe_text import UNSAFE_TEXT, printable, short_repr
 from reconciler.strict_json import (
@@ -46,7 +48,7 @@ from reconciler.strict_json import (
     decode_json,
 )
 
-__all__ = [  # the names this module had before the split keep working from here
+__all__ = [  # with the names it had before the split, which keep working from here
     "ERROR_BODY_BYTES",
     "MAX_FLOAT_CHARS",
     "MAX_INT_DIGITS",
@@ -56,6 +58,7 @@ __all__ = [  # the names this module had before the split keep working from here
     "JsonClient",
     "Reply",
     "UnreadableJson",
+    "auth_header",
     "decode_json",
     "parse_retry_after",
     "printable",
@@ -67,6 +70,11 @@ ERROR_BODY_BYTES = 16 * 1024
 
 _MASK = "**********"
 _CHUNK = 64 * 1024
+
+
+def auth_header(scheme: str, credential: SecretStr) -> SecretStr:
+    """The ``Authorization`` value ``"<scheme> <credential>"`` (``auth_header("Bearer", key)``), still secret."""
+    return SecretStr(f"{scheme} {credential.get_secret_value()}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,34 @@ class JsonClient:
         # The whole value first, so that "token <key>" is masked as one.
         self._secrets = tuple(
             sorted({s for s in (header, header.rpartition(" ")[2]) if s}, key=len, reverse=True)
+        )
+
+    @classmethod
+    def for_provider(
+        cls,
+        provider_id: str,
+        common: CommonSettings,
+        session: aiohttp.ClientSession,
+        *,
+        service: str,
+        base_url: str,
+        authorization: SecretStr,
+    ) -> JsonClient:
+        """The client a driver's constructor builds from what the core hands it.
+
+        ``provider_id``, ``common`` and ``session`` are the constructor's own arguments: each request
+        is timed with ``common.timeout`` and a body is read up to ``common.max_response_bytes``.
+        ``base_url`` (no trailing ``/``) and ``authorization`` (see :func:`auth_header`) come from the
+        driver's ``Settings``.
+        """
+        return cls(
+            provider_id=provider_id,
+            service=service,
+            base_url=base_url,
+            authorization=authorization,
+            timeout=common.timeout,
+            max_response_bytes=common.max_response_bytes,
+            session=session,
         )
 
     # --- requests ---
