@@ -4,7 +4,7 @@ constructor's arguments, with ``driver_api.auth_header`` for the ``Authorization
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -15,31 +15,33 @@ from tests.fakes.raw import RawAnswer, ScriptedServer
 KEY = driver_api.SecretStr("k3y-0123456789abcdef")
 
 
+Build = Callable[..., driver_api.JsonClient]
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[ScriptedServer]:
     scripted = ScriptedServer()
     await scripted.start()
-    try:
-        yield scripted
-    finally:
-        await scripted.close()
+    yield scripted
+    await scripted.close()
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
+async def build(server: ScriptedServer) -> AsyncIterator[Build]:
+    """``build(**common)``: the client a driver's constructor would build, aimed at ``server``."""
+    async with aiohttp.ClientSession() as session:
 
+        def client(**common: float) -> driver_api.JsonClient:
+            return driver_api.JsonClient.for_provider(
+                "toy_main",
+                driver_api.CommonSettings(driver="toy", **common),
+                session,
+                service="Toy",
+                base_url=server.base_url,
+                authorization=driver_api.auth_header("Bearer", KEY),
+            )
 
-def build(server: ScriptedServer, session: aiohttp.ClientSession, **common: float) -> driver_api.JsonClient:
-    return driver_api.JsonClient.for_provider(
-        "toy_main",
-        driver_api.CommonSettings(driver="toy", **common),
-        session,
-        service="Toy",
-        base_url=server.base_url,
-        authorization=driver_api.auth_header("Bearer", KEY),
-    )
+        yield client
 
 
 def test_auth_header_keeps_the_value_secret() -> None:
@@ -49,12 +51,10 @@ def test_auth_header_keeps_the_value_secret() -> None:
     assert KEY.get_secret_value() not in f"{header} {header!r}"
 
 
-async def test_the_client_sends_the_header_and_reads_json(
-    server: ScriptedServer, session: aiohttp.ClientSession
-) -> None:
+async def test_the_client_sends_the_header_and_reads_json(server: ScriptedServer, build: Build) -> None:
     server.queue(RawAnswer(200, b'{"state": "paid"}'))
 
-    body = await build(server, session).get_json("/v1/invoices/a", invoice_id="a")
+    body = await build().get_json("/v1/invoices/a", invoice_id="a")
 
     assert body == {"state": "paid"}
     ((path, headers),) = server.requests
@@ -62,37 +62,33 @@ async def test_the_client_sends_the_header_and_reads_json(
     assert headers["Authorization"] == f"Bearer {KEY.get_secret_value()}"
 
 
-async def test_common_timeout_times_each_request(
-    server: ScriptedServer, session: aiohttp.ClientSession
-) -> None:
+async def test_common_timeout_times_each_request(server: ScriptedServer, build: Build) -> None:
     server.queue(RawAnswer(200, b"{}", delay=2.0, chunk=1))
 
     with pytest.raises(driver_api.ProviderUnavailable) as caught:
-        await build(server, session, timeout=0.3).get_json("/x", invoice_id="a")
+        await build(timeout=0.3).get_json("/x", invoice_id="a")
 
     assert "timed out: no complete answer within 0.3s" in caught.value.message
     assert caught.value.message.startswith("toy_main: Toy invoice 'a': ")
 
 
-async def test_common_max_response_bytes_bounds_the_body(
-    server: ScriptedServer, session: aiohttp.ClientSession
-) -> None:
+async def test_common_max_response_bytes_bounds_the_body(server: ScriptedServer, build: Build) -> None:
     server.queue(RawAnswer(200, b'"' + b"x" * 2048 + b'"'))
 
     with pytest.raises(driver_api.BadProviderResponse) as caught:
-        await build(server, session, max_response_bytes=1024).get_json("/x", invoice_id="a")
+        await build(max_response_bytes=1024).get_json("/x", invoice_id="a")
 
     assert "larger than max_response_bytes (1024 bytes)" in caught.value.message
 
 
 async def test_the_key_is_scrubbed_from_what_the_provider_echoes(
-    server: ScriptedServer, session: aiohttp.ClientSession
+    server: ScriptedServer, build: Build
 ) -> None:
     echoed = f'{{"code": "bad-key", "message": "Bearer {KEY.get_secret_value()} refused"}}'
     server.queue(RawAnswer(401, echoed.encode()))
 
     with pytest.raises(driver_api.ProviderAuthError) as caught:
-        await build(server, session).get_json("/x", invoice_id="a")
+        await build().get_json("/x", invoice_id="a")
 
     assert KEY.get_secret_value() not in str(caught.value)
     assert "API key refused: HTTP 401 (bad-key: ********** refused)" in caught.value.message

@@ -47,7 +47,7 @@ def blocks(language: str) -> list[str]:
 
 
 def code_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]  # ruff may re-indent a block
 
 
 def find_run(run: list[str], lines: list[str]) -> int | None:

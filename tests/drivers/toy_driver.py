@@ -65,18 +65,17 @@ class ToyDriver:
 
     async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
         """``GET /v1/invoices/{id}``: one attempt, every failure a driver error."""
-        segment = driver_api.path_segment(provider_invoice_id, provider_id=self.provider_id)
-        reply = await self._http.get(f"/v1/invoices/{segment}", invoice_id=provider_invoice_id)
+        invoice_id = provider_invoice_id
+        segment = driver_api.path_segment(invoice_id, provider_id=self.provider_id)
+        reply = await self._http.get(f"/v1/invoices/{segment}", invoice_id=invoice_id)
         if reply.status != 200:
-            raise self._http.status_error(reply, invoice_id=provider_invoice_id)
-        body = self._http.json(reply, invoice_id=provider_invoice_id)
+            raise self._http.status_error(reply, invoice_id=invoice_id)
+        body = self._http.json(reply, invoice_id=invoice_id)
         try:
-            snapshot = read_invoice(body, provider_invoice_id)
+            snapshot = read_invoice(body, invoice_id)
         except ValueError as exc:
-            raise self._http.bad_body(str(exc), reply, invoice_id=provider_invoice_id) from exc
-        return driver_api.check_snapshot(
-            snapshot, provider_id=self.provider_id, invoice_id=provider_invoice_id
-        )
+            raise self._http.bad_body(str(exc), reply, invoice_id=invoice_id) from exc
+        return driver_api.check_snapshot(snapshot, provider_id=self.provider_id, invoice_id=invoice_id)
 
     async def fetch_many(
         self, provider_invoice_ids: Sequence[str]
@@ -127,21 +126,19 @@ class ToyDriver:
             raise self._http.bad_body("expected a JSON object", reply, invoice_id=invoice_id, what="card")
         if card.get("card") is None:
             return driver_api.NotApplicable("paid without a card")
-        customer, card_id, brand, expires = (
-            card.get(key) for key in ("customer", "card", "brand", "expires")
-        )
+        customer, card_id = card.get("customer"), card.get("card")
         if not isinstance(customer, str) or not isinstance(card_id, str):
             raise self._http.bad_body("'customer' and 'card' must be strings", reply, invoice_id=invoice_id)
+        brand, expires = card.get("brand"), card.get("expires")
         profile = driver_api.PaymentProfile(
             contact_id=customer,
             profile_id=card_id,
             method=brand if isinstance(brand, str) else None,
             expires_at=driver_api.normalize_timestamp(expires) if isinstance(expires, str) else None,
         )
-        checked = driver_api.check_payment_profile(
-            profile, provider_id=self.provider_id, invoice_id=invoice_id
+        return driver_api.Done(
+            driver_api.check_payment_profile(profile, provider_id=self.provider_id, invoice_id=invoice_id)
         )
-        return driver_api.Done(checked)
 
 
 def read_invoice(body: Any, invoice_id: str) -> driver_api.Snapshot:
