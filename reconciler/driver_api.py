@@ -24,7 +24,7 @@ URL path go through :func:`path_segment`. Drivers never touch the database.
 # The implementation lives in modules split along its seams; this module is the one drivers import:
 #   driver_types   the Driver protocol, Snapshot, ProviderStatus, settings bases, post-settle types
 #   driver_values  amounts, evidence, path segments, timestamps, the snapshot and profile checks
-#   providers_http the HTTP client (with strict_json, retry_after and safe_text beneath it)
+#   providers_http the HTTP client (with strict_json, retry_after, secret_scrub and safe_text beneath it)
 #   errors         the driver error tree
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from reconciler import errors
 from reconciler.driver_types import CommonSettings
 from reconciler.retry_after import RETRY_AFTER_MAX, parse_retry_after
 from reconciler.safe_text import UNSAFE_TEXT, printable, short_repr
+from reconciler.secret_scrub import Scrubber
 from reconciler.strict_json import (
     MAX_FLOAT_CHARS,
     MAX_INT_DIGITS,
@@ -68,7 +69,6 @@ __all__ = [  # with the names it had before the split, which keep working from h
 ERROR_BODY_BYTES = 16 * 1024
 """How much of a non-200 body is read for its error code and message; the rest is not needed."""
 
-_MASK = "**********"
 _CHUNK = 64 * 1024
 
 
@@ -116,11 +116,7 @@ class JsonClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = max_response_bytes
         self._session = session
-        header = authorization.get_secret_value()
-        # The whole value first, so that "token <key>" is masked as one.
-        self._secrets = tuple(
-            sorted({s for s in (header, header.rpartition(" ")[2]) if s}, key=len, reverse=True)
-        )
+        self._scrubber = Scrubber(authorization)
 
     @classmethod
     def for_provider(
@@ -178,7 +174,7 @@ class JsonClient:
             ) as response:
                 reply, failure = await self._read(response, invoice_id, what)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            failure = self._chained(self._transport_error(exc, invoice_id, what), exc)
+            failure = self._scrubber.chain(self._transport_error(exc, invoice_id, what), exc)
         # Raised here, outside the except clauses, so that no unscrubbed exception becomes its context.
         if failure is not None:
             raise failure
@@ -311,43 +307,7 @@ class JsonClient:
 
     def scrub(self, text: str) -> str:
         """``text`` with the ``Authorization`` value and its credential masked."""
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-        return text
-
-    def _chained(self, error: errors.DriverError, cause: BaseException) -> errors.DriverError:
-        """``error`` caused by ``cause`` when nothing in ``cause``'s chain shows a secret, else by nothing."""
-        error.__cause__ = cause if _forget_authorization(cause, self._secrets) else None
-        error.__suppress_context__ = True
-        return error
-
-
-def _forget_authorization(exc: BaseException, secrets: tuple[str, ...]) -> bool:
-    """Drop request headers from every aiohttp error in ``exc``'s chain; whether the chain is then clean.
-
-    ``ClientResponseError`` carries ``request_info`` with our headers, and its repr shows them.
-    """
-    seen: set[int] = set()
-    chain: list[BaseException] = [exc]
-    while chain:
-        item = chain.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, aiohttp.ClientResponseError):
-            info = item.request_info
-            kept = info.headers.copy()
-            kept.popall("Authorization", None)
-            item.request_info = info._replace(headers=type(info.headers)(kept))
-            item.args = (item.request_info, item.history)
-        try:
-            shown = f"{item!r} {item!s} {item.args!r}"
-        except Exception:  # an exception whose repr fails cannot be checked, so it is not kept
-            return False
-        if any(secret in shown for secret in secrets):
-            return False
-        chain.extend(e for e in (item.__cause__, item.__context__) if e is not None)
-    return True
+        return self._scrubber.scrub(text)
 
 
 async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes | None:
