@@ -4,19 +4,17 @@ A configured driver that is missing, fails to import, or does not look like a `d
 `DriverLoadError` naming the entry point and its distribution, raised before the first pass (exit 2). Its
 `Settings` must subclass `driver_api.DriverSettings` and keep `extra="forbid"`: the core validates every
 option of a provider section against it, and a model that let unknown keys through would let a misspelt
-option fall back to its default unnoticed.
+option fall back to its default unnoticed. The checks are `driver_checks.problems`, the ones
+`reconciler.testing.check_driver` runs in a driver's own tests; every problem found is named.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from importlib import metadata
 
-from pydantic import BaseModel
-
-from reconciler import errors
-from reconciler.driver_api import Driver, DriverSettings
+from reconciler import driver_checks, errors
+from reconciler.driver_api import Driver
 
 GROUP = "reconciler.drivers"
 
@@ -79,10 +77,10 @@ def load(name: str) -> type[Driver]:
             entry_point=f"{GROUP}:{name}",
             distribution=info.distribution,
         ) from exc
-    problem = _shape_problem(loaded)
-    if problem:
+    problems = driver_checks.problems(loaded)
+    if problems:
         raise errors.DriverLoadError(
-            f"driver {name!r} is broken ({info.origin}): {problem}",
+            _broken_message(name, info.origin, problems),
             driver=name,
             entry_point=f"{GROUP}:{name}",
             distribution=info.distribution,
@@ -91,25 +89,5 @@ def load(name: str) -> type[Driver]:
     return driver_cls
 
 
-def _shape_problem(obj: object) -> str | None:
-    """Why `obj` is not a driver class, or None."""
-    if not inspect.isclass(obj):
-        return f"{obj!r} is not a class"
-    settings = getattr(obj, "Settings", None)
-    if not (inspect.isclass(settings) and issubclass(settings, BaseModel)):
-        return "it has no pydantic `Settings` model"
-    if not issubclass(settings, DriverSettings):
-        return "its `Settings` does not subclass reconciler.driver_api.DriverSettings, which refuses unknown keys"
-    extra = settings.model_config.get("extra")
-    if extra != "forbid":
-        return f"its `Settings` accepts unknown keys (extra={extra!r}): keep DriverSettings' extra='forbid'"
-    kinds = getattr(obj, "post_settle_kinds", None)
-    if not (isinstance(kinds, tuple) and all(isinstance(k, str) for k in kinds)):
-        return "`post_settle_kinds` is not a tuple of strings"
-    for method in ("fetch", "check"):
-        if not inspect.iscoroutinefunction(getattr(obj, method, None)):
-            return f"`{method}` is not an async method"
-    for method in ("fetch_many", "post_settle"):
-        if hasattr(obj, method) and not inspect.iscoroutinefunction(getattr(obj, method)):
-            return f"`{method}` is not an async method"
-    return None
+def _broken_message(name: str, origin: str, problems: list[str]) -> str:
+    return f"driver {name!r} is broken ({origin}): {'; '.join(problems)}"

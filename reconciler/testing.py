@@ -1,5 +1,7 @@
-"""Test helpers shipped for the reconciler's own tests and for driver authors.
+"""Test helpers shipped for the reconciler's own tests and for driver authors (docs/writing-a-driver.md).
 
+`check_driver(cls)` runs the checks the core runs when it loads a driver (docs/drivers.md §6) and raises
+`DriverContractError` (an `AssertionError`) naming every problem; `driver_problems(cls)` returns them.
 `FakeDriver` is a scripted, in-process driver: give it per-invoice outcomes (snapshots or driver errors) and it
 answers `fetch` with them, recording every call.
 """
@@ -9,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 from pydantic import BaseModel
 
+from reconciler import driver_checks
 from reconciler.driver_api import (
     CommonSettings,
     DriverSettings,
@@ -25,6 +28,38 @@ from reconciler.driver_api import (
 )
 
 Outcome = Snapshot | BaseException
+_T = TypeVar("_T")
+
+
+class DriverContractError(AssertionError):
+    """A class the core would refuse to load as a driver; ``problems`` says why, one line each."""
+
+    def __init__(self, name: str, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"- {problem}" for problem in self.problems)
+        super().__init__(f"{name} is not a driver the core would load (docs/drivers.md §6):\n{lines}")
+
+
+def driver_problems(cls: object) -> list[str]:
+    """Every reason the core would refuse ``cls`` at load time (exit 2, docs/drivers.md §6); ``[]`` when none.
+
+    The same checks, by the same code, as loading a configured driver: a class, a ``Settings`` that
+    subclasses ``DriverSettings`` and keeps ``extra="forbid"``, ``post_settle_kinds`` a tuple of strings,
+    ``fetch`` and ``check`` coroutine functions, and ``fetch_many`` / ``post_settle`` too when present.
+    """
+    return driver_checks.problems(cls)
+
+
+def check_driver(cls: _T) -> _T:
+    """``cls`` itself when the core would load it as a driver; else :class:`DriverContractError`.
+
+    For a driver's own test suite (``check_driver(MyDriver)``): it looks at the class only, constructs
+    nothing and needs no configuration, network or event loop.
+    """
+    problems = driver_problems(cls)
+    if problems:
+        raise DriverContractError(getattr(cls, "__qualname__", repr(cls)), problems)
+    return cls
 
 
 class FakeDriverSettings(DriverSettings):

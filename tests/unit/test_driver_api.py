@@ -555,3 +555,72 @@ def test_a_payment_profile_the_store_cannot_write_is_a_bad_response(field: str, 
     with pytest.raises(driver_api.BadProviderResponse, match=field) as caught:
         driver_api.check_payment_profile(profile, provider_id="p1", invoice_id="inv1")
     assert (caught.value.provider_id, caught.value.invoice_id) == ("p1", "inv1")
+
+
+# --- the split into modules keeps every public name (issue 11) ---------------------------------------------
+
+#: driver_api.__all__ before it was split into driver_types, driver_values and the HTTP modules.
+BEFORE_THE_SPLIT = [
+    "MAX_SATS",
+    "RAW_EVIDENCE_MAX",
+    "RETRY_AFTER_MAX",
+    "TEXT_MAX",
+    "BadProviderResponse",
+    "CommonSettings",
+    "Done",
+    "Driver",
+    "DriverError",
+    "DriverSettings",
+    "InvoiceNotFound",
+    "JsonClient",
+    "NotApplicable",
+    "NotYet",
+    "PaymentProfile",
+    "PostSettleResult",
+    "PostSettleTask",
+    "ProviderAuthError",
+    "ProviderStatus",
+    "ProviderUnavailable",
+    "Reply",
+    "SecretStr",
+    "Snapshot",
+    "SupportsFetchMany",
+    "SupportsPostSettle",
+    "ascii_upper",
+    "check_payment_profile",
+    "check_snapshot",
+    "decimal_to_sats",
+    "floor_sats",
+    "normalize_timestamp",
+    "parse_retry_after",
+    "path_segment",
+    "raw_evidence",
+]
+
+
+def test_every_name_drivers_imported_before_the_split_is_still_there() -> None:
+    assert set(BEFORE_THE_SPLIT) <= set(driver_api.__all__)
+    missing = [name for name in driver_api.__all__ if not hasattr(driver_api, name)]
+    assert missing == []
+
+
+def test_providers_http_keeps_its_names() -> None:
+    from reconciler import providers_http
+
+    for name in [
+        "ERROR_BODY_BYTES",
+        "MAX_FLOAT_CHARS",
+        "MAX_INT_DIGITS",
+        "MAX_JSON_DEPTH",
+        "RETRY_AFTER_MAX",
+        "UNSAFE_TEXT",
+        "JsonClient",
+        "Reply",
+        "UnreadableJson",
+        "decode_json",
+        "parse_retry_after",
+        "printable",
+        "short_repr",
+    ]:
+        assert hasattr(providers_http, name), name
+    assert providers_http.JsonClient is driver_api.JsonClient

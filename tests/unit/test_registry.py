@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from reconciler import driver_api, errors, registry
+from reconciler import driver_api, driver_checks, errors, registry
 from reconciler.testing import FakeDriver
 
 
@@ -68,12 +68,12 @@ class _ExtraAllowedSettings(FakeDriver):
     ],
 )
 def test_a_broken_driver_is_described(candidate: object, problem: str) -> None:
-    found = registry._shape_problem(candidate)
-    assert found is not None and problem in found
+    (found,) = driver_checks.problems(candidate)
+    assert problem in found
 
 
 def test_a_good_driver_has_no_problem() -> None:
-    assert registry._shape_problem(FakeDriver) is None
+    assert driver_checks.problems(FakeDriver) == []
 
 
 def test_installed_drivers_name_their_distribution() -> None:

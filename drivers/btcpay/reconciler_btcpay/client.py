@@ -22,12 +22,7 @@ def make_client(
     session: aiohttp.ClientSession,
 ) -> driver_api.JsonClient:
     """The boundary for one BTCPay Server: one attempt per call, ``common``'s timeout and body limit."""
-    return driver_api.JsonClient(
-        provider_id=provider_id,
-        service=SERVICE,
-        base_url=base_url,
-        authorization=driver_api.SecretStr(f"token {api_key.get_secret_value()}"),
-        timeout=common.timeout,
-        max_response_bytes=common.max_response_bytes,
-        session=session,
+    authorization = driver_api.auth_header("token", api_key)
+    return driver_api.JsonClient.for_provider(
+        provider_id, common, session, service=SERVICE, base_url=base_url, authorization=authorization
     )

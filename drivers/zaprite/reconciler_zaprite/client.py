@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -94,28 +93,21 @@ _Model = TypeVar("_Model", bound=BaseModel)
 SERVICE = "Zaprite"
 
 
-class ZapriteClient:
-    """One attempt per call against one Zaprite organisation; retries are the runner's business."""
+def authorization(api_key: driver_api.SecretStr) -> driver_api.SecretStr:
+    """Zaprite's ``Authorization`` value for ``api_key``."""
+    return driver_api.auth_header("Bearer", api_key)
 
-    def __init__(
-        self,
-        *,
-        provider_id: str,
-        base_url: str,
-        api_key: driver_api.SecretStr,
-        common: driver_api.CommonSettings,
-        session: aiohttp.ClientSession,
-    ) -> None:
-        self._provider_id = provider_id
-        self.http = driver_api.JsonClient(
-            provider_id=provider_id,
-            service=SERVICE,
-            base_url=base_url,
-            authorization=driver_api.SecretStr(f"Bearer {api_key.get_secret_value()}"),
-            timeout=common.timeout,
-            max_response_bytes=common.max_response_bytes,
-            session=session,
-        )
+
+class ZapriteClient:
+    """One attempt per call against one Zaprite organisation; retries are the runner's business.
+
+    ``http`` is the core's boundary built for the provider (``driver_api.JsonClient.for_provider``) with
+    ``Authorization: Bearer <key>`` (:func:`authorization`).
+    """
+
+    def __init__(self, http: driver_api.JsonClient) -> None:
+        self._provider_id = http.provider_id
+        self.http = http
 
     async def get_order(self, order_id: str) -> Order:
         """The order by Zaprite id or ``externalUniqId``; 404 (or an id no URL can hold) is :class:`InvoiceNotFound`."""

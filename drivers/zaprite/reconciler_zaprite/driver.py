@@ -77,12 +77,16 @@ class ZapriteDriver:
         session: aiohttp.ClientSession,
     ) -> None:
         self.provider_id = provider_id
+        authorization = client.authorization(settings.api_key)
         self._client = client.ZapriteClient(
-            provider_id=provider_id,
-            base_url=settings.base_url,
-            api_key=settings.api_key,
-            common=common,
-            session=session,
+            driver_api.JsonClient.for_provider(
+                provider_id,
+                common,
+                session,
+                service=client.SERVICE,
+                base_url=settings.base_url,
+                authorization=authorization,
+            )
         )
 
     async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
