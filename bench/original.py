@@ -1,5 +1,5 @@
-"""The original reconcile algorithm, variant (a) of `bench/pass.py`: what the first release's tick did
-(its Rust source is /work/shared/reference/reconcile.rs), written again in Python for the benchmark.
+"""The original reconcile algorithm, variant (a) of `bench/pass.py`: what the reconcile tick of the Rust
+service this project replaces did, written again in Python for the benchmark.
 
     .venv/bin/python bench/original.py --database URL --base-url URL --store-id ID --api-key-file F \
         --signing-key-file F [--provider btcpay]
