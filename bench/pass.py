@@ -70,6 +70,12 @@ LABELS = {
     "c": "(c) --once, batching on",
 }
 NOT_AVAILABLE = "not available in this build"
+
+
+def label_of(variant: str, instances: int) -> str:
+    return LABELS[variant] if instances == 1 else f"(b) batch = false, {instances} instances"
+
+
 _PASS_LINE = re.compile(r"pass finished in ([0-9.]+)s: (.*)")
 
 
@@ -586,9 +592,12 @@ def comparisons(results: list[dict[str, Any]]) -> list[str]:
                 )
         for (n, variant, k), s in sorted(by_key.items()):
             if n == count and variant == "b" and k > 1 and b and b["invoices_per_s"] and s["invoices_per_s"]:
+                by_pass = (
+                    f" (by pass time {b['pass_s'] / s['pass_s']:.2f}x)" if b["pass_s"] and s["pass_s"] else ""
+                )
                 lines.append(
                     f"N={count:,}: {k} instances reach {s['invoices_per_s'] / b['invoices_per_s']:.2f}x"
-                    " the invoices/s of one"
+                    f" the invoices/s of one{by_pass}"
                 )
     return lines
 
@@ -712,7 +721,7 @@ def measure_count(
         try:
             for attempt in range(1, runs + 1):
                 for variant, instances in plans:
-                    label = LABELS[variant] + (f" x{instances}" if instances > 1 else "")
+                    label = label_of(variant, instances)
                     what = f"N={count:,}" if count else "empty pass"
                     print(f"{what} {label}: run {attempt} of {runs} ...", end=" ", flush=True)
                     result = bench.run(variant, instances, count, attempt, db, fake, expected)
@@ -729,7 +738,7 @@ def measure_count(
             "invoices": count,
             "variant": variant,
             "instances": instances,
-            "label": LABELS[variant] + (f" x{instances} instances" if instances > 1 else ""),
+            "label": label_of(variant, instances),
             "expected": expected,
             "summary": summarise(
                 collected[(variant, instances)],
