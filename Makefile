@@ -33,8 +33,9 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# make bench BENCH_ARGS="--large" / "--pg" / "--invoices 10000 --concurrency 16" (bench/pass.py --help)
 bench: $(STAMP)
-	$(BIN)/python bench/memory_once.py
+	$(BIN)/python bench/pass.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

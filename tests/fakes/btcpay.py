@@ -23,6 +23,9 @@ Faults (:class:`Fault`) apply per target (an invoice id, ``"invoices"`` for the 
 wrong shape, a dropped connection, or whole scripted answers (:class:`~tests.fakes.raw.RawAnswer`:
 any status, headers and bytes, gzip, a slow trickle, an endless or oversized body).
 
+Capacity: ``FakeBTCPay(concurrency=C)`` handles at most C requests at once (injected latency included)
+and queues the rest, as a small server does; ``peak_in_flight`` is the most it ever handled at once.
+
 Standalone, for ``make demo`` and subprocess acceptance tests::
 
     python -m tests.fakes.btcpay --state state.json [--host 127.0.0.1] [--port 0]
@@ -450,7 +453,10 @@ class FakeBTCPay:
         store_id: str = STORE_ID,
         api_keys: Mapping[str, Sequence[str]] | None = None,
         accept_bearer: bool = True,
+        concurrency: int | None = None,
     ) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1 (or None: no cap), not {concurrency}")
         self.store_id = store_id
         self.api_keys: dict[str, list[str]] = {
             key: list(permissions)
@@ -462,6 +468,9 @@ class FakeBTCPay:
         self.invoices: dict[str, dict[str, Json]] = {}
         self.faults: dict[str | None, Fault] = {}
         self.log: list[Exchange] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._slots = asyncio.Semaphore(concurrency) if concurrency is not None else None
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -557,7 +566,24 @@ class FakeBTCPay:
             self._record(request, route, target, arrived, answer)
             return web.json_response(answer.body, status=answer.status, headers=dict(answer.headers))
 
-        return endpoint
+        return self._capped(endpoint)
+
+    def _capped(
+        self, endpoint: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``endpoint`` holding one of the ``concurrency`` slots while it runs (a request's ``at`` is
+        when it got its slot)."""
+
+        async def capped(request: web.Request) -> web.StreamResponse:
+            async with self._slots or contextlib.nullcontext():
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    return await endpoint(request)
+                finally:
+                    self.in_flight -= 1
+
+        return capped
 
     @staticmethod
     def _injected(fault: Fault) -> _Answer | None:
