@@ -8,17 +8,22 @@ does not stop the statement: it only stops the task from seeing how it ended. So
 its end (`_complete`) and a cancellation takes effect afterwards; a transaction once begun is always committed or
 rolled back before the cancellation goes on. The busy timeout is spent in short slices, each a statement of its
 own, so a cancelled task waiting for another process's lock lets go within a slice.
+
+A use case's transaction (`_atomic`) runs whole on that thread, BEGIN to COMMIT, in one hand-over: its body is
+the same coroutine as on PostgreSQL, driven to its end there over a transaction whose statements complete at
+once (they never suspend), so a settle costs one trip to the thread instead of one per statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -26,13 +31,17 @@ from reconciler import errors
 from reconciler.store import queries
 from reconciler.store.engine import Row
 from reconciler.store.sql import SqlStore
-
-#: How long an operation waits for another connection's lock before the pass gives up (StoreUnavailable).
-BUSY_TIMEOUT_MS = 30_000
-#: The wait of one attempt; between attempts a cancellation takes effect.
-BUSY_SLICE_MS = 200
-
-T = TypeVar("T")
+from reconciler.store.sqlite_thread import (
+    _BUSY,
+    BUSY_SLICE_MS,
+    BUSY_TIMEOUT_MS,
+    T,
+    _busy_retry,
+    _code,
+    _drive,
+    _statements,
+    _ThreadTx,
+)
 
 
 class SqliteStore(SqlStore):
@@ -114,6 +123,30 @@ class SqliteStore(SqlStore):
             await _complete(self._rollback())  # the BEGIN may have got the lock just as we were cancelled
             raise
 
+    async def _atomic(self, what: str, body: Callable[[Any], Awaitable[T]]) -> T:
+        """`body` in one BEGIN IMMEDIATE ... COMMIT run whole on the connection's thread (see the module)."""
+        stop = threading.Event()
+        async with self._connection(what):
+            await self._use_wal()
+            # aiosqlite's own hand-over to its thread (every one of its methods goes through it)
+            work = self._db._execute(self._in_thread, body, stop)  # type: ignore[no-untyped-call]
+            # cancelled, a BEGIN still waiting for another process's lock gives up within a slice
+            return await _complete(work, on_cancel=stop.set)
+
+    def _in_thread(self, body: Callable[[Any], Awaitable[T]], stop: threading.Event) -> T:
+        conn: sqlite3.Connection = self._db._conn
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # a transaction some earlier failure could not end
+        _busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), stop)
+        try:
+            result = _drive(body(_ThreadTx(conn, self._q)))
+            _busy_retry(lambda: conn.execute("COMMIT"), None)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
     async def _write_one(self, name: str, params: dict[str, Any]) -> int:
         async with self._connection(f"write {name}") as db:
             await _complete(self._rollback())
@@ -144,13 +177,8 @@ def _decode_text(raw: bytes) -> str:
 
 # SQLite primary result codes that mean "try again later", not "our SQL is wrong".
 _UNAVAILABLE_CODES = frozenset({5, 6, 10, 13, 14, 15})  # BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL
-_BUSY = 5
 _CANTOPEN = 14
 _NOT_A_DATABASE_CODES = frozenset({11, 26})  # CORRUPT, NOTADB
-
-
-def _code(exc: sqlite3.Error) -> int:
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF
 
 
 @contextmanager
@@ -208,20 +236,6 @@ async def _patiently(attempt: Callable[[], Awaitable[T]]) -> T:
                 raise
 
 
-def _statements(script: str) -> list[str]:
-    """A script's statements, one by one."""
-    statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    if any(line.strip() and not line.lstrip().startswith("--") for line in pending.splitlines()):
-        raise ValueError("the script ends inside a statement")
-    return statements
-
-
 async def _run(db: aiosqlite.Connection, sql: str, params: dict[str, Any] | None = None) -> int:
     """One statement that returns no rows (sqlite3 resets it once done); the number of rows it changed."""
     cursor = await db.execute(sql, params or {})
@@ -238,9 +252,9 @@ async def _fetch(db: aiosqlite.Connection, sql: str, params: dict[str, Any] | No
         raise
 
 
-async def _complete(awaitable: Awaitable[T]) -> T:
-    """Await `awaitable` to its end even when the awaiting task is cancelled meanwhile, then re-raise the
-    cancellation (so `asyncio.timeout` and task groups still see it)."""
+async def _complete(awaitable: Awaitable[T], *, on_cancel: Callable[[], object] | None = None) -> T:
+    """Await `awaitable` to its end even when the awaiting task is cancelled meanwhile (`on_cancel` is told at
+    once), then re-raise the cancellation (so `asyncio.timeout` and task groups still see it)."""
     inner = asyncio.ensure_future(awaitable)
     cancelled = False
     while True:
@@ -249,6 +263,8 @@ async def _complete(awaitable: Awaitable[T]) -> T:
         except asyncio.CancelledError:
             if inner.cancelled():  # the work itself was cancelled (the loop is shutting down)
                 raise
+            if not cancelled and on_cancel is not None:
+                on_cancel()
             cancelled = True
             continue
         except BaseException as exc:
