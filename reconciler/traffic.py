@@ -7,8 +7,9 @@ Drivers make one attempt per call; everything about how often and how many is de
 request waiting for a turn, a pause or a retry gives up, and their invoices are rescheduled past it.
 
 A provider's outage breaker (`Breaker`) outlives the pass: the runner keeps one per provider and hands it
-to each pass's gate. `breaker_threshold` unavailable answers in a row open it; while it is open no request
-is sent and the invoices are released untouched until its cool-down ends; then one probe goes alone.
+to each pass's gate. `breaker_threshold` fetches in a row without an answer (after their retries) open it;
+while it is open no request is sent and the invoices are released untouched until its cool-down ends;
+then one probe goes alone.
 """
 
 from __future__ import annotations
@@ -118,12 +119,13 @@ class Ticket:
 class Breaker:
     """One provider's outage breaker (docs/reconcile.md §3), kept across passes by the runner.
 
-    Closed, it counts unavailable answers in a row, each try of a fetch on its own; any other answer (a
-    429 too: the provider is up and asks us to slow down) resets the count. At `threshold` it opens: no
-    request until `cooldown` has passed on the injected clock. Then it is half-open: the first request
-    is the probe and every other one waits for its outcome; an answer closes the circuit, an unavailable
-    answer opens it for another cool-down. An answer to a request sent before the circuit opened changes
-    nothing: only the probe speaks for the provider once it is open.
+    Closed, it counts the calls in a row that got no answer (the gate records a fetch, or a batch, once,
+    when it gives up after its retries, so one sick invoice cannot open it alone); any answer, a 429 too
+    (the provider is up and asks us to slow down), resets the count. At `threshold` it opens: no request
+    until `cooldown` has passed on the injected clock. Then it is half-open: the first request is the
+    probe, one try, and every other one waits for its outcome; an answer closes the circuit, an
+    unavailable answer opens it for another cool-down. An answer to a request sent before the circuit
+    opened changes nothing: only the probe speaks for the provider once it is open.
     """
 
     def __init__(
@@ -140,7 +142,7 @@ class Breaker:
         self.cooldown = cooldown
         self.clock = clock
         self._on_change = on_change
-        #: unavailable answers in a row while closed
+        #: calls in a row that got no answer, while closed
         self.failures = 0
         self.opened_at: datetime | None = None
         #: None while closed; the end of the cool-down once open (then half-open from that moment)
@@ -247,7 +249,7 @@ class Breaker:
         self._generation += 1
         self.opened_at, self.open_until = now, now + self.cooldown
         self.failures = 0
-        cause = "the probe got no answer" if again else f"{self.threshold} unavailable answer(s) in a row"
+        cause = "the probe got no answer" if again else f"{self.threshold} fetch(es) in a row got no answer"
         logger.warning(
             "provider {}: {} (last: {}): circuit open, no requests until {}",
             self.provider_id,
@@ -436,12 +438,14 @@ class ProviderGate:
                 wait = retry_after_seconds(exc.retry_after)
                 if wait is not None and wait > common.retry_max_delay:
                     self._end(wait)
+                    self._gave_up(ticket, exc)
                     raise _Ended(
                         f"{exc.message} (asked to come back in {wait:.0f}s)",
                         provider_id=self.provider.id,
                         http_status=exc.http_status,
                     ) from None
                 if attempt == tries:
+                    self._gave_up(ticket, exc)
                     raise
                 if wait is not None:
                     # the pause holds every request of this provider, this one included
@@ -498,10 +502,20 @@ class ProviderGate:
             raise
         finally:
             self._on_request(self.provider.id, outcome, loop.time() - started)
-            if self.breaker.record(ticket, signal, error):
-                # every request of this provider waiting for a turn, a pause or a retry gives up now
-                opened, self._opened = self._opened, asyncio.Event()
-                opened.set()
+            # A probe speaks for itself; any other unavailable try counts only once its call gives up.
+            if ticket.probe or signal != "unavailable":
+                self._record(ticket, signal, error)
+
+    def _gave_up(self, ticket: Ticket, exc: ProviderUnavailable) -> None:
+        """A call that ends unavailable after its tries counts once toward the outage breaker."""
+        if not ticket.probe and _signal(exc) == "unavailable":
+            self._record(ticket, "unavailable", exc.message)
+
+    def _record(self, ticket: Ticket, signal: Signal, error: str | None) -> None:
+        if self.breaker.record(ticket, signal, error):
+            # every request of this provider waiting for a turn, a pause or a retry gives up now
+            opened, self._opened = self._opened, asyncio.Event()
+            opened.set()
 
     async def take_turn(self) -> None:
         """Wait out a provider-wide Retry-After pause and the provider's request rate; give up at once when

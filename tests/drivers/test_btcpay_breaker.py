@@ -1,7 +1,7 @@
 """Issue 12: the outage breaker, seen from the provider's side.
 
 A real Runner over a real SQLite shop drives the real BTCPay driver against the fake Greenfield server;
-the fake's request log shows exactly which requests reached it: K unavailable answers, then nothing while
+the fake's request log shows exactly which requests reached it: K fetches unanswered, then nothing while
 the circuit is open, then one probe alone, then (the probe answered) everything else.
 """
 
@@ -261,13 +261,20 @@ async def test_a_request_that_times_out_counts(world: World, btcpay_make_driver:
     assert world.observer.states == [f"{PROVIDER}:open"]
 
 
-async def test_each_retry_is_an_answer_of_its_own(world: World) -> None:
+async def test_a_fetch_counts_once_after_its_retries_and_one_that_recovers_counts_as_an_answer(
+    world: World,
+) -> None:
     world.make_runner(retry_attempts=3)
-    world.fake.fault(statuses=[503] * 10)
+    # a retry that is answered is an answer; then three fetches that get none after their three tries
+    world.fake.fault(statuses=[503, 503, 200] + [503] * 3 * THRESHOLD)
 
     await world.runner.run_pass()
 
-    assert [e.target for e in world.requests()] == [world.requests()[0].target] * THRESHOLD
+    asked = [e.target for e in world.requests()]
+    first, *others = list(dict.fromkeys(asked))
+    assert asked == [first] * 3 + [pid for pid in others[:THRESHOLD] for _ in range(3)]
+    assert [e.status for e in world.requests()][:3] == [503, 503, 200]
+    assert world.observer.states == [f"{PROVIDER}:open"]
 
 
 @pytest.mark.parametrize(
