@@ -93,12 +93,15 @@ class Daemon:
         return True, f"database reachable, {len(self.runner.providers)} driver(s) loaded"
 
     def _status(self, text: str) -> None:
-        """`STATUS=` with the news of the last pass and every refusal still standing, which a pass with
-        nothing due for that provider would otherwise hide."""
+        """`STATUS=` with the news of the last pass, every refusal still standing, which a pass with
+        nothing due for that provider would otherwise hide, and every outage circuit not closed."""
         refused = self.credentials_refused()
         if refused:
             text += "; CREDENTIALS REFUSED(" + ", ".join(f"{p}: {why}" for p, why in sorted(refused.items()))
             text += ")"
+        circuits = self.runner.circuits()
+        if circuits:
+            text += "; PROVIDER UNAVAILABLE(" + ", ".join(f"{p}: {why}" for p, why in circuits.items()) + ")"
         self.notifier.status(text)
 
     async def run(self) -> None:

@@ -89,6 +89,8 @@ class CommonSettings(BaseModel):
     max_response_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="largest answer body read (decompressed), in bytes"
     )
+    breaker_threshold: int = Field(default=5, ge=1, le=1000, description="fetches in a row without an answer")
+    breaker_cooldown: float = Field(default=60.0, gt=0, description="seconds without requests once open")
 
     @property
     def worst_fetch(self) -> float:

@@ -110,6 +110,15 @@ class Metrics(Observer):
         )
         #: provider id -> why its credentials were refused, until a later request to it succeeds
         self.refused: dict[str, str] = {}
+        self.breaker_state = Gauge(
+            "reconciler_provider_breaker_state",
+            "A provider's outage circuit: 0 closed, 1 half-open (its next request is a probe), 2 open "
+            "(no requests until its cool-down ends)",
+            ["provider"],
+            registry=r,
+        )
+        #: provider id -> its outage circuit's state, as last reported
+        self.circuits: dict[str, str] = {}
         self.tasks = Counter(
             "reconciler_post_settle_tasks",
             "Post-settle task attempts by result",
@@ -137,6 +146,9 @@ class Metrics(Observer):
             self.latency.labels(provider)
             self.circuit.labels(provider).set(1 if provider in self.refused else 0)
             self.refused_credentials.labels(provider).set(1 if provider in self.refused else 0)
+            self.breaker_state.labels(provider).set(
+                traffic.CIRCUIT_GAUGE[self.circuits.get(provider, "closed")]
+            )
         for provider in (*providers, NO_PROVIDER):
             for kind in DECISION_KINDS:
                 self.decisions.labels(provider, kind)
@@ -163,6 +175,10 @@ class Metrics(Observer):
         self.refused_credentials.labels(provider_id).set(flag)
         self.circuit.labels(provider_id).set(flag)
 
+    def breaker(self, provider_id: str, state: str) -> None:
+        self.circuits[provider_id] = state
+        self.breaker_state.labels(provider_id).set(traffic.CIRCUIT_GAUGE[state])
+
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         self.pass_seconds.observe(summary.duration)
         self.passes.labels("degraded" if summary.is_degraded else "ok").inc()
@@ -172,6 +188,10 @@ class Metrics(Observer):
             # A pass with nothing due for a refused provider asks it nothing: the refusal still stands.
             is_open = provider in circuits_open or provider in self.refused
             self.circuit.labels(provider).set(1 if is_open else 0)
+        # An open circuit turns half-open when its cool-down ends, which no request reports.
+        for provider, circuit in summary.circuits.items():
+            if circuit.get("state") in traffic.CIRCUIT_GAUGE:
+                self.breaker(provider, circuit["state"])
 
     # -- from the store -----------------------------------------------------------------------------------
     def backlog(self, report: StatusReport, now: datetime, providers: list[str]) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from reconciler import decide
 from reconciler.decide import DecisionKind
 from reconciler.store import base
 from reconciler.timeutil import format_ts
-from reconciler.traffic import ProviderGate
+from reconciler.traffic import Breaker, ProviderGate
 
 #: Extra counters beside the decision kinds: rows another writer changed first, rows released untouched.
 FENCED = "fenced"
@@ -42,6 +43,9 @@ class Observer:
     def credentials(self, provider_id: str, refused: str | None) -> None:
         """A provider refused our credentials (`refused` says why), or a later request to it succeeded
         (`None`). Called on every change; the state outlives the pass that saw it."""
+
+    def breaker(self, provider_id: str, state: str) -> None:
+        """A provider's outage circuit changed state: `open`, `half_open` (a probe sent) or `closed`."""
 
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         """A pass ended; `circuits_open` holds every provider whose circuit opened in it or whose
@@ -82,6 +86,8 @@ class PassSummary:
     by_provider: dict[str, Counter[str]] = field(default_factory=dict)
     degraded: dict[str, str] = field(default_factory=dict)
     tasks: Counter[str] = field(default_factory=Counter)
+    #: each provider's outage circuit as the pass ended (`Breaker.describe`)
+    circuits: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def count(self, provider_id: str | None, kind: str) -> None:
         self.counts[kind] += 1
@@ -106,6 +112,7 @@ class PassSummary:
             "by_provider": {p: dict(sorted(c.items())) for p, c in sorted(self.by_provider.items())},
             "degraded": dict(sorted(self.degraded.items())),
             "post_settle": dict(sorted(self.tasks.items())),
+            "circuits": dict(sorted(self.circuits.items())),
         }
 
     def line(self) -> str:
@@ -141,14 +148,20 @@ class PassState:
     def starting(cls, started_at: datetime) -> PassState:
         return cls(started_at, PassSummary(started_at=started_at))
 
-    def finish(self, finished_at: datetime) -> PassSummary:
-        """The summary, with why the pass is degraded."""
+    def finish(self, finished_at: datetime, breakers: Mapping[str, Breaker] | None = None) -> PassSummary:
+        """The summary, with why the pass is degraded and each of `breakers`' circuits: one not closed
+        degrades the pass even when nothing of its provider was due."""
         summary = self.summary
         summary.finished_at = finished_at
         for gate in self.gates.values():
             reason = gate.degraded()
             if reason is not None:
                 summary.degraded[gate.provider.id] = reason
+        for provider_id, breaker in (breakers or {}).items():
+            summary.circuits[provider_id] = breaker.describe()
+            held_back = breaker.reason()
+            if held_back is not None and provider_id not in summary.degraded:
+                summary.degraded[provider_id] = held_back
         if self.quarantined:
             summary.degraded[UNREADABLE_ROWS] = f"{len(self.quarantined)} unreadable row(s) quarantined"
         return summary

@@ -116,9 +116,14 @@ class Recorder:
                 await self.bookkeeping.release(base.ReleaseWrite(verdict.invoice, None))
                 p.returned += 1
                 return RELEASED
-            next_at = self.reschedule(verdict.invoice, now, verdict.failure.not_before)
+            failure = verdict.failure
+            if failure.circuit_open and failure.not_before is not None:
+                # an outage burns no schedule: not asked, so back exactly when the circuit may close
+                next_at = failure.not_before
+            else:
+                next_at = self.reschedule(verdict.invoice, now, failure.not_before)
             await self.bookkeeping.release(base.ReleaseWrite(verdict.invoice, next_at))
-            return verdict.failure.kind
+            return failure.kind
         return await self._apply(p, verdict, now)
 
     async def _apply(self, p: PassState, verdict: Decided, now: datetime) -> str:

@@ -36,7 +36,7 @@ from reconciler.post_settle import PostSettleWorker
 from reconciler.record import Recorder
 from reconciler.store import base
 from reconciler.timeutil import Clock, utcnow
-from reconciler.traffic import Failure, Provider, ProviderGate, Release, Sleep
+from reconciler.traffic import Breaker, CircuitState, Failure, Provider, ProviderGate, Release, Sleep
 from reconciler.verdicts import Decided, Duplicate, Quarantine, Skip, Unanswered, Verdict
 
 __all__ = [  # the runner's interface: what the daemon, the CLI and metrics import from here
@@ -89,6 +89,10 @@ class Runner:
         self.heartbeat = 0.0
         #: providers whose credentials were refused, and why, until a later request to them succeeds
         self.refused: dict[str, str] = {}
+        #: each provider's outage breaker: kept across passes, like `refused`
+        self.breakers: dict[str, Breaker] = {}
+        for provider in self.providers.values():
+            self._breaker(provider)
         self._recorder = Recorder(store, settings, clock=clock, rng=self.rng)
         self._pass = PassState.starting(self.started_at)
 
@@ -213,7 +217,7 @@ class Runner:
         return self._pass
 
     def finish(self, p: PassState) -> PassSummary:
-        summary = p.finish(self.clock())
+        summary = p.finish(self.clock(), self.breakers)
         self.observer.pass_finished(summary, sorted(self.providers), p.circuits_open(set(self.refused)))
         self.beat()
         return summary
@@ -353,8 +357,25 @@ class Runner:
                 rng=self.rng,
                 on_request=self.observer.request,
                 on_credentials=self._credentials,
+                breaker=self._breaker(provider),
             )
         return gate
+
+    def _breaker(self, provider: Provider) -> Breaker:
+        breaker = self.breakers.get(provider.id)
+        if breaker is None:
+            breaker = self.breakers[provider.id] = Breaker.for_provider(
+                provider, clock=self.clock, on_change=self._circuit_changed
+            )
+        return breaker
+
+    def _circuit_changed(self, provider_id: str, state: CircuitState) -> None:
+        self.observer.breaker(provider_id, state.value)
+
+    def circuits(self) -> dict[str, str]:
+        """Why each provider whose outage circuit is not closed is held back (`STATUS=`)."""
+        held = {pid: breaker.reason() for pid, breaker in sorted(self.breakers.items())}
+        return {pid: reason for pid, reason in held.items() if reason is not None}
 
     def _credentials(self, provider_id: str, refused: str | None) -> None:
         if refused is None:

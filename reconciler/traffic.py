@@ -5,6 +5,11 @@ batching, and the error policy that turns what a driver raised into one invoice'
 Drivers make one attempt per call; everything about how often and how many is decided here, once. A
 `Retry-After` longer than the provider's `retry_max_delay` ends the provider for the pass at once: every
 request waiting for a turn, a pause or a retry gives up, and their invoices are rescheduled past it.
+
+A provider's outage breaker (`Breaker`) outlives the pass: the runner keeps one per provider and hands it
+to each pass's gate. `breaker_threshold` fetches in a row without an answer (after their retries) open it;
+while it is open no request is sent and the invoices are released untouched until its cool-down ends;
+then one probe goes alone.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from enum import StrEnum
+from typing import Literal, TypeVar
 
 from loguru import logger
 
 from reconciler import batching, driver_api, errors
 from reconciler.decide import Answer, BadResponse, DecisionKind, NotFound
 from reconciler.driver_api import CommonSettings, Driver, ProviderUnavailable, Snapshot, SupportsFetchMany
-from reconciler.timeutil import Clock
+from reconciler.timeutil import Clock, format_ts
 
 Sleep = Callable[[float], Awaitable[None]]
 _T = TypeVar("_T")
@@ -43,11 +49,13 @@ class Provider:
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A fetch that produced no answer: the invoice stays untouched and is rescheduled (not before
-    `not_before` when the provider asked us to wait)."""
+    `not_before` when the provider asked us to wait). With `circuit_open` nothing was asked: the
+    provider's outage circuit is open until `not_before`, and the invoice waits exactly that long."""
 
     message: str
     not_before: datetime | None = None
     kind: DecisionKind = DecisionKind.PROVIDER_ERROR
+    circuit_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,191 @@ class _Ended(ProviderUnavailable):
     """The provider asked us to come back later than `retry_max_delay`: no more requests this pass."""
 
 
+# -- the outage breaker ------------------------------------------------------------------------------------
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+#: `reconciler_provider_breaker_state`'s value for each state.
+CIRCUIT_GAUGE: dict[str, int] = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+#: What a request's end says about the provider: it answered (whatever the answer), it was unavailable
+#: (timeout, connection error, 408, 5xx), or nothing (a bug in the driver, a cancelled pass).
+Signal = Literal["answered", "unavailable", "neutral"]
+
+
+class CircuitOpen(ProviderUnavailable):
+    """No request was sent: the provider's outage circuit is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A breaker's permission for one request: the circuit's generation then, and whether it is the probe."""
+
+    generation: int
+    probe: bool = False
+
+
+class Breaker:
+    """One provider's outage breaker (docs/reconcile.md §3), kept across passes by the runner.
+
+    Closed, it counts the calls in a row that got no answer (the gate records a fetch, or a batch, once,
+    when it gives up after its retries, so one sick invoice cannot open it alone); any answer, a 429 too
+    (the provider is up and asks us to slow down), resets the count. At `threshold` it opens: no request
+    until `cooldown` has passed on the injected clock. Then it is half-open: the first request is the
+    probe, one try, and every other one waits for its outcome; an answer closes the circuit, an
+    unavailable answer opens it for another cool-down. An answer to a request sent before the circuit
+    opened changes nothing: only the probe speaks for the provider once it is open.
+    """
+
+    def __init__(
+        self,
+        provider_id: str,
+        *,
+        threshold: int,
+        cooldown: timedelta,
+        clock: Clock,
+        on_change: Callable[[str, CircuitState], None] = lambda *_: None,
+    ) -> None:
+        self.provider_id = provider_id
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self._on_change = on_change
+        #: calls in a row that got no answer, while closed
+        self.failures = 0
+        self.opened_at: datetime | None = None
+        #: None while closed; the end of the cool-down once open (then half-open from that moment)
+        self.open_until: datetime | None = None
+        self._generation = 0
+        #: set when the probe in flight ends; None when there is none
+        self._probe: asyncio.Event | None = None
+
+    @classmethod
+    def for_provider(
+        cls, provider: Provider, *, clock: Clock, on_change: Callable[[str, CircuitState], None] | None = None
+    ) -> Breaker:
+        common = provider.common
+        return cls(
+            provider.id,
+            threshold=common.breaker_threshold,
+            cooldown=timedelta(seconds=common.breaker_cooldown),
+            clock=clock,
+            on_change=on_change or (lambda *_: None),
+        )
+
+    @property
+    def state(self) -> CircuitState:
+        if self.open_until is None:
+            return CircuitState.CLOSED
+        if self._probe is None and self.clock() < self.open_until:
+            return CircuitState.OPEN
+        return CircuitState.HALF_OPEN
+
+    def reason(self) -> str | None:
+        """Why this provider is held back (the summary's `degraded`, `STATUS=`), or None while closed."""
+        state = self.state
+        if state is CircuitState.OPEN:
+            assert self.open_until is not None
+            return f"circuit open until {format_ts(self.open_until)}"
+        if state is CircuitState.HALF_OPEN:
+            return "circuit half-open (its next request is a probe)"
+        return None
+
+    def describe(self) -> dict[str, str]:
+        """The circuit as the pass summary records it (`reconciler status` reads it there)."""
+        state = self.state
+        if state is CircuitState.CLOSED or self.opened_at is None or self.open_until is None:
+            return {"state": CircuitState.CLOSED.value}
+        return {
+            "state": state.value,
+            "opened_at": format_ts(self.opened_at),
+            "until": format_ts(self.open_until),
+        }
+
+    def refused(self) -> CircuitOpen:
+        until = format_ts(self.open_until) if self.open_until is not None else "?"
+        return CircuitOpen(
+            f"{self.provider_id}: circuit open until {until} (the provider was unavailable): not asked",
+            provider_id=self.provider_id,
+        )
+
+    async def admit(self) -> Ticket:
+        """Permission to send one request; raises CircuitOpen while the circuit is open. Half-open, the
+        first caller becomes the probe and the others wait for its outcome."""
+        while True:
+            state = self.state
+            if state is CircuitState.CLOSED:
+                return Ticket(self._generation)
+            if state is CircuitState.OPEN:
+                raise self.refused()
+            if self._probe is None:
+                self._probe = asyncio.Event()
+                logger.info("provider {}: cool-down over, sending one probe request", self.provider_id)
+                self._on_change(self.provider_id, CircuitState.HALF_OPEN)
+                return Ticket(self._generation, probe=True)
+            await self._probe.wait()
+
+    async def settled(self) -> None:
+        """Return once no probe is in flight (at once when none is)."""
+        while self._probe is not None:
+            await self._probe.wait()
+
+    def record(self, ticket: Ticket, signal: Signal, error: str | None = None) -> bool:
+        """How the request admitted with `ticket` ended; True when that opened the circuit."""
+        if ticket.probe:
+            probe, self._probe = self._probe, None
+            if probe is not None:
+                probe.set()
+            if signal == "answered":
+                self._close()
+            elif signal == "unavailable":
+                self._open(error, again=True)
+                return True
+            return False  # it said nothing: still half-open, the next request is the probe
+        if ticket.generation != self._generation or self.open_until is not None:
+            return False  # sent before the circuit opened
+        if signal == "answered":
+            self.failures = 0
+        elif signal == "unavailable":
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self._open(error, again=False)
+                return True
+        return False
+
+    def _open(self, error: str | None, *, again: bool) -> None:
+        now = self.clock()
+        self._generation += 1
+        self.opened_at, self.open_until = now, now + self.cooldown
+        self.failures = 0
+        cause = "the probe got no answer" if again else f"{self.threshold} fetch(es) in a row got no answer"
+        logger.warning(
+            "provider {}: {} (last: {}): circuit open, no requests until {}",
+            self.provider_id,
+            cause,
+            error or "unavailable",
+            format_ts(self.open_until),
+        )
+        self._on_change(self.provider_id, CircuitState.OPEN)
+
+    def _close(self) -> None:
+        self.opened_at = self.open_until = None
+        self.failures = 0
+        logger.info("provider {}: the probe was answered: circuit closed", self.provider_id)
+        self._on_change(self.provider_id, CircuitState.CLOSED)
+
+
+def _signal(exc: BaseException) -> Signal:
+    if isinstance(exc, ProviderUnavailable):
+        return "answered" if exc.http_status == 429 else "unavailable"
+    if isinstance(exc, errors.InvoiceNotFound | errors.BadProviderResponse | errors.ProviderAuthError):
+        return "answered"
+    return "neutral"
+
+
 class ProviderGate:
     """One provider's traffic for one pass: its concurrency, request rate, Retry-After pauses, retries,
     timeouts and batches, and what the pass learned about it (circuit, counts)."""
@@ -94,8 +287,11 @@ class ProviderGate:
         rng: random.Random | None = None,
         on_request: Callable[[str, str, float], None] = lambda *_: None,
         on_credentials: Callable[[str, str | None], None] = lambda *_: None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.provider = provider
+        #: the provider's outage breaker: the runner's, which outlives this pass
+        self.breaker = breaker or Breaker.for_provider(provider, clock=clock)
         self.semaphore = asyncio.Semaphore(provider.common.max_concurrency)
         self.clock = clock
         self.sleep = sleep
@@ -105,6 +301,8 @@ class ProviderGate:
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._ended = asyncio.Event()
+        #: set (and replaced) each time the breaker opens through this gate: pauses give up at once
+        self._opened = asyncio.Event()
         #: credentials refused / told to come back later, for the rest of the pass
         self.circuit_open = False
         self.ended_until: datetime | None = None
@@ -133,6 +331,10 @@ class ProviderGate:
             return Failure("credentials refused earlier in this pass")
         if self.ended_until is not None:
             return Failure("the provider asked us to come back later", self.ended_until)
+        # A probe in flight is waited for before the lease is checked, like a turn of the semaphore.
+        await self.breaker.settled()
+        if self.breaker.state is CircuitState.OPEN:
+            return self._held_back(self.breaker.refused())
         if lease_until is not None and lease_until - self.clock() < timedelta(
             seconds=provider.common.worst_fetch
         ):
@@ -155,6 +357,8 @@ class ProviderGate:
                 )
                 self._on_credentials(provider.id, exc.message)
             return Failure(exc.message)
+        except CircuitOpen as exc:
+            return self._held_back(exc)
         except _Ended as exc:
             return Failure(exc.message, self.ended_until)
         except errors.ProviderUnavailable as exc:
@@ -180,6 +384,9 @@ class ProviderGate:
         self._answered()
         return answer
 
+    def _held_back(self, exc: CircuitOpen) -> Failure:
+        return Failure(exc.message, self.breaker.open_until, circuit_open=True)
+
     def _answered(self) -> None:
         self._answers += 1
         self._on_credentials(self.provider.id, None)
@@ -188,6 +395,9 @@ class ProviderGate:
         """Why this provider degraded the pass (docs/reconcile.md §18), or None."""
         if self.circuit_open:
             return "authentication failed"
+        held_back = self.breaker.reason()
+        if held_back is not None:
+            return held_back
         if self._unexpected:
             return f"driver raised {self._unexpected} unexpected exception(s)"
         if self._fetches and not self._answers:
@@ -221,18 +431,21 @@ class ProviderGate:
         tries = attempts or common.retry_attempts
         for attempt in range(1, tries + 1):
             await self.take_turn()
+            ticket = await self.breaker.admit()
             try:
-                return await self._call_once(call)
+                return await self._call_once(call, ticket)
             except ProviderUnavailable as exc:
                 wait = retry_after_seconds(exc.retry_after)
                 if wait is not None and wait > common.retry_max_delay:
                     self._end(wait)
+                    self._gave_up(ticket, exc)
                     raise _Ended(
                         f"{exc.message} (asked to come back in {wait:.0f}s)",
                         provider_id=self.provider.id,
                         http_status=exc.http_status,
                     ) from None
                 if attempt == tries:
+                    self._gave_up(ticket, exc)
                     raise
                 if wait is not None:
                     # the pause holds every request of this provider, this one included
@@ -262,29 +475,47 @@ class ProviderGate:
             raise _Ended(
                 f"{self.provider.id}: the provider asked us to come back later", provider_id=self.provider.id
             )
+        if self.breaker.state is CircuitState.OPEN:
+            raise self.breaker.refused()
 
-    async def _call_once(self, call: Callable[[], Awaitable[_T]]) -> _T:
+    async def _call_once(self, call: Callable[[], Awaitable[_T]], ticket: Ticket) -> _T:
         common = self.provider.common
         loop = asyncio.get_running_loop()
         started = loop.time()
         outcome = "ok"
+        signal: Signal = "answered"
+        error: str | None = None
         try:
             # Drivers time their own HTTP calls; this outer bound protects the pass from one that does not.
             async with asyncio.timeout(common.timeout * 2 + 1):
                 return await call()
         except TimeoutError as exc:
-            outcome = "unavailable"
-            raise ProviderUnavailable(
-                f"{self.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s",
-                provider_id=self.provider.id,
-            ) from exc
+            outcome = signal = "unavailable"
+            error = f"{self.provider.id}: no answer within {common.timeout * 2 + 1:.0f}s"
+            raise ProviderUnavailable(error, provider_id=self.provider.id) from exc
         except BaseException as exc:
             outcome = _OUTCOMES.get(
                 type(exc), "unavailable" if isinstance(exc, ProviderUnavailable) else "error"
             )
+            signal = _signal(exc)
+            error = exc.message if isinstance(exc, errors.DriverError) else type(exc).__name__
             raise
         finally:
             self._on_request(self.provider.id, outcome, loop.time() - started)
+            # A probe speaks for itself; any other unavailable try counts only once its call gives up.
+            if ticket.probe or signal != "unavailable":
+                self._record(ticket, signal, error)
+
+    def _gave_up(self, ticket: Ticket, exc: ProviderUnavailable) -> None:
+        """A call that ends unavailable after its tries counts once toward the outage breaker."""
+        if not ticket.probe and _signal(exc) == "unavailable":
+            self._record(ticket, "unavailable", exc.message)
+
+    def _record(self, ticket: Ticket, signal: Signal, error: str | None) -> None:
+        if self.breaker.record(ticket, signal, error):
+            # every request of this provider waiting for a turn, a pause or a retry gives up now
+            opened, self._opened = self._opened, asyncio.Event()
+            opened.set()
 
     async def take_turn(self) -> None:
         """Wait out a provider-wide Retry-After pause and the provider's request rate; give up at once when
@@ -304,15 +535,18 @@ class ProviderGate:
         self._check_ended()
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep `seconds`, or less if the provider ends for this pass meanwhile (then raise)."""
+        """Sleep `seconds`, or less if the provider ends for this pass or its circuit opens meanwhile (then
+        raise)."""
+        self._check_ended()
         if seconds <= 0:
-            self._check_ended()
             return
         sleeper = asyncio.ensure_future(self.sleep(seconds))
         ender = asyncio.ensure_future(self._ended.wait())
+        opened = asyncio.ensure_future(self._opened.wait())
         try:
-            await asyncio.wait({sleeper, ender}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, ender, opened}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             ender.cancel()
+            opened.cancel()
         self._check_ended()

@@ -42,6 +42,9 @@ async def status(args: argparse.Namespace) -> int:
     print(f"instances (a pass in the last {format_duration(live_window)}):")
     for i in data["instances"]:
         print(f"  {i['lease_owner']}: {_instance_state(i)}")
+        for c in data["circuits"]:
+            if c["lease_owner"] == i["lease_owner"]:
+                print(f"    {c['provider_id']}: {_circuit_state(c, now)}")
     if not data["instances"]:
         print("  (none)")
     if data["other_instances"]:
@@ -89,6 +92,11 @@ def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
             for i in report.instances
         ],
         "other_instances": report.other_instances,
+        "circuits": [
+            {"lease_owner": i.lease_owner, "provider_id": provider_id, **circuit}
+            for i in report.instances
+            for provider_id, circuit in _open_circuits(i.last_summary)
+        ],
         "quarantined": {
             "total": report.quarantined_total,
             "invoices": [
@@ -98,6 +106,30 @@ def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
         },
         "review": [{"action": a, "count": n, "latest": format_ts(t)} for a, n, t in report.review],
     }
+
+
+def _open_circuits(summary: Any) -> list[tuple[str, dict[str, str]]]:
+    """The outage circuits a pass summary recorded as not closed (docs/reconcile.md §3); a summary from an
+    older version, or one somebody edited, shows none rather than failing the command."""
+    circuits = summary.get("circuits") if isinstance(summary, dict) else None
+    if not isinstance(circuits, dict):
+        return []
+    found = []
+    for provider_id, circuit in sorted(circuits.items()):
+        if not isinstance(circuit, dict) or circuit.get("state") not in ("open", "half_open"):
+            continue
+        fields = ("state", "opened_at", "until")
+        found.append((str(provider_id), {f: str(circuit[f]) for f in fields if circuit.get(f) is not None}))
+    return found
+
+
+def _circuit_state(circuit: dict[str, str], now: datetime) -> str:
+    until = circuit.get("until", "?")
+    if circuit["state"] == "half_open":
+        return "circuit half-open: its next request is a probe"
+    if until < format_ts(now):
+        return f"circuit open until {until} (over: its next request is a probe)"
+    return f"circuit open until {until}"
 
 
 def _no_provider_label(default_provider: str | None) -> str:

@@ -58,6 +58,7 @@ _LEASE_ADAPTER: TypeAdapter[timedelta] = TypeAdapter(PositiveDuration)
 _COMMON_DURATIONS: dict[str, TypeAdapter[timedelta]] = {
     "timeout": TypeAdapter(ShortDuration),
     "retry_max_delay": TypeAdapter(ShortDuration),
+    "breaker_cooldown": TypeAdapter(ShortDuration),
 }
 
 

@@ -403,6 +403,8 @@ def test_masked_shows_durations_as_written(tmp_path: Path) -> None:
         "retry_attempts": 3,
         "retry_max_delay": "10s",
         "max_response_bytes": 4194304,
+        "breaker_threshold": 5,
+        "breaker_cooldown": "1m",
         "base_url": "https://pay.example.com",
     }
     assert masked["http"] == {"listen": "127.0.0.1:9464"}
@@ -935,8 +937,8 @@ def test_only_a_declared_secret_has_a_file_form(tmp_path: Path) -> None:
 
     assert message.splitlines() == [
         f"{tmp_path / 'config.toml'}: providers.shop.password_file: unknown key (accepted: access_key, api_key, "
-        "base_url, ca_bundle_file, driver, max_concurrency, max_response_bytes, rate_limit, refresh_token, "
-        "retry_attempts, retry_max_delay, timeout) (driver 'fake')"
+        "base_url, breaker_cooldown, breaker_threshold, ca_bundle_file, driver, max_concurrency, max_response_bytes, "
+        "rate_limit, refresh_token, retry_attempts, retry_max_delay, timeout) (driver 'fake')"
     ]
 
 
