@@ -330,6 +330,7 @@ BTCPAY_EXAMPLES = btcpay_examples()
 
 
 @pytest.mark.slow  # large volume: 10,000 examples
+@pytest.mark.fuzz
 def test_btcpay_fetch_never_lets_anything_but_a_driver_error_escape(
     capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
@@ -404,6 +405,7 @@ ZAPRITE_EXAMPLES = zaprite_examples()
 
 
 @pytest.mark.slow  # large volume: 10,000 examples
+@pytest.mark.fuzz
 def test_zaprite_fetch_and_post_settle_never_let_anything_but_a_driver_error_escape(
     capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:

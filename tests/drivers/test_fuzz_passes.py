@@ -190,6 +190,7 @@ BTCPAY_PASS_EXAMPLES = st.tuples(BTCPAY_ANSWERS, KEY_ANSWERS | st.just(GOOD_KEY_
 
 
 @pytest.mark.slow  # large volume: 300 whole passes
+@pytest.mark.fuzz
 def test_btcpay_passes_never_fail_and_leave_nothing_leased(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
@@ -231,6 +232,7 @@ ZAPRITE_PASS_EXAMPLES = st.tuples(ORDER_ANSWERS, CONTACT_ANSWERS)
 
 
 @pytest.mark.slow  # large volume: 300 whole passes
+@pytest.mark.fuzz
 def test_zaprite_passes_never_fail_and_leave_nothing_leased(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
 ) -> None:
