@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from reconciler import __version__, audit, traffic
+from reconciler import __version__, audit, breaker, traffic
 from reconciler.decide import DecisionKind
 from reconciler.runner import FENCED, RELEASED, Observer, PassSummary
 from reconciler.store.base import StatusReport
@@ -147,7 +147,7 @@ class Metrics(Observer):
             self.circuit.labels(provider).set(1 if provider in self.refused else 0)
             self.refused_credentials.labels(provider).set(1 if provider in self.refused else 0)
             self.breaker_state.labels(provider).set(
-                traffic.CIRCUIT_GAUGE[self.circuits.get(provider, "closed")]
+                breaker.CIRCUIT_GAUGE[self.circuits.get(provider, "closed")]
             )
         for provider in (*providers, NO_PROVIDER):
             for kind in DECISION_KINDS:
@@ -177,7 +177,7 @@ class Metrics(Observer):
 
     def breaker(self, provider_id: str, state: str) -> None:
         self.circuits[provider_id] = state
-        self.breaker_state.labels(provider_id).set(traffic.CIRCUIT_GAUGE[state])
+        self.breaker_state.labels(provider_id).set(breaker.CIRCUIT_GAUGE[state])
 
     def pass_finished(self, summary: PassSummary, providers: list[str], circuits_open: set[str]) -> None:
         self.pass_seconds.observe(summary.duration)
@@ -190,7 +190,7 @@ class Metrics(Observer):
             self.circuit.labels(provider).set(1 if is_open else 0)
         # An open circuit turns half-open when its cool-down ends, which no request reports.
         for provider, circuit in summary.circuits.items():
-            if circuit.get("state") in traffic.CIRCUIT_GAUGE:
+            if circuit.get("state") in breaker.CIRCUIT_GAUGE:
                 self.breaker(provider, circuit["state"])
 
     # -- from the store -----------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler import decide
+from reconciler.breaker import Breaker
 from reconciler.decide import DecisionKind
 from reconciler.store import base
 from reconciler.timeutil import format_ts
-from reconciler.traffic import Breaker, ProviderGate
+from reconciler.traffic import ProviderGate
 
 #: Extra counters beside the decision kinds: rows another writer changed first, rows released untouched.
 FENCED = "fenced"

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 
 from reconciler import decide, dry_run, errors, ids, licenses, settlement
+from reconciler.breaker import Breaker, CircuitState
 from reconciler.decide import Decision
 from reconciler.models import Invoice, InvoiceStatus, Policy, Unreadable, UnreadablePolicy
 from reconciler.passes import (
@@ -36,7 +37,7 @@ from reconciler.post_settle import PostSettleWorker
 from reconciler.record import Recorder
 from reconciler.store import base
 from reconciler.timeutil import Clock, utcnow
-from reconciler.traffic import Breaker, CircuitState, Failure, Provider, ProviderGate, Release, Sleep
+from reconciler.traffic import Failure, Provider, ProviderGate, Release, Sleep
 from reconciler.verdicts import Decided, Duplicate, Quarantine, Skip, Unanswered, Verdict
 
 __all__ = [  # the runner's interface: what the daemon, the CLI and metrics import from here

@@ -1,4 +1,4 @@
-"""Issue 12: the outage breaker's states on a fixed clock (traffic.Breaker), and the edges a whole pass
+"""Issue 12: the outage breaker's states on a fixed clock (breaker.Breaker), and the edges a whole pass
 shows only by chance: a probe that says nothing, requests waiting for the probe, a cool-down that ends
 while nothing is due."""
 
@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.breaker import Breaker, CircuitOpen, CircuitState
 from reconciler.driver_api import CommonSettings, ProviderUnavailable
 from reconciler.metrics import Metrics
 from reconciler.testing import FakeDriver, snapshot
-from reconciler.traffic import Breaker, CircuitOpen, CircuitState
 from tests.conftest import Clock, RunnerFactory
 from tests.support.shop import T0, Shop
 
