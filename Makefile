@@ -28,10 +28,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy reconciler $(foreach d,$(DRIVERS),$(d)/reconciler_$(notdir $(d))) tests bench demo
 
-# Two processes (the machines have two cores). The fuzz tests run apart, without coverage tracing, which
-# would slow their 10,000 examples per driver several times over and add nothing: the parsers they drive are
-# covered by the driver tests. Either run failing, or collecting no test, fails the target.
-PYTEST_WORKERS ?= 2
+# Four worker processes on two cores: most tests wait (subprocesses, latency, lock timeouts) more than they
+# compute. The fuzz tests run apart, without coverage tracing, which would slow their 10,000 examples per
+# driver several times over and add nothing: the parsers they drive are covered by the driver tests. Either
+# run failing, or collecting no test, fails the target.
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not fuzz" --cov=reconciler $(foreach d,$(DRIVERS),--cov=$(d)) --cov-branch --cov-report=term:skip-covered
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -m fuzz -p no:cov
