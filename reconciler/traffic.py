@@ -48,6 +48,7 @@ __all__ = [
     "RELEASE",
     "REQUEST_OUTCOMES",
     "RETRY_AFTER_MAX",
+    "_OUTCOMES",
     "Failure",
     "Provider",
     "ProviderGate",

@@ -83,7 +83,7 @@ class World:
         return self.fake.listed()
 
     def singles(self) -> list[str]:
-        return [e.target for e in self.fake.log if e.target not in ("invoices", "api-keys/current")]
+        return [e.target for e in self.fake.log if e.target not in (None, "invoices", "api-keys/current")]
 
     def statuses(self) -> dict[str, str]:
         return {pid: self.shop.status(iid) for pid, iid in self.ids.items()}
