@@ -65,8 +65,12 @@ class _Ended(ProviderUnavailable):
     """The provider asked us to come back later than `retry_max_delay`: no more requests this pass."""
 
 
-class _LeaseShort(Exception):
-    """A listed invoice that must ask alone has too little lease left for a fetch: release it."""
+class _NotAsked(Exception):
+    """A listed invoice that must ask alone, once its turn comes, is not asked after all: `outcome`."""
+
+    def __init__(self, outcome: Failure | Release) -> None:
+        super().__init__()
+        self.outcome = outcome
 
 
 class ProviderGate:
@@ -152,9 +156,9 @@ class ProviderGate:
         self._fetches += 1
         try:
             answer = await self.fetch(provider_invoice_id, created_at=created_at, lease_until=lease_until)
-        except _LeaseShort:
+        except _NotAsked as exc:
             self._fetches -= 1
-            return RELEASE
+            return exc.outcome
         except errors.InvoiceNotFound as exc:
             self._answered()
             return NotFound(exc.message)
@@ -227,9 +231,11 @@ class ProviderGate:
         if self._lister is not None and created_at is not None:
             listed = await self._lister.fetch(provider_invoice_id, created_at, lease_until)
             if listed is None:  # not on a page: ask alone, under the semaphore like any single GET
-                async with self.semaphore:
+                async with self.semaphore:  # what _ask checked before the wait, again after it
+                    if self.circuit_open:
+                        raise _NotAsked(Failure("credentials refused earlier in this pass"))
                     if self._lease_short(lease_until):
-                        raise _LeaseShort
+                        raise _NotAsked(RELEASE)
                     listed = await self.call(lambda: fetch_one(provider_invoice_id))
             snapshot: object = listed
         elif self._batcher is not None:
