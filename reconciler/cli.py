@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
     check.add_argument("--online", action="store_true", help="also verify each provider's credentials")
     sub.add_parser("init-db", parents=[common], help="create the schema in an empty database")
+    sub.add_parser(
+        "migrate", parents=[common], help="upgrade the database schema to this release's version, in place"
+    )
     sub.add_parser("drivers", parents=[common], help="list installed drivers")
     status = sub.add_parser("status", parents=[common], help="pending work, instances, items for review")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS)

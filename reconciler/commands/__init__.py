@@ -14,6 +14,7 @@ HANDLERS: dict[str, Handler] = {
     "run": run.run,
     "check-config": setup.check_config,
     "init-db": setup.init_db,
+    "migrate": setup.migrate,
     "drivers": setup.drivers,
     "status": reports.status,
     "doctor": reports.doctor,

@@ -33,6 +33,7 @@ from reconciler.store.records import (
     DueTask,
     DuplicateFound,
     InstanceRow,
+    Migrated,
     PaymentKey,
     PendingByProvider,
     Quarantined,
@@ -54,6 +55,7 @@ __all__ = [
     "DueTask",
     "DuplicateFound",
     "InstanceRow",
+    "Migrated",
     "PaymentKey",
     "PaymentRow",
     "PendingByProvider",
@@ -93,12 +95,20 @@ class Store(abc.ABC):
     async def schema_shape(self) -> schema.SchemaShape:
         """The columns and indexes the database's tables have now."""
 
+    @abc.abstractmethod
+    async def migrate(self) -> Migrated:
+        """Apply the migrations a database of ours lacks, in order, each in its own transaction, one process
+        at a time (docs/schema.md §6); SchemaError for a database without our schema, or not ours."""
+
     async def require_schema(self) -> None:
-        """Raise SchemaError unless the database holds our schema, at a version we know, whole."""
-        if await self.schema_version() is None:
+        """Raise SchemaError unless the database holds our schema, at this reconciler's version, whole;
+        SchemaOutdated (a SchemaError) at an older version."""
+        version = await self.schema_version()
+        if version is None:
             raise errors.SchemaError(
                 "the database has no reconciler schema: create it with `reconciler init-db`"
             )
+        schema.require_current(version)
         schema.check_shape(await self.schema_shape())
 
     # -- reconcile pass -----------------------------------------------------------------------------------

@@ -99,34 +99,39 @@ ORDER BY table_name, ordinal_position;
 
 -- name: schema_indexes @sqlite
 -- Every index and unique constraint with its columns in order, for the schema check.
--- partial indexes enforce nothing for the rows outside them: they never count
+-- partial indexes are marked: they enforce nothing for the rows outside them, so one never stands in for a
+-- whole index (nor the other way round)
 SELECT m.name AS table_name, il.name AS index_name, il."unique" AS is_unique, il.origin AS origin,
-       ii.seqno AS position, ii.name AS column_name
+       il.partial AS is_partial, ii.seqno AS position, ii.name AS column_name
 FROM sqlite_master AS m, pragma_index_list(m.name) AS il, pragma_index_info(il.name) AS ii
-WHERE m.type = 'table' AND il.partial = 0
+WHERE m.type = 'table'
 ORDER BY m.name, il.name, ii.seqno;
 
 -- name: schema_indexes @postgres
 -- Every index and unique constraint with its columns in order, for the schema check.
--- key columns only (not INCLUDE ones); partial and invalid indexes enforce nothing for every row
+-- key columns only (not INCLUDE ones); invalid indexes enforce nothing, partial ones are marked (as SQLite's)
 SELECT t.relname::text AS table_name, i.relname::text AS index_name, x.indisunique AS is_unique,
        CASE WHEN x.indisprimary THEN 'pk' WHEN x.indisunique THEN 'u' ELSE 'c' END AS origin,
-       k.position AS position, a.attname::text AS column_name
+       x.indpred IS NOT NULL AS is_partial, k.position AS position, a.attname::text AS column_name
 FROM pg_catalog.pg_index AS x
 JOIN pg_catalog.pg_class AS t ON t.oid = x.indrelid
 JOIN pg_catalog.pg_class AS i ON i.oid = x.indexrelid
 CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k (attnum, position)
 LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.attnum AND k.attnum > 0
 WHERE t.relnamespace = current_schema()::regnamespace
-  AND x.indpred IS NULL AND x.indisvalid AND k.position <= x.indnkeyatts
-ORDER BY 1, 2, 5;
+  AND x.indisvalid AND k.position <= x.indnkeyatts
+ORDER BY 1, 2, 6;
+
+-- name: set_schema_version
+-- A migration's last statement: the version it reached, compare-and-set on the one it started from.
+UPDATE schema_meta SET version = :version WHERE version = :previous;
 
 -- name: lock @sqlite
 -- Nothing to take: BEGIN IMMEDIATE already made this transaction the file's one writer.
 SELECT :key AS key;
 
 -- name: lock @postgres
--- A lock on :key held until the transaction ends (one settle per payment, one init-db at a time).
+-- A lock on :key held until the transaction ends (one settle per payment, one schema change at a time).
 SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
 
 -- name: claim

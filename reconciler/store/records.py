@@ -154,3 +154,13 @@ class StatusReport:
 
 #: How many quarantined invoices `status` lists by id (the count covers the rest).
 QUARANTINE_LISTED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    """What `migrate` did: the version it found, the one it left, the migrations it ran (none when the database
+    was already at the newest version, or another process ran them meanwhile)."""
+
+    from_version: int
+    to_version: int
+    applied: tuple[str, ...]

@@ -5,15 +5,22 @@ reporting.py on engine.py) and the schema checks; each dialect supplies the conn
 from __future__ import annotations
 
 from reconciler import errors
-from reconciler.store import queries, schema
+from reconciler.store import migrations, queries, schema
 from reconciler.store.engine import Tx
 from reconciler.store.invoices import InvoiceUseCases
+from reconciler.store.records import Migrated
 from reconciler.store.reporting import Reporting
 from reconciler.store.settle import SettleUseCase
 from reconciler.store.tasks import TaskUseCases
 
+#: What every schema change takes first (init-db, each migration): one at a time across every process.
+_SCHEMA_LOCK = "reconciler schema"
+
 
 class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting):
+    #: "sqlite" or "postgres": which text of the queries and migrations the store runs
+    dialect: str
+
     async def schema_version(self) -> int | None:
         tables = {str(row[0]) for row in await self._read("schema_tables", {})}
         versions: list[object] = []
@@ -35,7 +42,7 @@ class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting):
     async def init_schema(self) -> bool:
         async def create(tx: Tx) -> bool:
             # one init-db at a time; another may have created the schema while we waited
-            await tx.returning("lock", {"key": "reconciler init-db"})
+            await tx.returning("lock", {"key": _SCHEMA_LOCK})
             if {str(row[0]) for row in await tx.returning("schema_tables", {})} & schema.OUR_TABLES:
                 return False
             await tx.script(queries.schema_sql())
@@ -45,3 +52,37 @@ class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting):
             return True
         await self.require_schema()
         return False
+
+    async def migrate(self) -> Migrated:
+        start = await self.schema_version()
+        if start is None:
+            raise errors.SchemaError(
+                "the database has no reconciler schema to migrate: create it with `reconciler init-db` "
+                "(which creates the newest version directly)"
+            )
+        # a database damaged at its own version is refused before anything changes
+        schema.check_shape(await self.schema_shape(), start)
+        applied: list[str] = []
+        for migration in migrations.load(self.dialect):
+            if migration.version <= start:
+                continue
+
+            async def step(tx: Tx, migration: migrations.Migration = migration) -> bool:
+                # one migration at a time; another process may have applied this one while we waited
+                await tx.returning("lock", {"key": _SCHEMA_LOCK})
+                rows = await tx.returning("schema_version", {})
+                version = int(rows[0][0])
+                if version >= migration.version:
+                    return False
+                await tx.script(migration.script)
+                previous = {"version": migration.version, "previous": migration.version - 1}
+                if await tx.exec("set_schema_version", previous) != 1:
+                    raise errors.SchemaError(
+                        f"schema_meta changed while {migration.name} ran: restore the database from a backup"
+                    )
+                return True
+
+            if await self._atomic(f"migrate {migration.name}", step):
+                applied.append(migration.name)
+        await self.require_schema()
+        return Migrated(start, schema.SCHEMA_VERSION, tuple(applied))

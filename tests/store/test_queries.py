@@ -12,13 +12,14 @@ from reconciler.store import queries
 
 
 def _sql_files() -> dict[str, str]:
-    """Every .sql file of the store package, by name."""
-    package = resources.files("reconciler.store")
-    return {
-        entry.name: entry.read_text(encoding="utf-8")
-        for entry in package.iterdir()
-        if entry.name.endswith(".sql")
-    }
+    """Every .sql file of the store package and of its migrations, by name."""
+    found = {}
+    for package in ("reconciler.store", "reconciler.store.migrations"):
+        for entry in resources.files(package).iterdir():
+            if entry.name.endswith(".sql"):
+                found[entry.name] = entry.read_text(encoding="utf-8")
+    assert "0002_operator_desk.sql" in found
+    return found
 
 
 def test_every_block_says_what_it_is_for() -> None:
