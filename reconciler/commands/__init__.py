@@ -17,6 +17,7 @@ HANDLERS: dict[str, Handler] = {
     "migrate": setup.migrate,
     "drivers": setup.drivers,
     "status": reports.status,
+    "review": reports.review_list,
     "doctor": reports.doctor,
     "explain": reports.explain,
     "keygen": setup.keygen,

@@ -318,6 +318,54 @@ ON CONFLICT (invoice_id, kind) DO NOTHING;
 INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
 VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
 
+-- name: open_review_item
+-- Open a review item for an audit row of a review action (docs/review.md), unless one of its kind is open
+-- for the invoice; an audit row about an id that is not an invoice's (an unreadable one) opens none.
+INSERT INTO review_items (id, invoice_id, kind, opened_at, audit_id, status)
+SELECT :id, :invoice_id, :kind, :opened_at, :audit_id, 'open'
+WHERE EXISTS (SELECT 1 FROM invoices WHERE id = :invoice_id)
+ON CONFLICT (invoice_id, kind) WHERE status = 'open' DO NOTHING;
+
+-- name: resolve_review_item
+-- The reconciler resolves the invoice's open item of a kind, if there is one: the condition cleared.
+UPDATE review_items
+SET status = 'resolved', closed_by = 'reconciler', closed_at = :now, close_reason = :reason
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open';
+
+-- name: resolve_task_review_item
+-- Like resolve_review_item for a finished post-settle task: only once no task of the invoice is failed.
+UPDATE review_items
+SET status = 'resolved', closed_by = 'reconciler', closed_at = :now, close_reason = :reason
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open'
+  AND NOT EXISTS (SELECT 1 FROM post_settle_tasks AS t WHERE t.invoice_id = :invoice_id AND t.status = 'failed');
+
+-- part: review_item_rows
+-- A review item with its invoice's provider ids and the details of the audit row that opened it.
+SELECT r.id, r.invoice_id, r.kind, r.opened_at, r.audit_id, r.status, r.closed_by, r.closed_at,
+    r.close_reason, i.payment_provider_id, i.provider_invoice_id, a.details
+FROM review_items AS r
+JOIN invoices AS i ON i.id = r.invoice_id
+LEFT JOIN audit_log AS a ON a.id = r.audit_id
+
+-- name: open_review_items
+-- The open review items, oldest first, a page of :limit after (:after_opened_at, :after_id) when given.
+{review_item_rows}
+WHERE r.status = 'open'
+  AND (CAST(:after_id AS TEXT) IS NULL OR (r.opened_at, r.id) > (:after_opened_at, :after_id))
+ORDER BY r.opened_at, r.id
+LIMIT :limit;
+
+-- name: review_item
+-- One review item by its id, open or closed.
+{review_item_rows}
+WHERE r.id = :item_id;
+
+-- name: close_review_item
+-- Close an item by hand (dismissed) or by the reconciler (resolved): compare-and-set on its being open.
+UPDATE review_items
+SET status = :status, closed_by = :closed_by, closed_at = :now, close_reason = :reason
+WHERE id = :item_id AND status = 'open';
+
 -- name: invoice_policy
 -- The invoice's own policy, active or not.
 SELECT {policy_columns} FROM policies WHERE id = :policy_id;
@@ -382,13 +430,12 @@ LIMIT :limit;
 SELECT count(*) FROM invoices WHERE {quarantined};
 
 -- name: status_review
--- `status`: how often each audit action for review (a JSON array) occurred since :since, and when last.
-SELECT action, count(*) AS n, max(occurred_at) AS latest
-FROM audit_log
-WHERE action IN (SELECT value FROM {json_elements}(:actions))
-  AND occurred_at >= :since
-GROUP BY action
-ORDER BY action;
+-- `status`: the open review items per kind, with the oldest and the latest opening.
+SELECT kind, count(*) AS n, min(opened_at) AS oldest, max(opened_at) AS latest
+FROM review_items
+WHERE status = 'open'
+GROUP BY kind
+ORDER BY kind;
 
 -- name: invoice_audits
 -- `explain`: the audit rows about one invoice, oldest first.

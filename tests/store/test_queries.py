@@ -53,8 +53,8 @@ def test_both_dialects_have_every_query() -> None:
 def test_only_the_engine_specific_text_differs() -> None:
     sqlite, postgres = queries.load("sqlite"), queries.load("postgres")
     assert "FOR UPDATE SKIP LOCKED" in postgres["claim"] and "FOR UPDATE" not in sqlite["claim"]
-    assert "json_each(:actions)" in sqlite["status_review"]
-    assert "json_array_elements_text(:actions)" in postgres["status_review"]
+    assert "json_each(:provider_invoice_ids)" in sqlite["payment_rows"]
+    assert "json_array_elements_text(:provider_invoice_ids)" in postgres["payment_rows"]
     same = {name for name in sqlite if sqlite[name] == postgres[name]}
     assert {"get_invoice", "settle", "insert_license", "due_post_settle_tasks"} <= same
 
