@@ -286,3 +286,16 @@ async def test_open_items_oldest_first_paged_and_counted_by_status(backend: Back
         NOT_FOUND: (2, NOW, NOW + timedelta(minutes=2)),
         "invoice.paid_late": (1, NOW + timedelta(minutes=9), NOW + timedelta(minutes=9)),
     }
+
+
+async def test_settlements_written_together_resolve_each_their_own(backend: Backend) -> None:
+    product, _ = await seed(backend, 2)
+    first, second = await claim(backend)
+    for inv in (first, second):
+        await open_item(backend, inv.id, audit.Action.INVOICE_PAID_LATE)
+    resolves = review.after_settle(None, None)
+    group = [(inv, dataclasses.replace(_settlement(product), resolves=resolves)) for inv in (first, second)]
+    outcomes = await backend.store.record_settlements(group)
+    assert all(isinstance(o, base.SettleOutcome) for o in outcomes)
+    for inv in (first, second):
+        assert [i["status"] for i in await items(backend, inv.id)] == ["resolved"]
