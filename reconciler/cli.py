@@ -54,9 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
     check.add_argument("--online", action="store_true", help="also verify each provider's credentials")
     sub.add_parser("init-db", parents=[common], help="create the schema in an empty database")
+    sub.add_parser(
+        "migrate", parents=[common], help="upgrade the database schema to this release's version, in place"
+    )
     sub.add_parser("drivers", parents=[common], help="list installed drivers")
     status = sub.add_parser("status", parents=[common], help="pending work, instances, items for review")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    review = sub.add_parser("review", parents=[common], help="the open review items, oldest first")
+    review.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    review.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="list at most N items (default 50)"
+    )
     sub.add_parser(
         "doctor", parents=[common], help="every start-up check of `run` (config, drivers, key, database)"
     )
@@ -70,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 license signing key")
     keygen.add_argument("--out", type=Path, help="where to write it (default: license.signing_key_file)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 100000, not {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@
     ├── ConfigError              bad configuration or usage: exit 2 before any write
     ├── DriverLoadError          a configured driver is missing or broken: exit 2
     ├── SchemaError              the database is not ours / unknown version: exit 2
+    │   └── SchemaOutdated       an older version of ours: exit 2 naming `reconciler migrate`
     ├── SigningKeyError          the license signing key is missing or unreadable: exit 2
     ├── LicenseEncodingError     a license cannot be encoded (docs/licenses.md §3): audited, rescheduled
     ├── StoreError               the database failed
@@ -57,6 +58,14 @@ class DriverLoadError(ReconcilerError):
 
 class SchemaError(ReconcilerError):
     """The database does not hold a schema this reconciler knows."""
+
+
+class SchemaOutdated(SchemaError):
+    """The database holds an older version of the schema: run `reconciler migrate`."""
+
+    def __init__(self, message: str | None = None, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class SigningKeyError(ReconcilerError):

@@ -38,7 +38,7 @@ DECISION_KINDS = (*(str(kind) for kind in DecisionKind), FENCED, RELEASED)
 REQUEST_OUTCOMES = traffic.REQUEST_OUTCOMES
 TASK_STATUSES = ("done", "pending", "failed")
 PASS_RESULTS = ("ok", "degraded")
-#: The audit actions `reconciler status` counts for review.
+#: The audit actions that open review items (`reconciler status` counts the open ones).
 REVIEW_ACTIONS = tuple(str(action) for action in audit.REVIEW_ACTIONS)
 
 
@@ -127,7 +127,7 @@ class Metrics(Observer):
         )
         self.review = Gauge(
             "reconciler_review_items",
-            "Audit rows of the last 30 days that need review, by action (as `reconciler status`)",
+            "Open review items, by kind (the audit action that opened them; as `reconciler status`)",
             ["action"],
             registry=r,
         )
@@ -209,7 +209,7 @@ class Metrics(Observer):
             self.oldest.labels(label).set(0)
         self._backlog_labels = seen | set(providers)
         self.stale.set(report.no_longer_checked)
-        counts = {action: count for action, count, _ in report.review}
+        counts = {r.kind: r.count for r in report.review}
         self._review_labels |= set(counts)
         for action in self._review_labels:
             self.review.labels(action).set(counts.get(action, 0))

@@ -70,6 +70,15 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Resolution:
+    """An open review item of this kind on the invoice being written is resolved by the reconciler, for this
+    reason, in the same transaction (docs/review.md §2)."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     """A claimed invoice row the reconciler cannot read (docs/reconcile.md §11): quarantined, never fatal.
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from loguru import logger
 
-from reconciler import audit, decide, settlement
+from reconciler import audit, decide, review, settlement
 from reconciler.audit import Action
 from reconciler.coalesce import Coalescer, Failed
 from reconciler.decide import Decision, DecisionKind
@@ -135,6 +135,7 @@ class Recorder:
             return await self._settle(p, verdict, verdict.plan, now)
         assert decision is not None
         next_at = self.next_check(invoice, now)
+        resolves = review.after_answer(decision, invoice.last_provider_status)
         if decision.new_status is not None:
             done = await self.store.record_transition(
                 invoice,
@@ -143,6 +144,7 @@ class Recorder:
                 next_check_at=next_at,
                 observation=decision.observation,
                 audits=decision.audits,
+                resolves=resolves,
             )
             return decision.kind if done else await self._fenced(p, invoice)
         if decision.audits:
@@ -152,11 +154,12 @@ class Recorder:
                 next_check_at=next_at,
                 observation=decision.observation,
                 audits=decision.audits,
+                resolves=resolves,
             )
         else:  # the common case: written with the other no-change checks of the moment
             checked = now if decision.observation is not None else None
             done = await self.bookkeeping.check(
-                base.CheckWrite(invoice, next_at, decision.observation, checked)
+                base.CheckWrite(invoice, next_at, decision.observation, checked, resolves)
             )
         return decision.kind if done else await self._fenced(p, invoice)
 
@@ -177,6 +180,7 @@ class Recorder:
                 post_settle_kinds=plan.post_settle_kinds,
                 recovered=recovered,
                 payment=self.payment_key(invoice, verdict.provider_id),
+                resolves=review.after_settle(decision, invoice.last_provider_status),
             ),
         )
         if isinstance(outcome, base.DuplicateFound):
@@ -303,6 +307,7 @@ class Recorder:
             observation=observation,
             audits=audits,
             checked=decision is not None,
+            resolves=review.after_answer(decision, invoice.last_provider_status) if decision else (),
         )
         return DecisionKind.ISSUE_FAILED if done else await self._fenced(p, invoice)
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from loguru import logger
 
-from reconciler import app, errors, licenses
+from reconciler import app, errors, licenses, review
 from reconciler.commands import common
 from reconciler.config import Config
 from reconciler.models import Invoice, Unreadable
 from reconciler.runner import Runner
+from reconciler.safe_text import printable
 from reconciler.timeutil import format_duration, format_ts, utcnow
 
 
@@ -58,9 +59,11 @@ async def status(args: argparse.Namespace) -> int:
         print(f"  … and {held['total'] - len(held['invoices'])} more")
     if not held["total"]:
         print("  (nothing)")
-    print("for review (last 30 days):")
-    for r in data["review"] or [{"action": "(nothing)", "count": "", "latest": ""}]:
-        print(f"  {r['action']} {r['count']} {r['latest']}".rstrip())
+    print("open for review (`reconciler review` lists them):")
+    for r in data["review"]:
+        print(f"  {r['action']}: {r['count']} (oldest {r['oldest'] or '?'})")
+    if not data["review"]:
+        print("  (nothing)")
     return common.EXIT_OK
 
 
@@ -104,7 +107,10 @@ def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
                 for q in report.quarantined
             ],
         },
-        "review": [{"action": a, "count": n, "latest": format_ts(t)} for a, n, t in report.review],
+        "review": [
+            {"action": r.kind, "count": r.count, "oldest": ts(r.oldest), "latest": ts(r.latest)}
+            for r in report.review
+        ],
     }
 
 
@@ -150,6 +156,48 @@ def _instance_state(instance: dict[str, Any]) -> str:
 def _age(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m"
+
+
+async def review_list(args: argparse.Namespace) -> int:
+    """`reconciler review`: the open review items, oldest first (docs/review.md)."""
+    cfg = common.configuration(args, resolve_files=False)  # no provider is called: secret files are not read
+    limit: int = args.limit
+    store = await app.open_store(cfg)
+    try:
+        await store.require_schema()
+        items = await store.open_review_items(limit=limit + 1)  # one more says whether there are more
+    finally:
+        await store.close()
+    more, items = len(items) > limit, items[:limit]
+    rows = [_review_row(item) for item in items]
+    if getattr(args, "json", False):
+        print(json.dumps({"items": rows, "more": more}, indent=2, sort_keys=True))
+        return common.EXIT_OK
+    if not rows:
+        print("nothing open for review")
+        return common.EXIT_OK
+    for r in rows:
+        provider = r["provider_id"] or "-"
+        pinv = printable(r["provider_invoice_id"] or "-", 60)
+        invoice = printable(r["invoice_id"], 60)
+        print(f"{r['opened_at'] or '?'}  {r['kind']}  invoice {invoice} ({provider} {pinv})")
+        print(f"    {r['summary']}")
+    if more:
+        print(f"… more than {limit} open: --limit N shows more")
+    return common.EXIT_OK
+
+
+def _review_row(item: Any) -> dict[str, Any]:
+    return {
+        "item_id": item.id,
+        "invoice_id": item.invoice_id,
+        "provider_id": item.provider_id,
+        "provider_invoice_id": item.provider_invoice_id,
+        "kind": item.kind,
+        "opened_at": format_ts(item.opened_at) if item.opened_at else None,
+        "audit_id": item.audit_id,
+        "summary": review.summary(item.kind, item.details),
+    }
 
 
 async def doctor(args: argparse.Namespace) -> int:

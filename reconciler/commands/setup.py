@@ -1,4 +1,4 @@
-"""`check-config`, `init-db`, `drivers` and `keygen`: setting up, no pass."""
+"""`check-config`, `init-db`, `migrate`, `drivers` and `keygen`: setting up, no pass."""
 
 from __future__ import annotations
 
@@ -46,6 +46,37 @@ async def init_db(args: argparse.Namespace) -> int:
     else:
         logger.info(
             "the schema in {} is already at the current version; nothing to do", cfg.database.display_url
+        )
+    return common.EXIT_OK
+
+
+async def migrate(args: argparse.Namespace) -> int:
+    cfg = common.configuration(args, resolve_files=False)  # no provider is called: secret files are not read
+    store = await app.open_store(cfg)  # never creates a database: that is init-db's job
+    try:
+        migrated = await store.migrate()
+    finally:
+        await store.close()
+    where = cfg.database.display_url
+    if migrated.applied:
+        logger.info(
+            "migrated the schema in {} from version {} to version {} ({})",
+            where,
+            migrated.from_version,
+            migrated.to_version,
+            ", ".join(migrated.applied),
+        )
+    elif migrated.from_version < migrated.to_version:
+        logger.info(
+            "the schema in {} is at version {}: another process applied the migrations meanwhile; nothing to do",
+            where,
+            migrated.to_version,
+        )
+    else:
+        logger.info(
+            "the schema in {} is already at version {}, the newest this reconciler knows; nothing to do",
+            where,
+            migrated.to_version,
         )
     return common.EXIT_OK
 

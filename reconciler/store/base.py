@@ -6,6 +6,16 @@ issuance is made exactly-once by `UNIQUE(licenses.invoice_id)`.
 
 The values the interface speaks (store/records.py, store/schema.py, the rows of reconciler/models.py) are
 importable from here as well: callers need only this module.
+
+The review worklist (docs/review.md, table `review_items`): the store opens an item in the transaction that
+writes the audit row of a review action (one open item per invoice and kind: `ON CONFLICT DO NOTHING`), and
+resolves items in the transaction of the change that clears them (the `resolves` of `record_check`,
+`record_transition`, `CheckWrite` and `Settlement`; a license issued; a post-settle task done). For callers:
+
+- `open_review_items(limit=, after=)`: the open items, oldest first, keyset-paged;
+- `review_item(item_id)`: one item, open or closed;
+- `close_review_item(item_id, status="dismissed", closed_by=, reason=, now=)`: compare-and-set on
+  `status = 'open'`; True when this call closed it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from reconciler.models import (
     InvoiceStatus,
     PaymentRow,
     Policy,
+    Resolution,
     Unreadable,
     UnreadablePolicy,
 )
@@ -33,10 +44,13 @@ from reconciler.store.records import (
     DueTask,
     DuplicateFound,
     InstanceRow,
+    Migrated,
     PaymentKey,
     PendingByProvider,
     Quarantined,
     ReleaseWrite,
+    ReviewCount,
+    ReviewItem,
     Settlement,
     SettleOutcome,
     StatusReport,
@@ -54,11 +68,15 @@ __all__ = [
     "DueTask",
     "DuplicateFound",
     "InstanceRow",
+    "Migrated",
     "PaymentKey",
     "PaymentRow",
     "PendingByProvider",
     "Quarantined",
     "ReleaseWrite",
+    "Resolution",
+    "ReviewCount",
+    "ReviewItem",
     "Row",
     "SettleOutcome",
     "Settlement",
@@ -93,12 +111,20 @@ class Store(abc.ABC):
     async def schema_shape(self) -> schema.SchemaShape:
         """The columns and indexes the database's tables have now."""
 
+    @abc.abstractmethod
+    async def migrate(self) -> Migrated:
+        """Apply the migrations a database of ours lacks, in order, each in its own transaction, one process
+        at a time (docs/schema.md §6); SchemaError for a database without our schema, or not ours."""
+
     async def require_schema(self) -> None:
-        """Raise SchemaError unless the database holds our schema, at a version we know, whole."""
-        if await self.schema_version() is None:
+        """Raise SchemaError unless the database holds our schema, at this reconciler's version, whole;
+        SchemaOutdated (a SchemaError) at an older version."""
+        version = await self.schema_version()
+        if version is None:
             raise errors.SchemaError(
                 "the database has no reconciler schema: create it with `reconciler init-db`"
             )
+        schema.require_current(version)
         schema.check_shape(await self.schema_shape())
 
     # -- reconcile pass -----------------------------------------------------------------------------------
@@ -171,9 +197,10 @@ class Store(abc.ABC):
         observation: str | None,
         audits: Sequence[AuditRecord] = (),
         checked: bool = True,
+        resolves: Sequence[Resolution] = (),
     ) -> bool:
         """No status change: schedule, last check (unless not `checked`: no provider was asked),
-        observation and its audits. False when fenced out."""
+        observation, its audits and the review items it resolves. False when fenced out."""
 
     @abc.abstractmethod
     async def record_transition(
@@ -185,9 +212,10 @@ class Store(abc.ABC):
         next_check_at: datetime,
         observation: str | None,
         audits: Sequence[AuditRecord],
+        resolves: Sequence[Resolution] = (),
     ) -> bool:
-        """Expire or invalidate (docs/reconcile.md §7) in one transaction, the discount slot given back once;
-        False when another writer got there first."""
+        """Expire or invalidate (docs/reconcile.md §7) in one transaction, the discount slot given back once,
+        the review items it resolves closed; False when another writer got there first."""
 
     @abc.abstractmethod
     async def record_settlement(
@@ -238,11 +266,28 @@ class Store(abc.ABC):
     async def upsert_instance(self, row: InstanceRow) -> None:
         """Record this process and its pass; a finished pass also prunes long-gone instances."""
 
+    # -- the review worklist (docs/review.md) ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def open_review_items(self, *, limit: int, after: ReviewItem | None = None) -> list[ReviewItem]:
+        """Up to `limit` open review items, oldest first (`opened_at`, then `id`); after `after` when given
+        (keyset paging: pass the last item of the previous page)."""
+
+    @abc.abstractmethod
+    async def review_item(self, item_id: str) -> ReviewItem | None:
+        """One review item by its id, whatever its status."""
+
+    @abc.abstractmethod
+    async def close_review_item(
+        self, item_id: str, *, status: str, closed_by: str, reason: str, now: datetime
+    ) -> bool:
+        """Close an open item as `dismissed` (a person: `closed_by` is `api-key:<id>` or `cli:<user>`) or
+        `resolved`, compare-and-set on its being open: False when it was closed already (or is unknown)."""
+
     @abc.abstractmethod
     async def status_report(
         self, *, now: datetime, max_age: timedelta, instances_since: datetime | None = None
     ) -> StatusReport:
-        """Backlog per provider, instances and recent audit actions that need review."""
+        """Backlog per provider, instances and the open review items per kind."""
 
     @abc.abstractmethod
     async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]:

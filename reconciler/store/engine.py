@@ -15,8 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 
-from reconciler import errors, ids
-from reconciler.models import AuditRecord
+from reconciler import errors, ids, review
+from reconciler.models import AuditRecord, Resolution
 from reconciler.store import base
 from reconciler.timeutil import format_ts
 
@@ -94,37 +94,73 @@ class Engine(base.Store):
         raise AssertionError("unreachable")
 
     async def _fenced_write(
-        self, name: str, params: dict[str, Any], *, audits: Sequence[AuditRecord], now: datetime
+        self,
+        name: str,
+        params: dict[str, Any],
+        *,
+        audits: Sequence[AuditRecord],
+        now: datetime,
+        resolves: Sequence[Resolution] = (),
     ) -> bool:
-        """One fenced UPDATE and its audit rows, all or nothing; False (nothing written) when fenced out.
+        """One fenced UPDATE of the invoice `params["invoice_id"]`, its audit rows (with the review items they
+        open) and the review items it resolves, all or nothing; False (nothing written) when fenced out.
 
-        Without audits the UPDATE is its own transaction: the common case costs no round trips around it."""
-        if not audits:
+        Without audits or resolutions the UPDATE is its own transaction: the common case costs no round trips
+        around it."""
+        if not audits and not resolves:
             return await self._statement(name, params) == 1
 
         async def write(tx: Tx) -> bool:
             if await tx.exec(name, params) != 1:
                 return False
             await self._audit(tx, now, audits)
+            await self._resolve(tx, now, [(params["invoice_id"], r) for r in resolves])
             return True
 
         return await self._atomic(name, write)
 
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[AuditRecord]) -> None:
+        """Audit rows, and in the same transaction the review item each review action opens (docs/review.md):
+        one open item per invoice and kind, so an item already open stays as it is."""
         if not records:
             return
+        stamp = format_ts(now)
+        rows = [
+            {
+                "id": ids.uuid7(now),
+                "occurred_at": stamp,
+                "action": record.action,
+                "target_kind": record.target_kind,
+                "target_id": record.target_id,
+                "details": json.dumps(record.details, sort_keys=True, default=str),
+            }
+            for record in records
+        ]
+        await tx.exec_many("insert_audit", rows)
+        items = [
+            {
+                "id": ids.uuid7(now),
+                "invoice_id": record.target_id,
+                "kind": record.action,
+                "opened_at": stamp,
+                "audit_id": row["id"],
+            }
+            for record, row in zip(records, rows, strict=True)
+            if review.opens(record)
+        ]
+        if items:
+            await tx.exec_many("open_review_item", items)
+
+    async def _resolve(self, tx: Tx, now: datetime, resolutions: Sequence[tuple[str, Resolution]]) -> None:
+        """Resolve the open review items these (invoice id, resolution) pairs name, if any are open."""
+        if not resolutions:
+            return
+        stamp = format_ts(now)
         await tx.exec_many(
-            "insert_audit",
+            "resolve_review_item",
             [
-                {
-                    "id": ids.uuid7(now),
-                    "occurred_at": format_ts(now),
-                    "action": record.action,
-                    "target_kind": record.target_kind,
-                    "target_id": record.target_id,
-                    "details": json.dumps(record.details, sort_keys=True, default=str),
-                }
-                for record in records
+                {"invoice_id": invoice_id, "kind": r.kind, "reason": r.reason, "now": stamp}
+                for invoice_id, r in resolutions
             ],
         )
 

@@ -15,6 +15,7 @@ from reconciler.models import (
     InvoiceStatus,
     PaymentRow,
     Policy,
+    Resolution,
     Unreadable,
     UnreadablePolicy,
 )
@@ -119,6 +120,13 @@ class InvoiceUseCases(Engine):
             if check_rows:
                 found = await tx.returning("record_checks", {"rows": json.dumps(check_rows)})
                 written.update(str(row[0]) for row in found)
+                # a check that saw something new may clear review items: only the checks written do
+                clearing = [c for c in checks if c.resolves and c.checked_at and c.invoice.id in written]
+                if clearing:
+                    resolved_at = max(c.checked_at for c in clearing if c.checked_at)
+                    await self._resolve(
+                        tx, resolved_at, [(c.invoice.id, r) for c in clearing for r in c.resolves]
+                    )
             if release_rows:
                 found = await tx.returning("release_rows", {"rows": json.dumps(release_rows)})
                 written.update(str(row[0]) for row in found)
@@ -164,6 +172,7 @@ class InvoiceUseCases(Engine):
         observation: str | None,
         audits: Sequence[AuditRecord] = (),
         checked: bool = True,
+        resolves: Sequence[Resolution] = (),
     ) -> bool:
         params = {
             "invoice_id": invoice.id,
@@ -173,7 +182,7 @@ class InvoiceUseCases(Engine):
             "checked_at": format_ts(now) if observation is not None and checked else None,
             "observation": observation,
         }
-        return await self._fenced_write("record_check", params, audits=audits, now=now)
+        return await self._fenced_write("record_check", params, audits=audits, now=now, resolves=resolves)
 
     async def record_transition(
         self,
@@ -184,6 +193,7 @@ class InvoiceUseCases(Engine):
         next_check_at: datetime,
         observation: str | None,
         audits: Sequence[AuditRecord],
+        resolves: Sequence[Resolution] = (),
     ) -> bool:
         stamp = format_ts(now)
 
@@ -206,6 +216,7 @@ class InvoiceUseCases(Engine):
             for row in cancelled:
                 await tx.exec("give_back_slot", {"code_id": row[0]})
             await self._audit(tx, now, [audit.with_redemption(a, cancelled=bool(cancelled)) for a in audits])
+            await self._resolve(tx, now, [(invoice.id, r) for r in resolves])
             return True
 
         return await self._atomic("record_transition", transition)

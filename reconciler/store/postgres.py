@@ -81,9 +81,11 @@ class _Query:
 
 
 class PostgresStore(SqlStore):
+    dialect = "postgres"
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._q = {name: _Query(sql) for name, sql in queries.load("postgres").items()}
+        self._q = {name: _Query(sql) for name, sql in queries.load(self.dialect).items()}
 
     @classmethod
     async def open(

@@ -99,34 +99,39 @@ ORDER BY table_name, ordinal_position;
 
 -- name: schema_indexes @sqlite
 -- Every index and unique constraint with its columns in order, for the schema check.
--- partial indexes enforce nothing for the rows outside them: they never count
+-- partial indexes are marked: they enforce nothing for the rows outside them, so one never stands in for a
+-- whole index (nor the other way round)
 SELECT m.name AS table_name, il.name AS index_name, il."unique" AS is_unique, il.origin AS origin,
-       ii.seqno AS position, ii.name AS column_name
+       il.partial AS is_partial, ii.seqno AS position, ii.name AS column_name
 FROM sqlite_master AS m, pragma_index_list(m.name) AS il, pragma_index_info(il.name) AS ii
-WHERE m.type = 'table' AND il.partial = 0
+WHERE m.type = 'table'
 ORDER BY m.name, il.name, ii.seqno;
 
 -- name: schema_indexes @postgres
 -- Every index and unique constraint with its columns in order, for the schema check.
--- key columns only (not INCLUDE ones); partial and invalid indexes enforce nothing for every row
+-- key columns only (not INCLUDE ones); invalid indexes enforce nothing, partial ones are marked (as SQLite's)
 SELECT t.relname::text AS table_name, i.relname::text AS index_name, x.indisunique AS is_unique,
        CASE WHEN x.indisprimary THEN 'pk' WHEN x.indisunique THEN 'u' ELSE 'c' END AS origin,
-       k.position AS position, a.attname::text AS column_name
+       x.indpred IS NOT NULL AS is_partial, k.position AS position, a.attname::text AS column_name
 FROM pg_catalog.pg_index AS x
 JOIN pg_catalog.pg_class AS t ON t.oid = x.indrelid
 JOIN pg_catalog.pg_class AS i ON i.oid = x.indexrelid
 CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k (attnum, position)
 LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.attnum AND k.attnum > 0
 WHERE t.relnamespace = current_schema()::regnamespace
-  AND x.indpred IS NULL AND x.indisvalid AND k.position <= x.indnkeyatts
-ORDER BY 1, 2, 5;
+  AND x.indisvalid AND k.position <= x.indnkeyatts
+ORDER BY 1, 2, 6;
+
+-- name: set_schema_version
+-- A migration's last statement: the version it reached, compare-and-set on the one it started from.
+UPDATE schema_meta SET version = :version WHERE version = :previous;
 
 -- name: lock @sqlite
 -- Nothing to take: BEGIN IMMEDIATE already made this transaction the file's one writer.
 SELECT :key AS key;
 
 -- name: lock @postgres
--- A lock on :key held until the transaction ends (one settle per payment, one init-db at a time).
+-- A lock on :key held until the transaction ends (one settle per payment, one schema change at a time).
 SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
 
 -- name: claim
@@ -313,6 +318,54 @@ ON CONFLICT (invoice_id, kind) DO NOTHING;
 INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
 VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
 
+-- name: open_review_item
+-- Open a review item for an audit row of a review action (docs/review.md), unless one of its kind is open
+-- for the invoice; an audit row about an id that is not an invoice's (an unreadable one) opens none.
+INSERT INTO review_items (id, invoice_id, kind, opened_at, audit_id, status)
+SELECT :id, :invoice_id, :kind, :opened_at, :audit_id, 'open'
+WHERE EXISTS (SELECT 1 FROM invoices WHERE id = :invoice_id)
+ON CONFLICT (invoice_id, kind) WHERE status = 'open' DO NOTHING;
+
+-- name: resolve_review_item
+-- The reconciler resolves the invoice's open item of a kind, if there is one: the condition cleared.
+UPDATE review_items
+SET status = 'resolved', closed_by = 'reconciler', closed_at = :now, close_reason = :reason
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open';
+
+-- name: resolve_task_review_item
+-- Like resolve_review_item for a finished post-settle task: only once no task of the invoice is failed.
+UPDATE review_items
+SET status = 'resolved', closed_by = 'reconciler', closed_at = :now, close_reason = :reason
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open'
+  AND NOT EXISTS (SELECT 1 FROM post_settle_tasks AS t WHERE t.invoice_id = :invoice_id AND t.status = 'failed');
+
+-- part: review_item_rows
+-- A review item with its invoice's provider ids and the details of the audit row that opened it.
+SELECT r.id, r.invoice_id, r.kind, r.opened_at, r.audit_id, r.status, r.closed_by, r.closed_at,
+    r.close_reason, i.payment_provider_id, i.provider_invoice_id, a.details
+FROM review_items AS r
+JOIN invoices AS i ON i.id = r.invoice_id
+LEFT JOIN audit_log AS a ON a.id = r.audit_id
+
+-- name: open_review_items
+-- The open review items, oldest first, a page of :limit after (:after_opened_at, :after_id) when given.
+{review_item_rows}
+WHERE r.status = 'open'
+  AND (CAST(:after_id AS TEXT) IS NULL OR (r.opened_at, r.id) > (:after_opened_at, :after_id))
+ORDER BY r.opened_at, r.id
+LIMIT :limit;
+
+-- name: review_item
+-- One review item by its id, open or closed.
+{review_item_rows}
+WHERE r.id = :item_id;
+
+-- name: close_review_item
+-- Close an item by hand (dismissed) or by the reconciler (resolved): compare-and-set on its being open.
+UPDATE review_items
+SET status = :status, closed_by = :closed_by, closed_at = :now, close_reason = :reason
+WHERE id = :item_id AND status = 'open';
+
 -- name: invoice_policy
 -- The invoice's own policy, active or not.
 SELECT {policy_columns} FROM policies WHERE id = :policy_id;
@@ -377,13 +430,12 @@ LIMIT :limit;
 SELECT count(*) FROM invoices WHERE {quarantined};
 
 -- name: status_review
--- `status`: how often each audit action for review (a JSON array) occurred since :since, and when last.
-SELECT action, count(*) AS n, max(occurred_at) AS latest
-FROM audit_log
-WHERE action IN (SELECT value FROM {json_elements}(:actions))
-  AND occurred_at >= :since
-GROUP BY action
-ORDER BY action;
+-- `status`: the open review items per kind, with the oldest and the latest opening.
+SELECT kind, count(*) AS n, min(opened_at) AS oldest, max(opened_at) AS latest
+FROM review_items
+WHERE status = 'open'
+GROUP BY kind
+ORDER BY kind;
 
 -- name: invoice_audits
 -- `explain`: the audit rows about one invoice, oldest first.

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.driver_api import PaymentProfile
-from reconciler.models import AuditRecord, Invoice, LicenseDraft, SubscriptionDraft
+from reconciler.models import AuditRecord, Invoice, LicenseDraft, Resolution, SubscriptionDraft
 
 #: `reconciler_instances` rows whose last pass is older than this are deleted by later passes.
 INSTANCE_RETENTION = timedelta(days=7)
@@ -33,6 +33,8 @@ class CheckWrite:
     next_check_at: datetime
     observation: str | None
     checked_at: datetime | None
+    #: the open review items it resolves (docs/review.md), in the same transaction
+    resolves: tuple[Resolution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,9 @@ class Settlement:
     recovered: bool = False
     #: set when other rows may be the same payment: checked again under a lock inside the transaction
     payment: PaymentKey | None = None
+    #: the open review items it resolves (docs/review.md); the transaction adds `license.issue_failed` once the
+    #: invoice has its license
+    resolves: tuple[Resolution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +143,43 @@ class Quarantined:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewCount:
+    """The open review items of one kind: how many, and when the oldest and the latest were opened (None when
+    a stored time cannot be read)."""
+
+    kind: str
+    count: int
+    oldest: datetime | None
+    latest: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """A `review_items` row (docs/schema.md §3.11) with its invoice's provider ids and the `details` of the
+    audit row that opened it (empty when that row is gone or unreadable)."""
+
+    id: str
+    invoice_id: str
+    kind: str
+    opened_at: datetime | None
+    audit_id: str
+    status: str  # open, resolved, dismissed
+    closed_by: str | None
+    closed_at: datetime | None
+    close_reason: str | None
+    provider_id: str | None  # the audit row's resolved provider, else the invoice's payment_provider_id
+    provider_invoice_id: str | None
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
-    """What `reconciler status` shows: backlog, instances and audit actions for review."""
+    """What `reconciler status` shows: backlog, instances and the open review items."""
 
     pending: tuple[PendingByProvider, ...]
     no_longer_checked: int
     instances: tuple[InstanceRow, ...]
-    review: tuple[tuple[str, int, datetime], ...] = field(default=())
+    review: tuple[ReviewCount, ...] = field(default=())
     #: invoices quarantined now (at most `QUARANTINE_LISTED` of them) and how many there are in all
     quarantined: tuple[Quarantined, ...] = field(default=())
     quarantined_total: int = 0
@@ -154,3 +189,13 @@ class StatusReport:
 
 #: How many quarantined invoices `status` lists by id (the count covers the rest).
 QUARANTINE_LISTED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    """What `migrate` did: the version it found, the one it left, the migrations it ran (none when the database
+    was already at the newest version, or another process ran them meanwhile)."""
+
+    from_version: int
+    to_version: int
+    applied: tuple[str, ...]

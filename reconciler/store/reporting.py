@@ -6,7 +6,6 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from reconciler import audit
 from reconciler.store import base, rows
 from reconciler.store.engine import Engine, Row, Tx, fmt
 from reconciler.timeutil import format_ts, parse_ts
@@ -34,17 +33,17 @@ class Reporting(Engine):
         stale = await self._read("status_stale", {"min_created_at": min_created})
         instances = await self._read("status_instances", {"since": since})
         others = await self._read("status_other_instances", {"since": since})
-        review = await self._read(
-            "status_review",
-            {"since": format_ts(now - timedelta(days=30)), "actions": json.dumps(list(audit.REVIEW_ACTIONS))},
-        )
+        review = await self._read("status_review", {})
         held = await self._read("status_quarantined", {"limit": base.QUARANTINE_LISTED})
         held_total = await self._read("status_quarantined_count", {})
         return base.StatusReport(
             pending=tuple(base.PendingByProvider(r[0], int(r[1]), rows.lenient_ts(r[2])) for r in pending),
             no_longer_checked=int(stale[0][0]),
             instances=tuple(_instance(r) for r in instances),
-            review=tuple((str(r[0]), int(r[1]), parse_ts(r[2])) for r in review),
+            review=tuple(
+                base.ReviewCount(str(r[0]), int(r[1]), rows.lenient_ts(r[2]), rows.lenient_ts(r[3]))
+                for r in review
+            ),
             quarantined=tuple(_quarantined(r) for r in held),
             quarantined_total=int(held_total[0][0]),
             other_instances=int(others[0][0]),

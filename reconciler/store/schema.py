@@ -11,7 +11,8 @@ from typing import Any, Protocol
 from reconciler import errors
 from reconciler.store import queries
 
-SCHEMA_VERSION = 1
+#: The version schema.sql creates: version 1 with every migration applied (store/migrations/).
+SCHEMA_VERSION = 2
 
 #: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
 OUR_TABLES = frozenset(
@@ -27,12 +28,44 @@ OUR_TABLES = frozenset(
         "audit_log",
         "post_settle_tasks",
         "reconciler_instances",
+        # version 2
+        "review_items",
+        "api_keys",
+        "provider_controls",
     }
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What one migration adds to the version before it: whole tables, and columns of older tables."""
+
+    tables: frozenset[str] = frozenset()
+    columns: frozenset[tuple[str, str]] = frozenset()
+
+
+#: What each version added, so that the schema check knows what a database at an older version must hold (a
+#: test compares this with what the migrations really add).
+ADDED: Mapping[int, Added] = {
+    2: Added(tables=frozenset({"review_items", "api_keys", "provider_controls"})),
+}
+
+
+def _added_after(version: int) -> Added:
+    later = [added for number, added in ADDED.items() if number > version]
+    return Added(
+        frozenset().union(*(a.tables for a in later)), frozenset().union(*(a.columns for a in later))
+    )
+
+
+def tables_at(version: int) -> frozenset[str]:
+    """Our tables at a schema version we know."""
+    return OUR_TABLES - _added_after(version).tables
+
+
 def check_schema(tables: set[str], versions: list[Any]) -> int | None:
-    """Our schema version from the tables present and schema_meta's rows; None when nothing of ours exists."""
+    """Our schema version (this one or an older one we can migrate from) from the tables present and
+    schema_meta's rows; None when nothing of ours exists."""
     ours = tables & OUR_TABLES
     if not ours:
         return None
@@ -47,17 +80,33 @@ def check_schema(tables: set[str], versions: list[Any]) -> int | None:
             "point database.url at the reconciler's database"
         )
     version = int(versions[0])
-    if version != SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         raise errors.SchemaError(
             f"the database schema is version {version} but this reconciler knows version {SCHEMA_VERSION}: "
             "upgrade the reconciler (a newer schema) or restore a matching backup"
         )
-    missing = OUR_TABLES - tables
+    if version < 1:
+        raise errors.SchemaError(
+            f"the database schema is version {version}, which no reconciler ever wrote: "
+            "point database.url at the reconciler's database or restore it from a backup"
+        )
+    missing = tables_at(version) - tables
     if missing:
         raise errors.SchemaError(
             f"the database is missing reconciler tables: {', '.join(sorted(missing))}; restore it from a backup"
         )
     return version
+
+
+def require_current(version: int) -> None:
+    """SchemaOutdated for a database at an older version than this reconciler's (check_schema refused the
+    others)."""
+    if version < SCHEMA_VERSION:
+        raise errors.SchemaOutdated(
+            f"the database schema is version {version} but this reconciler needs version {SCHEMA_VERSION}: "
+            "stop every instance, back the database up and run `reconciler migrate`",
+            version=version,
+        )
 
 
 class _CatalogueRow(Protocol):
@@ -71,6 +120,9 @@ class Index:
     table: str
     columns: tuple[str | None, ...]  # None: an expression, which never stands in for a column
     unique: bool
+    #: a partial index (`WHERE ...`) covers only some rows: it never stands in for a whole one, nor the other
+    #: way round (`ON CONFLICT ... WHERE` needs the partial one)
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,36 +137,43 @@ class SchemaShape:
     def from_rows(
         cls, column_rows: Iterable[_CatalogueRow], index_rows: Iterable[_CatalogueRow]
     ) -> SchemaShape:
-        """Rows of `(table_name, column_name)` and `(table_name, index_name, is_unique, origin, position,
-        column_name)` ordered by position; only our tables count."""
+        """Rows of `(table_name, column_name)` and `(table_name, index_name, is_unique, origin, is_partial,
+        position, column_name)` ordered by position; only our tables count."""
         columns = frozenset(
             (str(r["table_name"]), str(r["column_name"]))
             for r in column_rows
             if r["table_name"] in OUR_TABLES
         )
-        found: dict[tuple[str, str], tuple[bool, str, list[str | None]]] = {}
+        found: dict[tuple[str, str], tuple[bool, str, bool, list[str | None]]] = {}
         for r in index_rows:
             table = str(r["table_name"])
             if table not in OUR_TABLES:
                 continue
             key = (table, str(r["index_name"]))
-            _, _, cols = found.setdefault(key, (bool(r["is_unique"]), str(r["origin"]), []))
+            meta: tuple[bool, str, bool, list[str | None]] = (
+                bool(r["is_unique"]),
+                str(r["origin"]),
+                bool(r["is_partial"]),
+                [],
+            )
+            _, _, _, cols = found.setdefault(key, meta)
             cols.append(None if r["column_name"] is None else str(r["column_name"]))
         indexes: dict[Index, str] = {}
-        for (table, name), (unique, origin, cols) in found.items():
-            index = Index(table, tuple(cols), unique)
+        for (table, name), (unique, origin, partial, cols) in found.items():
+            index = Index(table, tuple(cols), unique, partial)
             listed = ", ".join(c or "(expression)" for c in cols)
             if origin == "pk":
                 indexes[index] = f"PRIMARY KEY {table} ({listed})"
-            elif origin == "c":
-                indexes[index] = f"{'unique ' if unique else ''}index {name} on {table} ({listed})"
+            elif origin == "c" or partial:
+                kind = ("unique " if unique else "") + ("partial " if partial else "")
+                indexes[index] = f"{kind}index {name} on {table} ({listed})"
             else:
                 indexes[index] = f"UNIQUE {table} ({listed})"
         return cls(columns, indexes)
 
 
 @functools.cache
-def expected_shape() -> SchemaShape:
+def _newest_shape() -> SchemaShape:
     """What schema.sql declares, read back from an in-memory SQLite database it was applied to."""
     sql = queries.load("sqlite")
     db = sqlite3.connect(":memory:")
@@ -128,13 +187,29 @@ def expected_shape() -> SchemaShape:
         db.close()
 
 
+@functools.cache
+def expected_shape(version: int = SCHEMA_VERSION) -> SchemaShape:
+    """What a database at `version` holds: schema.sql without what later migrations added (`ADDED`)."""
+    newest = _newest_shape()
+    later = _added_after(version)
+
+    def kept(table: str, columns: Iterable[str | None]) -> bool:
+        return table not in later.tables and not any((table, c) in later.columns for c in columns)
+
+    return SchemaShape(
+        frozenset((t, c) for t, c in newest.columns if kept(t, [c])),
+        {index: label for index, label in newest.indexes.items() if kept(index.table, index.columns)},
+    )
+
+
 #: How many missing things one error line lists before it counts the rest.
 _LISTED = 6
 
 
-def check_shape(actual: SchemaShape) -> None:
-    """SchemaError naming each column and index of schema.sql the database lacks (extra ones are fine)."""
-    expected = expected_shape()
+def check_shape(actual: SchemaShape, version: int = SCHEMA_VERSION) -> None:
+    """SchemaError naming each column and index a database at `version` must have and lacks (extra ones are
+    fine)."""
+    expected = expected_shape(version)
     missing = [f"column {t}.{c}" for t, c in sorted(expected.columns - actual.columns)]
     missing += sorted(label for index, label in expected.indexes.items() if index not in actual.indexes)
     if not missing:
@@ -142,7 +217,8 @@ def check_shape(actual: SchemaShape) -> None:
     shown = ", ".join(missing[:_LISTED]) + (
         f" and {len(missing) - _LISTED} more" if len(missing) > _LISTED else ""
     )
+    source = "schema.sql" if version == SCHEMA_VERSION else f"schema version {version}"
     raise errors.SchemaError(
-        f"the database schema lacks what schema.sql declares: {shown}; "
-        "restore the database from a backup or add exactly what schema.sql says"
+        f"the database schema lacks what {source} declares: {shown}; "
+        f"restore the database from a backup or add exactly what {source} says"
     )

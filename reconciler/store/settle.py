@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler import audit, decide
+from reconciler import audit, decide, review
 from reconciler.models import AuditRecord, Invoice, LicenseDraft, SubscriptionDraft
 from reconciler.store import base
 from reconciler.store.engine import Engine, Tx
@@ -107,6 +107,11 @@ class SettleUseCase(Engine):
                 {"invoice_id": invoice.id, "kind": kind, "provider_id": settlement.provider_id, "now": stamp},
             )
         await self._audit(tx, now, audits)
+        resolves = list(settlement.resolves)
+        if license_id is not None and settlement.license is not None:
+            issued = any(a.action == audit.Action.LICENSE_ISSUED for a in audits)
+            resolves.append(review.license_present(license_id, issued=issued))
+        await self._resolve(tx, now, [(invoice.id, r) for r in resolves])
         return base.SettleOutcome(license_id=license_id)
 
     async def _license(

@@ -45,6 +45,8 @@ from reconciler.store.sqlite_thread import (
 
 
 class SqliteStore(SqlStore):
+    dialect = "sqlite"
+
     def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
         self._db = connection
         self._path = path

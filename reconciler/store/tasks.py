@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from reconciler import review
 from reconciler.store import base
 from reconciler.store.engine import Engine, Tx, fmt
 from reconciler.timeutil import format_ts
@@ -69,6 +70,12 @@ class TaskUseCases(Engine):
                 )
             if result.audit is not None:
                 await self._audit(tx, now, [result.audit])
+            if result.status == "done":
+                done = review.task_done(task.kind)
+                await tx.exec(
+                    "resolve_task_review_item",
+                    {"invoice_id": task.invoice_id, "kind": done.kind, "reason": done.reason, "now": stamp},
+                )
             return True
 
         return await self._atomic("finish_task", finish)

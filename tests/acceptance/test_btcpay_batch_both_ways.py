@@ -41,6 +41,7 @@ EACH = 3
 RANDOM = {
     "*": {"lease_token", "lease_owner", "lease_until", "last_checked_at", "next_check_at", "updated_at"},
     "audit_log": {"id", "occurred_at"},
+    "review_items": {"id", "audit_id"},  # a UUIDv7, and the audit row's
     "licenses": {"id", "license_key"},  # the key carries its issue time
     "subscriptions": {"id", "created_at", "current_period_end", "current_period_start"},
     "post_settle_tasks": {"created_at", "next_attempt_at"},

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from reconciler.store import base
 from tests.acceptance.conftest import (
     COMMAND,
     EXPIRED,
@@ -241,7 +242,9 @@ def test_init_db_creates_the_schema_then_does_nothing(
         row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
     assert {"schema_meta", "invoices", "licenses", "audit_log", "reconciler_instances"} <= tables
-    assert sqlite3.connect(db).execute("SELECT version FROM schema_meta").fetchall() == [(1,)]
+    assert sqlite3.connect(db).execute("SELECT version FROM schema_meta").fetchall() == [
+        (base.SCHEMA_VERSION,)
+    ]
     if start == "storefront-tables-only":
         assert sqlite3.connect(db).execute("SELECT id FROM orders").fetchall() == [(7,)]
     before = file_state(db)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reconciler.store import base
 from reconciler.timeutil import format_ts
 from tests.acceptance.conftest import SETTLED, TIMEOUT, Workspace, recent, start
 
@@ -170,7 +171,7 @@ def test_doctor_runs_every_start_up_check_of_run(workspace: Workspace) -> None:
     assert healthy.returncode == 0, healthy
     for check in ("drivers", "signing key", "database"):
         assert f"ok      {check}:" in healthy.stdout
-    assert "schema version 1" in healthy.stdout
+    assert f"schema version {base.SCHEMA_VERSION}" in healthy.stdout
 
     workspace.key.unlink()
     config = workspace.config(

@@ -589,7 +589,7 @@ def test_every_alerted_series_is_scraped_at_zero_before_the_first_pass(
     assert service.stop() == 0, service.stderr
 
 
-def test_review_items_after_a_pass_count_the_audit_rows_for_review(
+def test_review_items_after_a_pass_count_the_open_items(
     workspace: Workspace, services: list[Service]
 ) -> None:
     seed(workspace, N0={"error": "not_found"}, S0=SETTLED)
@@ -600,11 +600,11 @@ def test_review_items_after_a_pass_count_the_audit_rows_for_review(
     services.append(service)
     base = service.wait_for(r"metrics and health on (http://127\.0\.0\.1:\d+/)").group(1)
     samples = scrape_until(base, after_first_pass, "a finished pass")
-    audited = workspace.shop.scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'invoice.provider_not_found'"
+    opened = workspace.shop.scalar(
+        "SELECT count(*) FROM review_items WHERE kind = 'invoice.provider_not_found' AND status = 'open'"
     )
-    assert audited == 1
-    assert value(samples, "reconciler_review_items", action="invoice.provider_not_found") == audited
+    assert opened == 1
+    assert value(samples, "reconciler_review_items", action="invoice.provider_not_found") == opened
     assert value(samples, "reconciler_decisions_total", provider="fake", kind="not_found") == 1
     for action in ("invoice.unreadable", "invoice.duplicate", "license.issue_failed", "post_settle.failed"):
         assert value(samples, "reconciler_review_items", action=action) == 0, action

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler import errors
-from reconciler.store import queries
+from reconciler.store import base, queries
 from tests.conftest import PG_URL, pg_connection
 from tests.store.pg_fake import FakePostgres
 
@@ -139,7 +139,7 @@ async def test_a_deadlock_is_store_contention(pg_store: tuple[Any, Any]) -> None
     assert isinstance(results[0], errors.StoreContention), results
     assert "DeadlockDetectedError" in results[0].message
     assert results[1] is None
-    assert await store.schema_version() == 1  # the store goes on working
+    assert await store.schema_version() == base.SCHEMA_VERSION  # the store goes on working
 
 
 async def test_a_serialization_failure_is_store_contention(pg_store: tuple[Any, Any]) -> None:
@@ -153,7 +153,7 @@ async def test_a_serialization_failure_is_store_contention(pg_store: tuple[Any, 
             await other.execute("UPDATE pair SET n = 5 WHERE id = 1")
             await conn.execute("UPDATE pair SET n = n + 1 WHERE id = 1")
     assert await other.fetchval("SELECT n FROM pair WHERE id = 1") == 5
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == base.SCHEMA_VERSION
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -12,13 +12,14 @@ from reconciler.store import queries
 
 
 def _sql_files() -> dict[str, str]:
-    """Every .sql file of the store package, by name."""
-    package = resources.files("reconciler.store")
-    return {
-        entry.name: entry.read_text(encoding="utf-8")
-        for entry in package.iterdir()
-        if entry.name.endswith(".sql")
-    }
+    """Every .sql file of the store package and of its migrations, by name."""
+    found = {}
+    for package in ("reconciler.store", "reconciler.store.migrations"):
+        for entry in resources.files(package).iterdir():
+            if entry.name.endswith(".sql"):
+                found[entry.name] = entry.read_text(encoding="utf-8")
+    assert "0002_operator_desk.sql" in found
+    return found
 
 
 def test_every_block_says_what_it_is_for() -> None:
@@ -52,8 +53,8 @@ def test_both_dialects_have_every_query() -> None:
 def test_only_the_engine_specific_text_differs() -> None:
     sqlite, postgres = queries.load("sqlite"), queries.load("postgres")
     assert "FOR UPDATE SKIP LOCKED" in postgres["claim"] and "FOR UPDATE" not in sqlite["claim"]
-    assert "json_each(:actions)" in sqlite["status_review"]
-    assert "json_array_elements_text(:actions)" in postgres["status_review"]
+    assert "json_each(:provider_invoice_ids)" in sqlite["payment_rows"]
+    assert "json_array_elements_text(:provider_invoice_ids)" in postgres["payment_rows"]
     same = {name for name in sqlite if sqlite[name] == postgres[name]}
     assert {"get_invoice", "settle", "insert_license", "due_post_settle_tasks"} <= same
 

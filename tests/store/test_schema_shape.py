@@ -138,6 +138,24 @@ async def test_a_non_unique_index_does_not_stand_in_for_a_unique_one(tmp_path: P
     assert "licenses (invoice_id)" in await _refusal(path)
 
 
+async def test_a_whole_index_does_not_stand_in_for_the_partial_one(tmp_path: Path) -> None:
+    """`ON CONFLICT (invoice_id, kind) WHERE status = 'open'` needs the partial UNIQUE index itself; a whole
+    UNIQUE index on the same columns would refuse a second item once the first is closed."""
+    old = "CREATE UNIQUE INDEX review_items_open ON review_items (invoice_id, kind) WHERE status = 'open';"
+    schema = queries.schema_sql()
+    assert old in schema
+    path = tmp_path / "shop.db"
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(
+            schema.replace(old, "CREATE UNIQUE INDEX review_items_open ON review_items (invoice_id, kind);")
+        )
+    finally:
+        db.close()
+
+    assert "unique partial index review_items_open on review_items (invoice_id, kind)" in await _refusal(path)
+
+
 async def test_what_a_storefront_adds_is_fine(template: Path) -> None:
     db = sqlite3.connect(template)
     try:

@@ -24,7 +24,7 @@ from reconciler.metrics import (
     Metrics,
 )
 from reconciler.runner import PassSummary
-from reconciler.store.base import PendingByProvider, StatusReport
+from reconciler.store.base import PendingByProvider, ReviewCount, StatusReport
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PROVIDERS = ["btcpay_main", "shop_zaprite"]
@@ -119,7 +119,7 @@ def report(*review: tuple[str, int]) -> StatusReport:
         pending=(PendingByProvider("btcpay_main", 2, T - timedelta(minutes=5)),),
         no_longer_checked=0,
         instances=(),
-        review=tuple((action, count, T) for action, count in review),
+        review=tuple(ReviewCount(action, count, T, T) for action, count in review),
     )
 
 
@@ -135,7 +135,7 @@ def test_review_items_are_zero_for_every_review_action_and_follow_the_report() -
         frozenset({("action", action)}) for action in REVIEW_ACTIONS
     }
 
-    # items older than the report's window leave it: the gauge drops back to 0
+    # items closed since leave the report: the gauge drops back to 0
     metrics.backlog(report(("post_settle.failed", 1)), T, PROVIDERS)
     found = samples(metrics)
     assert value(found, "reconciler_review_items", action="invoice.paid_late") == 0
@@ -150,15 +150,19 @@ def test_an_action_the_store_adds_to_its_review_list_gets_a_series_too() -> None
     assert value(samples(metrics), "reconciler_review_items", action="invoice.something_new") == 0
 
 
-def test_the_metrics_name_every_action_the_stores_count_for_review() -> None:
-    """Both dialects count the actions of the one audit vocabulary, and the metrics name the same ones."""
-    from reconciler import audit
+def test_the_metrics_name_every_action_that_opens_review_items() -> None:
+    """The stores count the open items of whatever kinds the one audit vocabulary opened (no kind is named
+    in their SQL), and the metrics name the same kinds."""
+    from reconciler import audit, review
+    from reconciler.models import AuditRecord
     from reconciler.store import queries
 
     for dialect in queries.DIALECTS:
-        query = queries.load(dialect)["status_review"]
-        assert ":actions" in query and not re.findall(r"'([a-z_]+\.[a-z_]+)'", query), dialect
-    assert set(REVIEW_ACTIONS) == set(audit.REVIEW_ACTIONS)
+        for name in ("status_review", "open_review_item"):
+            query = queries.load(dialect)[name]
+            assert not re.findall(r"'([a-z_]+\.[a-z_]+)'", query), (dialect, name)
+    opening = {a for a in audit.Action if review.opens(AuditRecord(a, "invoice", "i", {}))}
+    assert set(REVIEW_ACTIONS) == set(audit.REVIEW_ACTIONS) == opening
 
 
 # -- refused credentials ---------------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+-- The shared-database contract of invoice-reconciler, schema version 1 (docs/schema.md).
+-- Portable SQL: applies unchanged on SQLite >= 3.35 and PostgreSQL >= 13.
+-- Conventions: ids are canonical lower-case UUID text; amounts are BIGINT minor units (sats, cents);
+-- timestamps are 27-character ISO-8601 UTC text (2026-01-02T03:04:05.000000Z), CHECKed so a writer using
+-- another form fails loudly; booleans are INTEGER 0/1; JSON is text.
+-- The storefront fills only the non-bookkeeping columns; every other column is nullable or defaulted.
+CREATE TABLE schema_meta (
+    version INTEGER NOT NULL
+);
+
+CREATE TABLE products (
+    id TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z'))
+);
+
+CREATE TABLE policies (
+    id TEXT PRIMARY KEY,
+    product_id TEXT NOT NULL REFERENCES products (id),
+    slug TEXT NOT NULL,
+    duration_seconds BIGINT NOT NULL DEFAULT 0 CHECK (duration_seconds >= 0),
+    is_trial INTEGER NOT NULL DEFAULT 0 CHECK (is_trial IN (0, 1)),
+    is_recurring INTEGER NOT NULL DEFAULT 0 CHECK (is_recurring IN (0, 1)),
+    trial_days INTEGER NOT NULL DEFAULT 0 CHECK (trial_days >= 0),
+    renewal_period_days INTEGER NOT NULL DEFAULT 0 CHECK (renewal_period_days >= 0),
+    grace_seconds BIGINT NOT NULL DEFAULT 0 CHECK (grace_seconds >= 0),
+    max_machines INTEGER NOT NULL DEFAULT 1,
+    entitlements TEXT NOT NULL DEFAULT '[]',
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
+    UNIQUE (product_id, slug)
+);
+
+CREATE TABLE invoices (
+    id TEXT PRIMARY KEY,
+    payment_provider_id TEXT,
+    provider_invoice_id TEXT NOT NULL,
+    product_id TEXT NOT NULL REFERENCES products (id),
+    policy_id TEXT REFERENCES policies (id),
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'settled', 'expired', 'invalid')),
+    amount_sats BIGINT NOT NULL CHECK (amount_sats >= 0),
+    listed_currency TEXT,
+    listed_value BIGINT,
+    buyer_email TEXT,
+    -- the subscription a renewal invoice renews; no FOREIGN KEY on purpose (docs/schema.md §3.3: it would be
+    -- a loop)
+    subscription_id TEXT,
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
+    updated_at TEXT CHECK (updated_at IS NULL OR (length(updated_at) = 27 AND substr(updated_at, 11, 1) = 'T' AND substr(updated_at, 27, 1) = 'Z')),
+    settled_at TEXT CHECK (settled_at IS NULL OR (length(settled_at) = 27 AND substr(settled_at, 11, 1) = 'T' AND substr(settled_at, 27, 1) = 'Z')),
+    -- reconciler bookkeeping
+    next_check_at TEXT CHECK (next_check_at IS NULL OR (length(next_check_at) = 27 AND substr(next_check_at, 11, 1) = 'T' AND substr(next_check_at, 27, 1) = 'Z')),
+    check_attempts INTEGER NOT NULL DEFAULT 0,
+    last_checked_at TEXT CHECK (last_checked_at IS NULL OR (length(last_checked_at) = 27 AND substr(last_checked_at, 11, 1) = 'T' AND substr(last_checked_at, 27, 1) = 'Z')),
+    last_provider_status TEXT,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_until TEXT CHECK (lease_until IS NULL OR (length(lease_until) = 27 AND substr(lease_until, 11, 1) = 'T' AND substr(lease_until, 27, 1) = 'Z')),
+    UNIQUE (payment_provider_id, provider_invoice_id)
+);
+CREATE INDEX invoices_status_next_check ON invoices (status, next_check_at);
+CREATE INDEX invoices_status_created ON invoices (status, created_at);
+
+CREATE TABLE licenses (
+    id TEXT PRIMARY KEY,
+    product_id TEXT NOT NULL REFERENCES products (id),
+    policy_id TEXT REFERENCES policies (id),
+    -- UNIQUE(invoice_id) makes issuance exactly-once across every writer
+    invoice_id TEXT UNIQUE REFERENCES invoices (id),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended', 'revoked')),
+    license_key TEXT NOT NULL,
+    issued_at TEXT NOT NULL CHECK (issued_at IS NULL OR (length(issued_at) = 27 AND substr(issued_at, 11, 1) = 'T' AND substr(issued_at, 27, 1) = 'Z')),
+    expires_at TEXT CHECK (expires_at IS NULL OR (length(expires_at) = 27 AND substr(expires_at, 11, 1) = 'T' AND substr(expires_at, 27, 1) = 'Z')),
+    grace_seconds BIGINT NOT NULL DEFAULT 0,
+    max_machines INTEGER NOT NULL DEFAULT 1,
+    entitlements TEXT NOT NULL DEFAULT '[]',
+    is_trial INTEGER NOT NULL DEFAULT 0 CHECK (is_trial IN (0, 1)),
+    buyer_email TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE subscriptions (
+    id TEXT PRIMARY KEY,
+    license_id TEXT NOT NULL UNIQUE REFERENCES licenses (id),
+    policy_id TEXT REFERENCES policies (id),
+    product_id TEXT NOT NULL REFERENCES products (id),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'past_due', 'cancelled', 'lapsed')),
+    started_at TEXT NOT NULL CHECK (started_at IS NULL OR (length(started_at) = 27 AND substr(started_at, 11, 1) = 'T' AND substr(started_at, 27, 1) = 'Z')),
+    period_days INTEGER NOT NULL DEFAULT 0,
+    listed_currency TEXT,
+    listed_value BIGINT,
+    first_invoice_id TEXT,
+    payment_provider_id TEXT,
+    next_renewal_at TEXT CHECK (next_renewal_at IS NULL OR (length(next_renewal_at) = 27 AND substr(next_renewal_at, 11, 1) = 'T' AND substr(next_renewal_at, 27, 1) = 'Z')),
+    provider_contact_id TEXT,
+    payment_profile_id TEXT,
+    payment_profile_method TEXT,
+    payment_profile_expires_at TEXT CHECK (payment_profile_expires_at IS NULL OR (length(payment_profile_expires_at) = 27 AND substr(payment_profile_expires_at, 11, 1) = 'T' AND substr(payment_profile_expires_at, 27, 1) = 'Z')),
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
+    updated_at TEXT NOT NULL CHECK (updated_at IS NULL OR (length(updated_at) = 27 AND substr(updated_at, 11, 1) = 'T' AND substr(updated_at, 27, 1) = 'Z'))
+);
+
+CREATE TABLE discount_codes (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    max_uses INTEGER,
+    used_count INTEGER NOT NULL DEFAULT 0 CHECK (used_count >= 0)
+);
+
+CREATE TABLE discount_redemptions (
+    id TEXT PRIMARY KEY,
+    code_id TEXT NOT NULL REFERENCES discount_codes (id),
+    invoice_id TEXT NOT NULL UNIQUE REFERENCES invoices (id),
+    license_id TEXT REFERENCES licenses (id),
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'redeemed', 'cancelled')),
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
+    updated_at TEXT NOT NULL CHECK (updated_at IS NULL OR (length(updated_at) = 27 AND substr(updated_at, 11, 1) = 'T' AND substr(updated_at, 27, 1) = 'Z'))
+);
+
+CREATE TABLE audit_log (
+    id TEXT PRIMARY KEY,
+    occurred_at TEXT NOT NULL CHECK (occurred_at IS NULL OR (length(occurred_at) = 27 AND substr(occurred_at, 11, 1) = 'T' AND substr(occurred_at, 27, 1) = 'Z')),
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_target ON audit_log (target_kind, target_id, action);
+CREATE INDEX audit_log_occurred ON audit_log (occurred_at, id);
+
+CREATE TABLE post_settle_tasks (
+    invoice_id TEXT NOT NULL REFERENCES invoices (id),
+    kind TEXT NOT NULL,
+    provider_id TEXT,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT CHECK (next_attempt_at IS NULL OR (length(next_attempt_at) = 27 AND substr(next_attempt_at, 11, 1) = 'T' AND substr(next_attempt_at, 27, 1) = 'Z')),
+    last_error TEXT,
+    created_at TEXT NOT NULL CHECK (created_at IS NULL OR (length(created_at) = 27 AND substr(created_at, 11, 1) = 'T' AND substr(created_at, 27, 1) = 'Z')),
+    updated_at TEXT NOT NULL CHECK (updated_at IS NULL OR (length(updated_at) = 27 AND substr(updated_at, 11, 1) = 'T' AND substr(updated_at, 27, 1) = 'Z')),
+    UNIQUE (invoice_id, kind)
+);
+CREATE INDEX post_settle_tasks_due ON post_settle_tasks (status, next_attempt_at);
+
+CREATE TABLE reconciler_instances (
+    lease_owner TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL CHECK (started_at IS NULL OR (length(started_at) = 27 AND substr(started_at, 11, 1) = 'T' AND substr(started_at, 27, 1) = 'Z')),
+    last_pass_started_at TEXT CHECK (last_pass_started_at IS NULL OR (length(last_pass_started_at) = 27 AND substr(last_pass_started_at, 11, 1) = 'T' AND substr(last_pass_started_at, 27, 1) = 'Z')),
+    last_pass_finished_at TEXT CHECK (last_pass_finished_at IS NULL OR (length(last_pass_finished_at) = 27 AND substr(last_pass_finished_at, 11, 1) = 'T' AND substr(last_pass_finished_at, 27, 1) = 'Z')),
+    last_summary TEXT
+);
+
+INSERT INTO schema_meta (version) VALUES (1);
