@@ -427,3 +427,85 @@ UPDATE subscriptions
 SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
     payment_profile_expires_at = :expires_at, updated_at = :now
 WHERE id = :subscription_id AND payment_profile_id IS NULL;
+
+-- The operator API (store/api.py): its keys, and the pages it reads. Every page is keyset-paginated: a
+-- cursor is the last row's sort key, and the next page starts strictly after it.
+
+-- name: insert_api_key
+-- A new API key; only the SHA-256 of its token is stored.
+INSERT INTO api_keys (id, label, token_hash, role, created_at)
+VALUES (:id, :label, :token_hash, :role, :now);
+
+-- name: api_key_by_hash
+-- The key whose token has this SHA-256 (revoked or not).
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys
+WHERE token_hash = :token_hash;
+
+-- name: api_key
+-- One key by its id.
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys WHERE id = :id;
+
+-- name: api_keys
+-- Every key, oldest first.
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys
+ORDER BY created_at, id;
+
+-- name: revoke_api_key
+-- Revoke a key that is not revoked yet.
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: touch_api_key
+-- Note a key's use, unless it was noted after :stale_before (at most once a minute per key).
+UPDATE api_keys SET last_used_at = :now
+WHERE id = :id AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < :stale_before);
+
+-- part: api_invoice_columns
+-- The invoice columns the API shows, as stored (an unreadable row is shown, not refused).
+id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amount_sats, listed_currency,
+    listed_value, subscription_id, created_at, settled_at, next_check_at, check_attempts, last_checked_at,
+    last_provider_status, {has_license} AS has_license
+
+-- name: api_invoices
+-- A page of invoices, newest first, each filter skipped when its parameter is NULL; the cursor is the
+-- (created_at, id) of the previous page's last row.
+SELECT {api_invoice_columns} FROM invoices
+WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (CAST(:provider_id AS TEXT) IS NULL OR payment_provider_id = :provider_id)
+  AND (CAST(:created_before AS TEXT) IS NULL OR created_at < :created_before)
+  AND (CAST(:created_after AS TEXT) IS NULL OR created_at >= :created_after)
+  AND (CAST(:after_created AS TEXT) IS NULL
+       OR created_at < :after_created OR (created_at = :after_created AND id < :after_id))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: api_invoice
+-- One invoice as the API shows it.
+SELECT {api_invoice_columns} FROM invoices WHERE id = :id;
+
+-- name: api_open_reviews
+-- A page of open review items, oldest first (of one kind unless :kind is NULL); the cursor is the
+-- (opened_at, id) of the previous page's last row.
+SELECT r.id, r.invoice_id, r.kind, r.opened_at, r.audit_id, i.payment_provider_id, i.status AS invoice_status
+FROM review_items AS r
+JOIN invoices AS i ON i.id = r.invoice_id
+WHERE r.status = 'open'
+  AND (CAST(:kind AS TEXT) IS NULL OR r.kind = :kind)
+  AND (CAST(:after_opened AS TEXT) IS NULL
+       OR r.opened_at > :after_opened OR (r.opened_at = :after_opened AND r.id > :after_id))
+ORDER BY r.opened_at, r.id
+LIMIT :limit;
+
+-- name: api_target_audits
+-- A page of the audit rows about one target, oldest first; the cursor is the (occurred_at, id) of the
+-- previous page's last row.
+SELECT id, occurred_at, actor, action, target_kind, target_id, details
+FROM audit_log
+WHERE target_kind = :target_kind AND target_id = :target_id
+  AND (CAST(:after_occurred AS TEXT) IS NULL
+       OR occurred_at > :after_occurred OR (occurred_at = :after_occurred AND id > :after_id))
+ORDER BY occurred_at, id
+LIMIT :limit;
+
+-- name: api_provider_controls
+-- Every provider an operator paused or resumed.
+SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;

@@ -164,3 +164,35 @@ class Migrated:
     from_version: int
     to_version: int
     applied: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """One `api_keys` row (docs/api.md §2): the SHA-256 of its token, never the token."""
+
+    id: str
+    label: str
+    token_hash: str
+    role: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """A keyset page: at most `limit` rows strictly after the row whose sort key is `after` (the first page
+    when None); `after` is (sort timestamp, id) as stored."""
+
+    limit: int
+    after: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceFilter:
+    """Which invoices a page lists; None is no filter. Creation bounds are stored timestamps."""
+
+    status: str | None = None
+    provider_id: str | None = None
+    created_before: str | None = None
+    created_after: str | None = None
