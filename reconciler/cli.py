@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from loguru import logger
 
 from reconciler import __version__, commands, errors, logs
+from reconciler.api import keys
 from reconciler.commands import common
 
 EXIT_OK = common.EXIT_OK
@@ -72,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     keygen = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 license signing key")
     keygen.add_argument("--out", type=Path, help="where to write it (default: license.signing_key_file)")
+    api_key = sub.add_parser(
+        "api-key", parents=[common], help="the operator API's keys: create, list, revoke"
+    )
+    key_sub = api_key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = key_sub.add_parser("create", parents=[common], help="create a key and print its token once")
+    create.add_argument("--role", required=True, choices=[role.value for role in keys.Role])
+    create.add_argument("--label", required=True, help="who holds it and what for")
+    listing = key_sub.add_parser("list", parents=[common], help="every key, revoked ones included")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    revoke = key_sub.add_parser("revoke", parents=[common], help="revoke a key: its next request gets 401")
+    revoke.add_argument("key_id", help="api_keys.id (api-key list shows them)")
     return parser
 
 

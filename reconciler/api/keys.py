@@ -12,6 +12,8 @@ import re
 import secrets
 from enum import StrEnum
 
+from reconciler.safe_text import UNSAFE_TEXT
+
 
 class Role(StrEnum):
     """What an API key may do; `api_keys.role` holds the value."""
@@ -66,3 +68,23 @@ def well_formed(token: str) -> bool:
 def token_hash(token: str) -> str:
     """What `api_keys.token_hash` stores for `token`: its SHA-256, hex."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_label(label: object, *, limit: int = 200) -> str:
+    """A key's label as given (1 to `limit` characters, not only spaces, no control characters); ValueError
+    saying what is wrong otherwise."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError("label: required, a non-empty string (who holds the key, what for)")
+    if len(label) > limit:
+        raise ValueError(f"label: at most {limit} characters (got {len(label)})")
+    if UNSAFE_TEXT.search(label):
+        raise ValueError("label: control characters are not accepted")
+    return label
+
+
+def check_role(role: object) -> Role:
+    """`role` as a Role; ValueError naming the roles otherwise."""
+    try:
+        return Role(role) if isinstance(role, str) else Role("")
+    except ValueError:
+        raise ValueError(f"role: one of {', '.join(r.value for r in Role)}") from None

@@ -311,11 +311,11 @@ class ApiServer:
     async def _create_api_key(self, request: web.Request, _: auth.Principal) -> web.Response:
         body = await self._body(request)
         _only_fields(body, {"role", "label"})
-        role = body.get("role")
-        if role not in [r.value for r in keys.Role]:
-            raise _bad(f"role: one of {', '.join(r.value for r in keys.Role)}")
-        label = _text_field(body, "label", openapi.MAX_LABEL, required=True)
-        assert label is not None
+        try:
+            role = keys.check_role(body.get("role"))
+            label = keys.check_label(body.get("label"), limit=openapi.MAX_LABEL)
+        except ValueError as exc:
+            raise _bad(str(exc), "invalid-field") from None
         key_id, token = ids.new_id(), keys.new_token()
         await self.store.insert_api_key(
             key_id=key_id, label=label, token_hash=keys.token_hash(token), role=role, now=self.clock()

@@ -11,6 +11,7 @@ from typing import Any
 from loguru import logger
 
 from reconciler import __version__, app, errors, licenses
+from reconciler.api.server import ApiError, ApiServer
 from reconciler.commands import common
 from reconciler.commands.common import report
 from reconciler.config import Config
@@ -114,6 +115,7 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
     )
     daemon.install_signal_handlers()
     server = None
+    api_server = None
     if cfg.http is not None:
 
         async def alive() -> tuple[bool, str]:
@@ -128,6 +130,7 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
             ) from exc
         logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
     try:
+        api_server = await _start_api(cfg, store, runner)
         logger.info(
             "reconciler {} started: {} provider(s), database {}",
             __version__,
@@ -141,7 +144,40 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
     finally:
         if server is not None:
             await server.stop()
+        if api_server is not None:
+            await api_server.stop()
         notifier.close()
+
+
+async def _start_api(cfg: Config, store: Any, runner: Runner) -> ApiServer | None:
+    """The operator API on its own listener (`[api]`), when configured (docs/api.md)."""
+    if cfg.api is None:
+        return None
+    # its own runner over the same store and providers: a dry run must not touch the pass in flight's state
+    dry = Runner(store, runner.providers, runner.settings, signing_key=None)
+
+    async def decide(invoice_id: str) -> dict[str, Any]:
+        row = await store.get_invoice(invoice_id)
+        if row is None:
+            raise ApiError(404, "not-found", f"no invoice with id {invoice_id}")
+        lines: list[dict[str, Any]] = []
+        await dry.dry_run(lines.append, only=row)
+        return lines[0]
+
+    api_server = ApiServer(
+        store,
+        cfg.api,
+        providers={provider_id: p.masked() for provider_id, p in cfg.providers.items()},
+        circuits=runner.circuits,
+        decide=decide,
+        clock=utcnow,
+    )
+    try:
+        port = await api_server.start()
+    except OSError as exc:
+        raise errors.ConfigError(f"api.listen {cfg.api.listen}: cannot listen there: {exc.strerror}") from exc
+    logger.info("operator API on http://{}:{}/api/v1/", cfg.api.host, port)
+    return api_server
 
 
 async def dry_run_command(runner: Runner, *, as_json: bool) -> int:
