@@ -437,6 +437,23 @@ class Bench:
                     "json",
                     "--once",
                 ]
+                if self.args.profile and count:
+                    svg = ROOT / "bench" / "out" / f"profile-{variant}-n{count}-{attempt}.txt"
+                    svg.parent.mkdir(parents=True, exist_ok=True)
+                    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+                    command = [
+                        spy,
+                        "record",
+                        "--nonblocking",
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(svg),
+                        "--",
+                        *command,
+                    ]
             fake.counts()  # start counting afresh
             measured = measure([command] * instances, run_dir, self.timeout(count))
             served = fake.counts()
@@ -627,6 +644,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, help="seconds a process may take (default from N and L)")
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/out/...)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run (b) and (c) under py-spy (pip install py-spy): collapsed stacks per run in bench/out/ (flamegraph.pl or speedscope read them);"
+        " CPU figures then include py-spy's own",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.invoices or []) or args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--invoices and --concurrency must be at least 1, --latency-ms at least 0")

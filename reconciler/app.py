@@ -134,6 +134,11 @@ async def open_store(cfg: Config, *, create: bool = False) -> base.Store:
 
 
 def http_session(loaded: Mapping[str, LoadedDriver]) -> aiohttp.ClientSession:
-    """The shared client session; drivers time each request, this total is a safety net above them."""
+    """The shared client session; drivers time each request, this total is a safety net above them.
+
+    Provider APIs authenticate with a header, never a cookie: a jar that keeps none spares every answer's
+    cookie parsing and every request's cookie lookup, and no provider can steer our requests with one."""
     longest = max((item.config.common.timeout for item in loaded.values()), default=10.0)
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=longest * 2 + 5))
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=longest * 2 + 5), cookie_jar=aiohttp.DummyCookieJar()
+    )

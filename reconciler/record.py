@@ -6,7 +6,6 @@ it untouched (fenced, lease too short) so the pass claims it again.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from datetime import datetime
 
@@ -14,6 +13,7 @@ from loguru import logger
 
 from reconciler import audit, decide, settlement
 from reconciler.audit import Action
+from reconciler.coalesce import Coalescer, Failed
 from reconciler.decide import Decision, DecisionKind
 from reconciler.models import AuditRecord, Invoice, Unreadable
 from reconciler.passes import FENCED, RELEASED, PassState, RunnerSettings
@@ -22,73 +22,67 @@ from reconciler.timeutil import Clock
 from reconciler.traffic import Release
 from reconciler.verdicts import Decided, Duplicate, Quarantine, Skip, Unanswered, Verdict
 
+_Settled = base.SettleOutcome | base.DuplicateFound | None
+
 
 class Bookkeeping:
     """The no-change checks and lease releases of the invoices in flight, written together: one transaction
     for everything that finished within `WINDOW` seconds (or `size` rows), each row still fenced by its own
-    lease token. An invoice's task waits for its row's write, so nothing leaves the pass unwritten."""
+    lease token."""
 
     WINDOW = 0.002
 
     def __init__(self, store: base.Store, *, size: int) -> None:
         self.store = store
-        self.size = max(1, size)
-        self._checks: list[tuple[base.CheckWrite, asyncio.Future[bool]]] = []
-        self._releases: list[tuple[base.ReleaseWrite, asyncio.Future[bool]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._writes: set[asyncio.Task[None]] = set()
+        self._group: Coalescer[base.CheckWrite | base.ReleaseWrite, bool] = Coalescer(
+            self._write, size=size, window=self.WINDOW
+        )
 
     async def check(self, write: base.CheckWrite) -> bool:
         """Record a no-change check (without audit rows); False when another writer fenced it out."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._checks.append((write, future))
-        self._due()
-        return await future
+        return await self._group.submit(write)
 
     async def release(self, write: base.ReleaseWrite) -> bool:
         """Give a lease back; False when it was no longer ours."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._releases.append((write, future))
-        self._due()
-        return await future
+        return await self._group.submit(write)
 
-    def _due(self) -> None:
-        if len(self._checks) + len(self._releases) >= self.size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.WINDOW, self._flush)
+    async def _write(self, items: list[base.CheckWrite | base.ReleaseWrite]) -> list[bool | Failed]:
+        checks = [w for w in items if isinstance(w, base.CheckWrite)]
+        releases = [w for w in items if isinstance(w, base.ReleaseWrite)]
+        written = await self.store.record_bookkeeping(checks, releases)
+        return [w.invoice.id in written for w in items]
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        checks, self._checks = self._checks, []
-        releases, self._releases = self._releases, []
-        if checks or releases:
-            task = asyncio.get_running_loop().create_task(self._write(checks, releases))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
 
-    async def _write(
-        self,
-        checks: list[tuple[base.CheckWrite, asyncio.Future[bool]]],
-        releases: list[tuple[base.ReleaseWrite, asyncio.Future[bool]]],
-    ) -> None:
-        try:
-            written = await self.store.record_bookkeeping([w for w, _ in checks], [w for w, _ in releases])
-        except BaseException as exc:  # every row of the batch sees the store's failure
-            for _, future in (*checks, *releases):
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for check, future in checks:
-            if not future.done():
-                future.set_result(check.invoice.id in written)
-        for release, future in releases:
-            if not future.done():
-                future.set_result(release.invoice.id in written)
+class Settlements:
+    """Settle transactions of the invoices in flight, committed together (docs/reconcile.md §8): one
+    transaction for the settlements that came within `WINDOW` seconds (at most `SIZE`), each one whole.
+    When a group fails, each of its settlements is tried alone, so a failure is only its own invoice's."""
+
+    WINDOW = 0.002
+    SIZE = 50
+
+    def __init__(self, store: base.Store) -> None:
+        self.store = store
+        self._group: Coalescer[tuple[Invoice, base.Settlement], _Settled] = Coalescer(
+            self._write, size=self.SIZE, window=self.WINDOW
+        )
+
+    async def settle(self, invoice: Invoice, settlement: base.Settlement) -> _Settled:
+        return await self._group.submit((invoice, settlement))
+
+    async def _write(self, items: list[tuple[Invoice, base.Settlement]]) -> list[_Settled | Failed]:
+        if len(items) > 1:
+            try:
+                return list(await self.store.record_settlements(items))
+            except Exception as exc:
+                logger.debug("{} settlements together failed ({}): each on its own", len(items), exc)
+        results: list[_Settled | Failed] = []
+        for invoice, draft in items:
+            try:
+                results.append(await self.store.record_settlement(invoice, draft))
+            except Exception as exc:
+                results.append(Failed(exc))
+        return results
 
 
 class Recorder:
@@ -100,6 +94,7 @@ class Recorder:
         self.clock = clock
         self.rng = rng
         self.bookkeeping = Bookkeeping(store, size=settings.batch_size)
+        self.settlements = Settlements(store)
 
     async def record(self, p: PassState, verdict: Verdict) -> str:
         """Write what `verdict` calls for; the kind the invoice leaves the pass with."""
@@ -169,7 +164,7 @@ class Recorder:
         """Settle (a decision) or recover (a settled invoice without its license) in one transaction."""
         invoice, decision = verdict.invoice, verdict.decision
         recovered = decision is None
-        outcome = await self.store.record_settlement(
+        outcome = await self.settlements.settle(
             invoice,
             base.Settlement(
                 now=now,

@@ -208,6 +208,14 @@ class Store(abc.ABC):
         settle."""
 
     @abc.abstractmethod
+    async def record_settlements(
+        self, items: Sequence[tuple[Invoice, Settlement]]
+    ) -> list[SettleOutcome | DuplicateFound | None]:
+        """Several settle transactions committed as one: each item's outcome as `record_settlement` would
+        give it, in order. All or nothing for the whole group (a failure writes none of them), so never
+        half of one settlement."""
+
+    @abc.abstractmethod
     async def policies_for(
         self, invoice: Invoice
     ) -> tuple[Policy | UnreadablePolicy | None, list[Policy | UnreadablePolicy]]:

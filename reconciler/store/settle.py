@@ -5,6 +5,7 @@ invoice."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from reconciler import audit, decide
@@ -24,15 +25,31 @@ class SettleUseCase(Engine):
 
         return await self._atomic("record_settlement", settle)
 
+    async def record_settlements(
+        self, items: Sequence[tuple[Invoice, base.Settlement]]
+    ) -> list[base.SettleOutcome | base.DuplicateFound | None]:
+        # Payment locks are taken in one order by every writer, so two groups never wait on each other.
+        order = sorted(range(len(items)), key=lambda n: _lock_key(items[n][1]) or "")
+
+        async def settle_all(tx: Tx) -> list[base.SettleOutcome | base.DuplicateFound | None]:
+            outcomes: dict[int, base.SettleOutcome | base.DuplicateFound | None] = {}
+            for n in order:
+                outcomes[n] = await self._settle(tx, *items[n])
+            return [outcomes[n] for n in range(len(items))]
+
+        return await self._atomic("record_settlements", settle_all)
+
     async def _settle(
         self, tx: Tx, invoice: Invoice, settlement: base.Settlement
     ) -> base.SettleOutcome | base.DuplicateFound | None:
         now = settlement.now
         stamp = format_ts(now)
-        if settlement.payment is not None:
+        lock = _lock_key(settlement)
+        if lock is not None:
             # One payment, one license: under the payment's lock, the rows as they are now decide.
             key = settlement.payment
-            await tx.returning("lock", {"key": f"{key.provider_id}\x1f{key.provider_invoice_id}"})
+            assert key is not None
+            await tx.returning("lock", {"key": lock})
             found = await tx.returning(
                 "payment_rows", payment_params(key.provider_id, key.include_null, [key.provider_invoice_id])
             )
@@ -127,6 +144,11 @@ class SettleUseCase(Engine):
                 )
             )
         return license_id
+
+
+def _lock_key(settlement: base.Settlement) -> str | None:
+    key = settlement.payment
+    return None if key is None else f"{key.provider_id}\x1f{key.provider_invoice_id}"
 
 
 def _license_params(draft: LicenseDraft, invoice: Invoice) -> dict[str, Any]:

@@ -397,12 +397,13 @@ async def test_a_task_whose_process_was_killed_mid_attempt_runs_again_once_its_c
     fake.add_order(card_order(invoice_id))
     fake.add_contact(ada(invoice_id))
     fake.inject(Fault(), Fault(delay=60))  # the settle's order read answers; the task's hangs
-    common = {"timeout": "2s", "retry_attempts": 1, "retry_max_delay": "1s"}
+    # a timeout a loaded CI machine cannot hit by accident on loopback (the second attempt must succeed)
+    common = {"timeout": "4s", "retry_attempts": 1, "retry_max_delay": "1s"}
     config = write_config(
         tmp_path,
         database=shop.path,
         providers={"zaprite": zaprite_provider(fake, **common)},
-        reconcile={"lease": "4s"},  # 2 × the worst fetch; a claimed task attempt holds it as long
+        reconcile={"lease": "8s"},  # 2 × the worst fetch; a claimed task attempt holds it as long
     )
 
     process = await spawn_once(config)
@@ -421,7 +422,8 @@ async def test_a_task_whose_process_was_killed_mid_attempt_runs_again_once_its_c
     result = await reconcile_once(config)
 
     assert result.returncode == 0, result.stderr
-    assert (task(shop)["status"], task(shop)["attempts"]) == ("done", 2)
+    done = task(shop)
+    assert (done["status"], done["attempts"]) == ("done", 2), dict(done)
     assert profile(shop) == (CONTACT_ID, "pp_ours", "CARD", EXPIRES_AT)
     assert len(fake.requests_to(CONTACTS)) == 1
     assert len(shop.licenses(invoice_id)) == 1

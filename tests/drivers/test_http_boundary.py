@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from reconciler import driver_api
+from reconciler import app, driver_api
 from tests.fakes.raw import RawAnswer, ScriptedServer
 
 SECRET = "s3cr3t-key-0123456789"
@@ -532,3 +532,25 @@ def test_the_key_is_scrubbed_from_messages_built_by_hand() -> None:
 
     assert "k3y" not in str(error)
     assert "upstream said: ********** / **********" in str(error)
+
+
+async def test_the_shared_session_keeps_no_cookie_a_provider_sets(server: ScriptedServer) -> None:
+    """Providers authenticate by header: a cookie one sets is never sent back (app.http_session)."""
+    set_cookie = {"Set-Cookie": "session=steer-me; Path=/", "Content-Type": "application/json"}
+    server.queue(RawAnswer(body=b"{}", headers=set_cookie), RawAnswer(body=b"{}", headers=set_cookie))
+    async with app.http_session({}) as session:
+        client = driver_api.JsonClient(
+            provider_id="prov",
+            service="Acme",
+            # a host name: aiohttp's default jar would keep this cookie (it drops those of bare IPs)
+            base_url=server.base_url.replace("127.0.0.1", "localhost"),
+            authorization=driver_api.SecretStr(f"token {SECRET}"),
+            timeout=5.0,
+            max_response_bytes=LIMIT,
+            session=session,
+        )
+        await client.get_json("/first")
+        await client.get_json("/second")
+
+    assert [path for path, _ in server.requests] == ["/first", "/second"]
+    assert all("Cookie" not in headers for _, headers in server.requests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,49 @@ async def test_settlement_is_exactly_once_per_invoice(backend: Backend) -> None:
     assert await backend.scalar("SELECT count(*) FROM post_settle_tasks") == 1
     row = (await backend.raw.rows("SELECT status, settled_at, lease_token FROM invoices"))[0]
     assert row == {"status": "settled", "settled_at": format_ts(NOW), "lease_token": None}
+
+
+async def test_settlements_committed_together_are_each_whole(backend: Backend) -> None:
+    """A group of settle transactions (docs/reconcile.md §8): each item's own outcome, a fenced one writes
+    nothing of its own, the others are settled and licensed once."""
+    product, _ = await seed(backend, 3)
+    first, second, third = sorted(await claim(backend), key=lambda i: i.id)
+    drafts = [_settlement(product, recurring=True) for _ in range(3)]
+    fenced = replace(second, lease_token="someone-else")
+
+    outcomes = await backend.store.record_settlements(
+        [(first, drafts[0]), (fenced, drafts[1]), (third, drafts[2])]
+    )
+
+    assert [type(o).__name__ for o in outcomes] == ["SettleOutcome", "NoneType", "SettleOutcome"]
+    assert outcomes[0] == base.SettleOutcome(license_id=drafts[0].license.id)  # type: ignore[union-attr]
+    assert outcomes[2] == base.SettleOutcome(license_id=drafts[2].license.id)  # type: ignore[union-attr]
+    statuses = await backend.raw.rows("SELECT id, status FROM invoices ORDER BY id")
+    assert [r["status"] for r in statuses] == ["settled", "pending", "settled"]
+    assert await backend.scalar("SELECT count(*) FROM licenses") == 2
+    assert await backend.scalar("SELECT count(*) FROM subscriptions") == 2
+    assert await backend.scalar("SELECT count(*) FROM post_settle_tasks") == 2
+    assert await backend.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :i", {"i": second.id}) == 0
+
+
+async def test_a_group_of_settlements_that_fails_writes_none_of_them(backend: Backend) -> None:
+    """All or nothing for the group: the second settlement's unique violation takes the first one's
+    writes with it (the runner then tries each alone)."""
+    product, ids = await seed(backend, 3)
+    taken = new_id()
+    await backend.raw.execute(
+        "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at) VALUES (:id, :p, :i, 'K', :t)",
+        {"id": taken, "p": product, "i": ids[2], "t": format_ts(T0)},
+    )
+    by_id = {i.id: i for i in await claim(backend)}
+    group = [(by_id[ids[0]], _settlement(product)), (by_id[ids[1]], _settlement(product, license_id=taken))]
+
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await backend.store.record_settlements(group)
+
+    assert await backend.scalar("SELECT count(*) FROM invoices WHERE status = 'settled'") == 0
+    assert await backend.scalar("SELECT count(*) FROM licenses") == 1
+    assert await backend.scalar("SELECT count(*) FROM audit_log") == 0
 
 
 async def test_settlement_carries_on_with_an_existing_license(backend: Backend) -> None:

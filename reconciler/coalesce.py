@@ -1,0 +1,77 @@
+"""Writes that arrive together, committed together: the invoices in flight hand their rows to a `Coalescer`,
+which gives everything that came within `window` seconds (or `size` items, whichever is first) to one call
+of its `write` function, and hands each caller its own item's result.
+
+A failure of that one call is every item's failure; the `write` function decides whether a group is worth
+trying item by item instead, and gives an item its own failure by returning `Failed` in its place. An invoice's task waits for its own item's result, so nothing leaves a pass
+unwritten, and a pass that ends cancels nothing half-written: a group is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+_W = TypeVar("_W")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """One item's own failure, raised to that item's caller alone."""
+
+    error: Exception
+
+
+class Coalescer(Generic[_W, _R]):
+    def __init__(
+        self, write: Callable[[list[_W]], Awaitable[Sequence[_R | Failed]]], *, size: int, window: float
+    ) -> None:
+        self._write = write
+        self.size = max(1, size)
+        self.window = window
+        self._waiting: list[tuple[_W, asyncio.Future[_R]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: _W) -> _R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_R] = loop.create_future()
+        self._waiting.append((item, future))
+        if len(self._waiting) >= self.size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group, self._waiting = self._waiting, []
+        if group:
+            task = asyncio.get_running_loop().create_task(self._run(group))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _run(self, group: list[tuple[_W, asyncio.Future[_R]]]) -> None:
+        try:
+            results = await self._write([item for item, _ in group])
+            if len(results) != len(group):
+                raise AssertionError(f"{len(group)} items written, {len(results)} results")
+        except BaseException as exc:  # every item of the group sees the failure
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), result in zip(group, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Failed):
+                future.set_exception(result.error)
+            else:
+                future.set_result(result)
