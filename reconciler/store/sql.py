@@ -1,5 +1,5 @@
 """The SQL store: the use cases written once over named queries (invoices.py, settle.py, tasks.py,
-reporting.py on engine.py) and the schema checks; each dialect supplies the connections and transactions
+operator.py, reporting.py on engine.py) and the schema checks; each dialect supplies the connections and transactions
 (`SqliteStore`, `PostgresStore`)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from reconciler import errors
 from reconciler.store import migrations, queries, schema
 from reconciler.store.engine import Tx
 from reconciler.store.invoices import InvoiceUseCases
+from reconciler.store.operator import OperatorUseCases
 from reconciler.store.records import Migrated
 from reconciler.store.reporting import Reporting
 from reconciler.store.settle import SettleUseCase
@@ -17,7 +18,7 @@ from reconciler.store.tasks import TaskUseCases
 _SCHEMA_LOCK = "reconciler schema"
 
 
-class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting):
+class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, OperatorUseCases, Reporting):
     #: "sqlite" or "postgres": which text of the queries and migrations the store runs
     dialect: str
 
