@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,13 +15,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from reconciler.driver_api import CommonSettings, ProviderStatus
+from reconciler.driver_api import CommonSettings, Done, NotYet, PaymentProfile, ProviderStatus
 from reconciler.operator.actions import REASON_MAX, ActionRefused, Actor, Operator
 from reconciler.runner import Provider, Runner, RunnerSettings
 from reconciler.testing import FakeDriver, snapshot
 from reconciler.timeutil import format_ts
 from tests.conftest import PG_URL, Clock, pg_connection
-from tests.store.backends import Backend, postgres_backend, sqlite_backend
+from tests.store.backends import Backend, SqliteRaw, postgres_backend, sqlite_backend
 from tests.support.shop import T0, new_id
 
 ALICE = Actor.cli("alice")
@@ -28,6 +29,7 @@ PAID_LATE = snapshot(ProviderStatus.EXPIRED, "Expired", raw_additional_status="P
 UNDERPAID = snapshot(
     ProviderStatus.EXPIRED, "Expired", raw_additional_status="PaidPartial", partially_paid=True, paid_sats=600
 )
+PROFILE = PaymentProfile("contact-1", "profile-1", "CARD", "2028-01-31T00:00:00.000000Z")
 HOSTILE = ["x' OR '1'='1", "'; DROP TABLE invoices; --", '"); DELETE FROM licenses; --', "%_\\"]
 
 
@@ -283,34 +285,57 @@ async def test_a_manual_settle_racing_a_pass_and_a_webhook_issues_exactly_one_li
         )
         a_pass = runner(backend, driver, clock, signing_key, paid_late="settle")
 
-        async def webhook(iid: str = iid, delay: float = 0.001 * (n % 4)) -> None:
-            await asyncio.sleep(delay)
-            now = format_ts(clock())
-            await backend.raw.execute(
-                "UPDATE invoices SET status = 'settled', settled_at = :t, updated_at = :t"
-                " WHERE id = :id AND status <> 'settled'",
-                {"t": now, "id": iid},
-            )
-            product = await backend.scalar("SELECT product_id FROM invoices WHERE id = :id", {"id": iid})
-            await backend.raw.execute(
-                "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at, metadata)"
-                " VALUES (:id, :p, :i, 'WEBHOOK-KEY', :t, '{}') ON CONFLICT (invoice_id) DO NOTHING",
-                {"id": new_id(), "p": product, "i": iid, "t": now},
-            )
+        # who starts first turns with n: each of the three gets ahead in some rounds
+        head = [0.0, 0.004, 0.008]
+        d_manual, d_pass, d_webhook = head[n % 3], head[(n + 1) % 3], head[(n + 2) % 3] + 0.001 * (n % 2)
 
-        async def manual(iid: str = iid, operator: Operator = operator) -> str:
+        async def webhook(iid: str = iid, delay: float = d_webhook) -> None:
+            await asyncio.sleep(delay)
+            await settle_directly(backend, iid, format_ts(clock()))
+
+        async def pass_(a_pass: Runner = a_pass, delay: float = d_pass) -> None:
+            await asyncio.sleep(delay)
+            await a_pass.run_pass()
+
+        async def manual(iid: str = iid, operator: Operator = operator, delay: float = d_manual) -> str:
+            await asyncio.sleep(delay)
             try:
                 await operator.settle_flagged(iid, "accepted late payment", ALICE)
             except ActionRefused as exc:
                 return exc.code
             return "settled"
 
-        results = await asyncio.gather(manual(), a_pass.run_pass(), webhook())
+        results = await asyncio.gather(manual(), pass_(), webhook())
         outcomes[str(results[0])] = outcomes.get(str(results[0]), 0) + 1
         assert len(await licenses(backend, iid)) == 1, results
         assert await backend.scalar("SELECT status FROM invoices WHERE id = :id", {"id": iid}) == "settled"
         assert str(results[0]) in ("settled", "conflict", "not-applicable")
-    assert sum(outcomes.values()) == 12
+    assert sum(outcomes.values()) == 12, outcomes
+
+
+WEBHOOK = [
+    "UPDATE invoices SET status = 'settled', settled_at = :t, updated_at = :t WHERE id = :id AND status <> 'settled'",
+    "INSERT INTO licenses (id, product_id, invoice_id, license_key, issued_at, metadata)"
+    " SELECT :lic, product_id, id, 'WEBHOOK-KEY', :t, '{}' FROM invoices WHERE id = :id"
+    " ON CONFLICT (invoice_id) DO NOTHING",
+]
+
+
+async def settle_directly(b: Backend, invoice_id: str, now: str) -> None:
+    """What a storefront's webhook handler does on a "paid" event: its own transaction, no lease, its own
+    license unless the invoice has one (tests/acceptance/storefront_webhook.py)."""
+    params = {"id": invoice_id, "t": now, "lic": new_id()}
+    if isinstance(b.raw, SqliteRaw):  # plain sqlite3 blocks: off the event loop, like another process
+
+        def write(path: Path = b.raw.path) -> None:
+            with sqlite3.connect(path, timeout=30) as db:
+                for sql in WEBHOOK:
+                    db.execute(sql, params)
+
+        await asyncio.to_thread(write)
+    else:
+        for sql in WEBHOOK:
+            await b.raw.execute(sql, params)
 
 
 # -- dismiss ---------------------------------------------------------------------------------------------------
@@ -427,3 +452,97 @@ async def test_bad_input_is_refused_and_changes_nothing(
         assert error.code == "invalid" and len(error.message) < 200
     assert await snapshot_db(backend) == before
     assert driver.calls == []
+
+
+# -- what two racing instances do after an action --------------------------------------------------------------
+class WithTasks(FakeDriver):
+    post_settle_kinds = ("fake.capture",)
+
+
+async def recurring(b: Backend) -> str:
+    iid = await seed(b)
+    product = await b.scalar("SELECT product_id FROM invoices WHERE id = :id", {"id": iid})
+    policy = new_id()
+    await b.raw.execute(
+        "INSERT INTO policies (id, product_id, slug, duration_seconds, is_trial, is_recurring, trial_days,"
+        " renewal_period_days, grace_seconds, max_machines, entitlements, active, created_at)"
+        " VALUES (:id, :p, 'default', 0, 0, 1, 0, 30, 0, 1, '[]', 1, :t)",
+        {"id": policy, "p": product, "t": format_ts(T0)},
+    )
+    await b.raw.execute("UPDATE invoices SET policy_id = :p WHERE id = :id", {"p": policy, "id": iid})
+    return iid
+
+
+async def test_a_retried_task_runs_once_with_two_instances(
+    backend: Backend, clock: Clock, signing_key: Ed25519PrivateKey
+) -> None:
+    driver = WithTasks("fake")
+    iid = await recurring(backend)
+    driver.script(await pid_of(backend, iid), snapshot(ProviderStatus.SETTLED, amount_sats=1000))
+    driver.post_settle_results.append(NotYet("no profile yet"))
+    await runner(backend, driver, clock, signing_key, post_settle_max_attempts=1).run_pass()
+    status = await backend.scalar("SELECT status FROM post_settle_tasks WHERE invoice_id = :i", {"i": iid})
+    assert status == "failed" and len(driver.post_settle_calls) == 1
+
+    operator = Operator(
+        backend.store,
+        providers(driver),
+        RunnerSettings(),
+        signing_key=signing_key,
+        clock=clock,
+        sleep=_no_sleep,
+    )
+    await operator.retry_task(iid, "fake.capture", ALICE)
+    driver.post_settle_results.extend([Done(PROFILE), Done(PROFILE)])
+    two = [runner(backend, driver, clock, signing_key) for _ in range(2)]
+    await asyncio.gather(*(r.run_pass() for r in two))
+    assert len(driver.post_settle_calls) == 2  # the failed attempt, and the retry once
+    (task,) = await backend.raw.rows("SELECT * FROM post_settle_tasks WHERE invoice_id = :i", {"i": iid})
+    assert (task["status"], task["attempts"]) == ("done", 1)
+
+
+async def test_a_paused_provider_gets_no_request_from_two_racing_instances(
+    backend: Backend, operator: Operator, driver: FakeDriver, clock: Clock, signing_key: Ed25519PrivateKey
+) -> None:
+    ids = [await seed(backend) for _ in range(6)]
+    # an invoice without a provider id is the default provider's: paused with it
+    ids.append(await seed(backend, provider=None))
+    for iid in ids:
+        driver.script(await pid_of(backend, iid), snapshot(ProviderStatus.SETTLED, amount_sats=1000))
+    before = await backend.raw.rows(
+        "SELECT id, next_check_at, check_attempts, lease_token FROM invoices ORDER BY id"
+    )
+    await operator.pause_provider("fake", ALICE, reason="maintenance")
+    two = [runner(backend, driver, clock, signing_key, default_provider="fake") for _ in range(2)]
+    summaries = await asyncio.gather(*(r.run_pass() for r in two))
+    assert driver.calls == []
+    assert [s.claimed for s in summaries] == [0, 0]
+    after = await backend.raw.rows(
+        "SELECT id, next_check_at, check_attempts, lease_token FROM invoices ORDER BY id"
+    )
+    assert after == before  # not fetched, and neither schedule nor attempts bumped
+    # a re-check of one of them is refused while paused, and asks nobody
+    with pytest.raises(ActionRefused) as refused:
+        await operator.recheck(ids[0], ALICE)
+    assert refused.value.code == "not-applicable" and "paused" in refused.value.message
+    assert (await operator.decide_now(ids[0]))["decision"] == "paused"
+    assert driver.calls == []
+
+    await operator.resume_provider("fake", ALICE)
+    await asyncio.gather(*(r.run_pass() for r in two))
+    assert sorted(driver.calls) == sorted([await pid_of(backend, iid) for iid in ids])  # each once
+    settled = await backend.scalar("SELECT count(*) FROM invoices WHERE status = 'settled'")
+    assert settled == len(ids)
+
+
+async def test_decide_now_writes_nothing(backend: Backend, operator: Operator, driver: FakeDriver) -> None:
+    iid = await seed(backend)
+    driver.script(await pid_of(backend, iid), snapshot(ProviderStatus.SETTLED, amount_sats=1000))
+    before = await snapshot_db(backend)
+    line = await operator.decide_now(iid)
+    assert (line["invoice_id"], line["decision"], line["evidence"]["new_status"]) == (
+        iid,
+        "settle",
+        "settled",
+    )
+    assert await snapshot_db(backend) == before
