@@ -177,6 +177,7 @@ class Recorder:
                 post_settle_kinds=plan.post_settle_kinds,
                 recovered=recovered,
                 payment=self.payment_key(invoice, verdict.provider_id),
+                actor=decision.actor if decision else "reconciler",
             ),
         )
         if isinstance(outcome, base.DuplicateFound):

@@ -176,6 +176,7 @@ class Runner:
                 lease=self.settings.lease,
                 max_age=self.settings.max_age,
                 batch_size=self.settings.batch_size,
+                default_provider=self.settings.default_provider,
             )
             if not batch:
                 returned = p.returned
@@ -241,6 +242,30 @@ class Runner:
                 elapsed,
                 p.done / elapsed,
             )
+
+    # -- one invoice, for an operator's action (reconciler/operator/actions.py) --------------------------
+    def one_invoice(self) -> PassState:
+        """A pass state of its own for an action on one invoice: classified, asked and recorded by the same
+        code as a pass, without touching the state of this runner's passes."""
+        return PassState.starting(self.clock())
+
+    async def ask(
+        self, p: PassState, provider: Provider, invoice: Invoice, lease_until: datetime | None
+    ) -> decide.Answer | Failure | Release:
+        """Ask `provider` about `invoice` through its gate (retries, rate, breaker), as a pass does."""
+        return await self._gate(p, provider).ask(
+            invoice.provider_invoice_id, invoice_id=invoice.id, lease_until=lease_until
+        )
+
+    async def planned(
+        self, p: PassState, invoice: Invoice, provider: Provider, decision: Decision
+    ) -> Decided | Quarantine:
+        """The verdict of a settling `decision`: its settle plan (license, subscription, tasks)."""
+        return await self._planned(p, invoice, provider.id, provider, decision)
+
+    async def record(self, p: PassState, verdict: Verdict) -> str:
+        """Write what `verdict` calls for, as a pass does; the kind the invoice leaves with."""
+        return await self._recorder.record(p, verdict)
 
     # -- classification: what one row calls for ---------------------------------------------------------
     async def classify(

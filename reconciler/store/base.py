@@ -39,8 +39,10 @@ from reconciler.store.records import (
     PageRequest,
     PaymentKey,
     PendingByProvider,
+    ProviderControl,
     Quarantined,
     ReleaseWrite,
+    ReviewItem,
     Settlement,
     SettleOutcome,
     StatusReport,
@@ -65,8 +67,10 @@ __all__ = [
     "PaymentKey",
     "PaymentRow",
     "PendingByProvider",
+    "ProviderControl",
     "Quarantined",
     "ReleaseWrite",
+    "ReviewItem",
     "Row",
     "SettleOutcome",
     "Settlement",
@@ -128,13 +132,22 @@ class Store(abc.ABC):
         lease: timedelta,
         max_age: timedelta,
         batch_size: int,
+        default_provider: str | None = None,
     ) -> list[Row]:
         """Lease up to `batch_size` due candidates (docs/reconcile.md §1), oldest due first; rows that cannot
-        be read come back as `Unreadable`, still leased."""
+        be read come back as `Unreadable`, still leased. Invoices of a paused provider (`provider_controls`;
+        a row without a provider id is `default_provider`'s) are not candidates."""
 
     @abc.abstractmethod
     async def peek(
-        self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
+        self,
+        *,
+        pass_start: datetime,
+        now: datetime,
+        max_age: timedelta,
+        batch_size: int,
+        offset: int,
+        default_provider: str | None = None,
     ) -> list[Row]:
         """The candidates `claim` would take, without leasing them (dry run)."""
 
@@ -248,6 +261,68 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def finish_task(self, task: DueTask, result: TaskResult, *, now: datetime) -> bool:
         """Record the attempt's end (and the payment profile on the subscription) in one transaction."""
+
+    # -- operator actions (reconciler/operator/actions.py) -------------------------------------------------
+    @abc.abstractmethod
+    async def claim_invoice(
+        self,
+        invoice_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        audits: tuple[AuditRecord, ...] = (),
+    ) -> Row | None:
+        """Lease one invoice whatever its schedule, age or status (compare-and-set on the lease), with
+        `audits` in the same transaction; None (nothing written) when it does not exist or another instance
+        holds its lease."""
+
+    @abc.abstractmethod
+    async def task_status(self, invoice_id: str, kind: str) -> str | None:
+        """The status of one post-settle task (`pending`, `done`, `failed`), None when there is none."""
+
+    @abc.abstractmethod
+    async def retry_task(
+        self, invoice_id: str, kind: str, *, now: datetime, audits: tuple[AuditRecord, ...]
+    ) -> bool:
+        """A failed post-settle task pending again, attempts from zero, due at `now`, with `audits`, in one
+        transaction (compare-and-set on `failed`); False (nothing written) when it was not failed."""
+
+    @abc.abstractmethod
+    async def set_paused(
+        self,
+        provider_id: str,
+        paused: bool,
+        *,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+        audits: tuple[AuditRecord, ...],
+    ) -> bool:
+        """Pause (or resume) a provider in `provider_controls` with `audits`, in one transaction; False
+        (nothing written) when it already was (or was not paused)."""
+
+    @abc.abstractmethod
+    async def provider_controls(self) -> list[ProviderControl]:
+        """Every provider an operator paused or resumed, by provider id."""
+
+    @abc.abstractmethod
+    async def get_review_item(self, item_id: str) -> ReviewItem | None:
+        """One review item by id, whatever its status."""
+
+    @abc.abstractmethod
+    async def close_review_item(
+        self,
+        item_id: str,
+        *,
+        status: str,
+        closed_by: str,
+        reason: str,
+        now: datetime,
+        audits: tuple[AuditRecord, ...] = (),
+    ) -> bool:
+        """Close an open item as `status` (`dismissed`, `resolved`) with `audits`, in one transaction
+        (compare-and-set on `open`); False (nothing written) when it was not open."""
 
     # -- instances and reporting --------------------------------------------------------------------------
     @abc.abstractmethod

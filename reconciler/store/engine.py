@@ -119,6 +119,7 @@ class Engine(base.Store):
                 {
                     "id": ids.uuid7(now),
                     "occurred_at": format_ts(now),
+                    "actor": record.actor,
                     "action": record.action,
                     "target_kind": record.target_kind,
                     "target_id": record.target_id,

@@ -17,15 +17,27 @@ id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amo
     listed_value, buyer_email, subscription_id, created_at, settled_at, check_attempts,
     last_provider_status, lease_token, {has_license} AS has_license
 
+-- part: not_leased
+-- No instance holds the row's lease at :now.
+(lease_until IS NULL OR lease_until < :now)
+
 -- part: due_candidates
 -- docs/reconcile.md §1's candidates, never-checked first, then oldest due: created within max_age, due, not
--- leased, and still open or settled without a license (a renewal invoice has no license of its own).
+-- leased, still open or settled without a license (a renewal invoice has no license of its own), and not
+-- of a provider an operator paused (a row without a provider id is :default_provider's).
 WHERE created_at >= :min_created_at
   AND (next_check_at IS NULL OR next_check_at <= :pass_start)
-  AND (lease_until IS NULL OR lease_until < :now)
+  AND {not_leased}
   AND (status IN ('pending', 'expired', 'invalid')
        OR (status = 'settled' AND subscription_id IS NULL AND NOT {has_license}))
+  AND NOT {provider_paused}
 ORDER BY (next_check_at IS NOT NULL), next_check_at, created_at, id
+
+-- part: provider_paused
+-- Whether the provider of the invoice row in scope (`invoices`) is paused (provider_controls).
+EXISTS (SELECT 1 FROM provider_controls AS pc
+        WHERE pc.paused = 1
+          AND pc.provider_id = COALESCE(invoices.payment_provider_id, CAST(:default_provider AS TEXT)))
 
 -- part: skip_locked @sqlite
 -- Nothing: a claim runs inside BEGIN IMMEDIATE, the one writer of the file.
@@ -314,9 +326,9 @@ VALUES (:invoice_id, :kind, :provider_id, 'pending', 0, :now, :now, :now)
 ON CONFLICT (invoice_id, kind) DO NOTHING;
 
 -- name: insert_audit
--- One audit_log row (docs/audit.md §1), written by the reconciler.
+-- One audit_log row (docs/audit.md §1), written by the reconciler or for an operator's action (:actor).
 INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
-VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
+VALUES (:id, :occurred_at, :actor, :action, :target_kind, :target_id, :details);
 
 -- name: invoice_policy
 -- The invoice's own policy, active or not.
@@ -406,6 +418,7 @@ JOIN invoices AS i ON i.id = t.invoice_id
 LEFT JOIN licenses AS l ON l.invoice_id = t.invoice_id
 LEFT JOIN subscriptions AS s ON s.license_id = l.id
 WHERE t.status = 'pending' AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= :now)
+  AND NOT EXISTS (SELECT 1 FROM provider_controls AS pc WHERE pc.paused = 1 AND pc.provider_id = t.provider_id)
 ORDER BY t.next_attempt_at, t.invoice_id, t.kind
 LIMIT :batch_size;
 
@@ -509,3 +522,51 @@ LIMIT :limit;
 -- name: api_provider_controls
 -- Every provider an operator paused or resumed.
 SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;
+
+-- name: claim_invoice
+-- An operator's action on one invoice: lease it to :owner with a new :token until :lease_until, due or not,
+-- unless another instance holds its lease (compare-and-set on the lease).
+UPDATE invoices
+SET lease_owner = :owner, lease_token = :token, lease_until = :lease_until
+WHERE id = :invoice_id AND {not_leased}
+RETURNING {invoice_columns};
+
+-- name: post_settle_task_status
+-- The status of one post-settle task of an invoice, if it exists.
+SELECT status FROM post_settle_tasks WHERE invoice_id = :invoice_id AND kind = :kind;
+
+-- name: retry_post_settle_task
+-- An operator re-queues a failed post-settle task: pending again, attempts from zero, due now.
+UPDATE post_settle_tasks
+SET status = 'pending', attempts = 0, next_attempt_at = :now, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'failed';
+
+-- name: pause_provider
+-- An operator pauses a provider, unless it is paused already; the provider id when it changed.
+INSERT INTO provider_controls (provider_id, paused, changed_by, changed_at, reason)
+VALUES (:provider_id, 1, :actor, :now, :reason)
+ON CONFLICT (provider_id) DO UPDATE
+SET paused = 1, changed_by = excluded.changed_by, changed_at = excluded.changed_at, reason = excluded.reason
+WHERE provider_controls.paused = 0
+RETURNING provider_id;
+
+-- name: resume_provider
+-- An operator resumes a paused provider.
+UPDATE provider_controls
+SET paused = 0, changed_by = :actor, changed_at = :now, reason = :reason
+WHERE provider_id = :provider_id AND paused = 1;
+
+-- name: provider_controls
+-- Every provider an operator paused or resumed, and who did it last.
+SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;
+
+-- name: get_review_item
+-- One review item by its id.
+SELECT id, invoice_id, kind, opened_at, audit_id, status, closed_by, closed_at, close_reason
+FROM review_items WHERE id = :item_id;
+
+-- name: close_review_item
+-- A person closes an open review item (compare-and-set on `open`).
+UPDATE review_items
+SET status = :status, closed_by = :closed_by, closed_at = :now, close_reason = :reason
+WHERE id = :item_id AND status = 'open';

@@ -71,6 +71,9 @@ class Settlement:
     recovered: bool = False
     #: set when other rows may be the same payment: checked again under a lock inside the transaction
     payment: PaymentKey | None = None
+    #: who decided the settle: `reconciler`, or the operator of a manual settle (the actor of the rows the
+    #: store adds)
+    actor: str = "reconciler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +199,29 @@ class InvoiceFilter:
     provider_id: str | None = None
     created_before: str | None = None
     created_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderControl:
+    """A provider an operator paused or resumed (`provider_controls`): honoured by every instance's claim."""
+
+    provider_id: str
+    paused: bool
+    changed_by: str | None
+    changed_at: datetime | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """One `review_items` row (docs/schema.md §3.11)."""
+
+    id: str
+    invoice_id: str
+    kind: str
+    opened_at: datetime
+    audit_id: str
+    status: str
+    closed_by: str | None = None
+    closed_at: datetime | None = None
+    close_reason: str | None = None

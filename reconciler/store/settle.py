@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from reconciler import audit, decide
@@ -106,6 +107,8 @@ class SettleUseCase(Engine):
                 "insert_post_settle_task",
                 {"invoice_id": invoice.id, "kind": kind, "provider_id": settlement.provider_id, "now": stamp},
             )
+        if settlement.actor != "reconciler":  # an operator's settle: the rows it made are theirs
+            audits = [a if a.actor != "reconciler" else replace(a, actor=settlement.actor) for a in audits]
         await self._audit(tx, now, audits)
         return base.SettleOutcome(license_id=license_id)
 
