@@ -197,17 +197,26 @@ SCHEMAS: dict[str, Any] = {
     "OptionalReason": _object(
         {}, {"reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": _PLAIN_TEXT}}
     ),
-    "ActionResult": {
-        "type": "object",
-        "required": ["action", "target_id"],
-        "properties": {
-            "action": _TEXT,
+    "Done": _object({"action": _TEXT, "target_id": _TEXT}),
+    "Rechecked": _object(
+        {
+            "action": {"const": "recheck"},
             "target_id": _TEXT,
-            "status": {"type": ["string", "null"], "description": "the invoice's status after it"},
-            "decision": _NULLABLE_TEXT,
+            "invoice_id": _TEXT,
+            "decision": {"type": "string", "description": "the decision kind (docs/audit.md §4)"},
+            "status": {"type": "string", "description": "the invoice's status after it"},
             "license_id": _NULLABLE_TEXT,
-        },
-    },
+        }
+    ),
+    "Settled": _object(
+        {
+            "action": {"const": "settle"},
+            "target_id": _TEXT,
+            "invoice_id": _TEXT,
+            "license_id": {"type": ["string", "null"], "description": "null for a subscription renewal"},
+            "status": {"const": "settled"},
+        }
+    ),
 }
 
 
@@ -330,6 +339,78 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST",
+        f"{PREFIX}/invoices/{{invoice_id}}/recheck",
+        "recheck",
+        "Re-check one invoice now (any status but settled with its license, any age), recorded as a pass",
+        "invoices:write",
+        200,
+        _ref("Rechecked"),
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
+        f"{PREFIX}/invoices/{{invoice_id}}/settle",
+        "settle",
+        "Settle an expired or invalid invoice its provider reports paid late or underpaid (asked now)",
+        "licenses:write",
+        200,
+        _ref("Settled"),
+        body="Reason",
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
+        f"{PREFIX}/reviews/{{item_id}}/dismiss",
+        "dismiss",
+        "Dismiss an open review item",
+        "reviews:write",
+        200,
+        _ref("Done"),
+        body="Reason",
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
+        f"{PREFIX}/invoices/{{invoice_id}}/tasks/{{kind}}/retry",
+        "retry_task",
+        "Queue a failed post-settle task again: the next pass of any instance runs it once",
+        "tasks:write",
+        200,
+        _ref("Done"),
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
+        f"{PREFIX}/providers/{{provider_id}}/pause",
+        "pause_provider",
+        "Pause a provider: no instance fetches its invoices or runs its tasks until it is resumed",
+        "providers:write",
+        200,
+        _ref("Done"),
+        body="OptionalReason",
+        body_required=False,
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
+        f"{PREFIX}/providers/{{provider_id}}/resume",
+        "resume_provider",
+        "Resume a paused provider",
+        "providers:write",
+        200,
+        _ref("Done"),
+        body="OptionalReason",
+        body_required=False,
+        refusals=(409, 422),
+        tag="actions",
+    ),
+    Operation(
+        "POST",
         f"{PREFIX}/api-keys",
         "create_api_key",
         "Create an API key (master key only); its token is in this answer only",
@@ -371,7 +452,8 @@ _REASONS = {
     413: "body larger than `[api] max_body_bytes`",
     422: "the action refused its input",
     429: "too many failed authentications from this client address lately; see Retry-After",
-    503: "the database is unavailable or not at this release's schema version",
+    503: "the database is unavailable or not at this release's schema version (or, for an action, the "
+    "reconciler's signing key or drivers are not loaded)",
 }
 
 

@@ -23,13 +23,15 @@ from loguru import logger
 from reconciler import errors, ids, strict_json
 from reconciler.api import auth, keys, openapi
 from reconciler.config import ApiSettings
+from reconciler.operator import actions
 from reconciler.safe_text import UNSAFE_TEXT, short_repr
 from reconciler.store import base
 from reconciler.timeutil import Clock, format_ts, parse_duration
 
 Handler = Callable[[web.Request, auth.Principal], Awaitable[web.Response]]
-#: What a pass would decide now for one invoice (a dry run), as JSON; raises ApiError when it cannot say.
-Decide = Callable[[str], Awaitable[dict[str, Any]]]
+
+#: How an action's refusal (operator/actions.py) is answered.
+_REFUSALS = {"not-found": 404, "not-applicable": 409, "conflict": 409, "invalid": 422}
 
 _UNAUTHORIZED = "a valid API key is required: send Authorization: Bearer <token>"
 _INVOICE_STATUSES = ("pending", "settled", "expired", "invalid")
@@ -73,7 +75,7 @@ class ApiServer:
         *,
         providers: Mapping[str, dict[str, Any]],
         circuits: Callable[[], Mapping[str, str]],
-        decide: Decide | None = None,
+        operator: actions.Operator | None = None,
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,7 +85,7 @@ class ApiServer:
         self.store = store
         self.providers = dict(providers)
         self.circuits = circuits
-        self.decide = decide
+        self.operator = operator
         self.clock = clock
         self.max_page = min(settings.max_page, openapi.MAX_PAGE)
         self.auth = auth.Authenticator(
@@ -245,14 +247,12 @@ class ApiServer:
         audits = await self.store.api_target_audits("invoice", invoice_id, page)
         decision: dict[str, Any] | None = None
         decision_error = None
-        if self.decide is None:
+        if self.operator is None:
             decision_error = "no decision: this API runs without the reconciler's drivers"
         else:
             try:
-                decision = await self.decide(invoice_id)
-            except ApiError as exc:
-                if exc.status == 404:
-                    raise
+                decision = await self.operator.decide_now(invoice_id)
+            except actions.ActionRefused as exc:
                 decision_error = exc.message
         return _json(
             {
@@ -306,6 +306,63 @@ class ApiServer:
             for row in rows
         ]
         return _json({"items": items, "next_cursor": None})
+
+    # -- actions (operator/actions.py), each audited with the key's id as the actor ---------------------------
+    async def _act(self, what: str, target_id: str, action: Awaitable[Any]) -> web.Response:
+        try:
+            result = await action
+        except actions.ActionRefused as exc:
+            raise ApiError(_REFUSALS.get(exc.code, 409), exc.code, exc.message) from None
+        except errors.SigningKeyError as exc:
+            raise ApiError(503, "no-signing-key", exc.message) from None
+        if result is None:
+            return _json({"action": what, "target_id": target_id})
+        return _json({"action": what, "target_id": target_id, **result.to_dict()})
+
+    def _actions(self) -> actions.Operator:
+        if self.operator is None:
+            raise ApiError(
+                503, "no-actions", "actions are not available: this API runs without the reconciler"
+            )
+        return self.operator
+
+    async def _recheck(self, request: web.Request, who: auth.Principal) -> web.Response:
+        invoice_id = request.match_info["invoice_id"]
+        return await self._act("recheck", invoice_id, self._actions().recheck(invoice_id, _actor(who)))
+
+    async def _settle(self, request: web.Request, who: auth.Principal) -> web.Response:
+        invoice_id = request.match_info["invoice_id"]
+        reason = _reason(await self._body(request), required=True)
+        return await self._act(
+            "settle", invoice_id, self._actions().settle_flagged(invoice_id, reason or "", _actor(who))
+        )
+
+    async def _dismiss(self, request: web.Request, who: auth.Principal) -> web.Response:
+        item_id = request.match_info["item_id"]
+        reason = _reason(await self._body(request), required=True)
+        return await self._act(
+            "dismiss", item_id, self._actions().dismiss(item_id, reason or "", _actor(who))
+        )
+
+    async def _retry_task(self, request: web.Request, who: auth.Principal) -> web.Response:
+        invoice_id, kind = request.match_info["invoice_id"], request.match_info["kind"]
+        return await self._act(
+            "retry_task", invoice_id, self._actions().retry_task(invoice_id, kind, _actor(who))
+        )
+
+    async def _pause_provider(self, request: web.Request, who: auth.Principal) -> web.Response:
+        provider_id = request.match_info["provider_id"]
+        reason = _reason(await self._body(request, required=False), required=False)
+        return await self._act(
+            "pause", provider_id, self._actions().pause_provider(provider_id, _actor(who), reason)
+        )
+
+    async def _resume_provider(self, request: web.Request, who: auth.Principal) -> web.Response:
+        provider_id = request.match_info["provider_id"]
+        reason = _reason(await self._body(request, required=False), required=False)
+        return await self._act(
+            "resume", provider_id, self._actions().resume_provider(provider_id, _actor(who), reason)
+        )
 
     # -- keys (master key only) -------------------------------------------------------------------------------
     async def _create_api_key(self, request: web.Request, _: auth.Principal) -> web.Response:
@@ -415,6 +472,21 @@ def _text_field(body: Mapping[str, Any], name: str, limit: int, *, required: boo
     if UNSAFE_TEXT.search(value):
         raise _bad(f"{name}: control characters are not accepted", "invalid-field")
     return value
+
+
+def _actor(who: auth.Principal) -> actions.Actor:
+    return actions.Actor(who.actor)
+
+
+def _reason(body: Mapping[str, Any], *, required: bool) -> str | None:
+    """The body's `reason` (its content is the action's to judge: empty, too long, control characters)."""
+    _only_fields(body, {"reason"})
+    if "reason" not in body and not required:
+        return None
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        raise _bad("reason: required, a string saying why", "invalid-field")
+    return reason
 
 
 def _cursor(text: str | None) -> tuple[str, str] | None:

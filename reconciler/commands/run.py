@@ -11,7 +11,7 @@ from typing import Any
 from loguru import logger
 
 from reconciler import __version__, app, errors, licenses
-from reconciler.api.server import ApiError, ApiServer
+from reconciler.api.server import ApiServer
 from reconciler.commands import common
 from reconciler.commands.common import report
 from reconciler.config import Config
@@ -19,6 +19,7 @@ from reconciler.daemon import Daemon
 from reconciler.health import HealthServer
 from reconciler.metrics import Metrics
 from reconciler.notify import Notifier
+from reconciler.operator import actions
 from reconciler.runner import PassSummary, Runner
 from reconciler.timeutil import utcnow
 
@@ -153,23 +154,15 @@ async def _start_api(cfg: Config, store: Any, runner: Runner) -> ApiServer | Non
     """The operator API on its own listener (`[api]`), when configured (docs/api.md)."""
     if cfg.api is None:
         return None
-    # its own runner over the same store and providers: a dry run must not touch the pass in flight's state
-    dry = Runner(store, runner.providers, runner.settings, signing_key=None)
-
-    async def decide(invoice_id: str) -> dict[str, Any]:
-        row = await store.get_invoice(invoice_id)
-        if row is None:
-            raise ApiError(404, "not-found", f"no invoice with id {invoice_id}")
-        lines: list[dict[str, Any]] = []
-        await dry.dry_run(lines.append, only=row)
-        return lines[0]
-
+    # the actions' own runner over the same store and providers: an action or a dry run never touches the state
+    # of the pass in flight; every write goes through the same leases and fencing as a pass
+    operator = actions.Operator(store, runner.providers, runner.settings, signing_key=runner.signing_key)
     api_server = ApiServer(
         store,
         cfg.api,
         providers={provider_id: p.masked() for provider_id, p in cfg.providers.items()},
         circuits=runner.circuits,
-        decide=decide,
+        operator=operator,
         clock=utcnow,
     )
     try:

@@ -3,6 +3,7 @@ seeded invoice with its audit row, review item and license."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,11 +11,17 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
 
 from reconciler.api import keys
-from reconciler.api.server import ApiServer, Decide
+from reconciler.api.server import ApiServer
 from reconciler.config import ApiSettings
+from reconciler.driver_api import CommonSettings, ProviderStatus
+from reconciler.operator.actions import Operator
+from reconciler.passes import RunnerSettings
+from reconciler.runner import Provider
+from reconciler.testing import FakeDriver, snapshot
 from reconciler.timeutil import format_ts
 from tests.store.backends import Backend
 from tests.support.shop import T0, new_id
@@ -22,10 +29,13 @@ from tests.support.shop import T0, new_id
 MASTER = "master-" + "m" * 40
 NOW = T0 + timedelta(hours=2)
 PROVIDERS = {"fake": {"driver": "fake", "api_key": "**********", "timeout": "10s"}}
+PAID_LATE = snapshot(ProviderStatus.EXPIRED, "Expired", raw_additional_status="PaidLate", paid_late=True)
+PENDING = snapshot(ProviderStatus.PENDING, "New")
 
 
 @dataclass
 class Seeded:
+    product_id: str
     invoice_id: str
     settled_id: str
     review_id: str
@@ -39,12 +49,54 @@ class Live:
     server: ApiServer
     client: TestClient[Any, Any]
     seeded: Seeded
+    driver: FakeDriver
     tokens: dict[str, str] = field(default_factory=dict)  # role -> token
     key_ids: dict[str, str] = field(default_factory=dict)  # role -> key id
     revoked: str = ""
 
     def auth(self, token: str | None) -> dict[str, str]:
         return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    async def invoice(self, status: str = "pending", answer: Any = PENDING) -> str:
+        """A fresh invoice of the `fake` provider, which answers `answer` about it."""
+        iid = new_id()
+        await self.backend.raw.execute(
+            "INSERT INTO invoices (id, payment_provider_id, provider_invoice_id, product_id, status, amount_sats,"
+            " created_at) VALUES (:id, 'fake', :pid, :product, :status, 1000, :t)",
+            {
+                "id": iid,
+                "pid": f"p-{iid}",
+                "product": self.seeded.product_id,
+                "status": status,
+                "t": format_ts(NOW),
+            },
+        )
+        self.driver.script(f"p-{iid}", answer)
+        return iid
+
+    async def review_item(self) -> str:
+        item = new_id()
+        await self.backend.raw.execute(
+            "INSERT INTO review_items (id, invoice_id, kind, opened_at, audit_id)"
+            " VALUES (:id, :iid, 'invoice.refunded', :t, :audit)",
+            {"id": item, "iid": await self.invoice(), "t": format_ts(NOW), "audit": new_id()},
+        )
+        return item
+
+    async def failed_task(self, kind: str = "capture") -> str:
+        iid = await self.invoice("settled")
+        await self.backend.raw.execute(
+            "INSERT INTO post_settle_tasks (invoice_id, kind, provider_id, status, attempts, created_at, updated_at)"
+            " VALUES (:i, :kind, 'fake', 'failed', 8, :t, :t)",
+            {"i": iid, "kind": kind, "t": format_ts(NOW)},
+        )
+        return iid
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.backend.raw.execute("DELETE FROM provider_controls", {})
+        await self.backend.raw.execute(
+            "INSERT INTO provider_controls (provider_id, paused) VALUES ('fake', :p)", {"p": int(paused)}
+        )
 
 
 class FixedClock:
@@ -89,7 +141,7 @@ async def seed(b: Backend) -> Seeded:
         " VALUES ('host:1:abc', 'host', 1, :t, '{\"claimed\": 0}')",
         {"t": stamp},
     )
-    return Seeded(invoice, settled, review_id, audit_id, license_id)
+    return Seeded(product, invoice, settled, review_id, audit_id, license_id)
 
 
 async def add_key(b: Backend, role: str, *, revoked: bool = False) -> tuple[str, str]:
@@ -106,19 +158,35 @@ async def add_key(b: Backend, role: str, *, revoked: bool = False) -> tuple[str,
 async def live_api(
     b: Backend,
     *,
-    decide: Decide | None = None,
+    actions: bool = True,
     circuits: Callable[[], Mapping[str, str]] = dict,
     **settings: Any,
 ) -> AsyncIterator[Live]:
     config = ApiSettings(listen="127.0.0.1:0", master_key=SecretStr(MASTER), **settings)
+    clock = FixedClock()
+    driver = FakeDriver("fake")
+    operator = Operator(
+        b.store,
+        {"fake": Provider("fake", driver, CommonSettings(driver="fake", retry_attempts=1))},
+        RunnerSettings(),
+        signing_key=Ed25519PrivateKey.generate(),
+        clock=clock,
+        owner="api:1:abc",
+        rng=random.Random(3),
+    )
     server = ApiServer(
-        b.store, config, providers=PROVIDERS, circuits=circuits, decide=decide, clock=FixedClock()
+        b.store,
+        config,
+        providers=PROVIDERS,
+        circuits=circuits,
+        operator=operator if actions else None,
+        clock=clock,
     )
     seeded = await seed(b)
     client: TestClient[Any, Any] = TestClient(TestServer(server.app))
     await client.start_server()
     try:
-        live = Live(b, server, client, seeded)
+        live = Live(b, server, client, seeded, driver)
         for role in keys.Role:
             live.key_ids[role.value], live.tokens[role.value] = await add_key(b, role.value)
         _, live.revoked = await add_key(b, keys.Role.FULL_ADMIN.value, revoked=True)

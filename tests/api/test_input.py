@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from reconciler.api import auth
-from tests.api.harness import MASTER, Live, live_api
+from tests.api.harness import MASTER, PAID_LATE, Live, live_api
 from tests.store.backends import Backend
 
 SQL = [
@@ -158,18 +158,20 @@ async def test_pages_follow_their_cursor_to_the_end_without_repeats(both: Backen
 
 
 async def test_one_invoice_shows_its_row_license_audit_and_decision(both: Backend) -> None:
-    async def decide(invoice_id: str) -> dict[str, Any]:
-        return {"invoice_id": invoice_id, "decision": "no_change"}
-
-    async with live_api(both, decide=decide) as live:
+    async with live_api(both) as live:
         status, body = await get(live, f"/api/v1/invoices/{live.seeded.settled_id}")
         assert status == 200
         assert body["license"]["id"] == live.seeded.license_id
         assert body["invoice"]["has_license"] is True
-        assert body["decision"] == {"invoice_id": live.seeded.settled_id, "decision": "no_change"}
+        live.driver.script(f"p-{live.seeded.invoice_id}", PAID_LATE)
+        before = await counts(live)
         status, body = await get(live, f"/api/v1/invoices/{live.seeded.invoice_id}")
         assert [row["id"] for row in body["audit"]["items"]] == [live.seeded.audit_id]
         assert body["license"] is None
+        assert body["decision"]["invoice_id"] == live.seeded.invoice_id
+        assert body["decision"]["raw_status"] == "Expired"
+        assert live.driver.calls == [f"p-{live.seeded.invoice_id}"]
+        assert await counts(live) == before  # a dry run: nothing written
         status, body = await get(live, "/api/v1/reviews")
         assert [item["id"] for item in body["items"]] == [live.seeded.review_id]
 

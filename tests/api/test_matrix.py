@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from reconciler.api import keys, openapi
-from tests.api.harness import MASTER, Live, live_api
+from tests.api.harness import MASTER, PAID_LATE, Live, add_key, live_api
 from tests.store.backends import Backend
 
 READS = {"invoices:read", "reviews:read", "audit:read", "providers:read", "instances:read"}
@@ -31,18 +31,26 @@ REFUSED_401 = {
 
 
 async def _request(live: Live, op: openapi.Operation, token: str | None) -> tuple[int, Any]:
+    """One call of `op` by `token`'s holder, on targets made fresh for it: every allowed call can succeed."""
     seeded = live.seeded
     values = {
         "invoice_id": seeded.invoice_id,
         "target_kind": "invoice",
         "target_id": seeded.invoice_id,
-        "item_id": seeded.review_id,
         "provider_id": "fake",
-        "kind": "btcpay_payment_profile",
+        "kind": "capture",
     }
-    if "key_id" in op.path_params:  # a fresh key to revoke each time
-        from tests.api.harness import add_key
-
+    if op.operation_id == "recheck":
+        values["invoice_id"] = await live.invoice()
+    elif op.operation_id == "settle":
+        values["invoice_id"] = await live.invoice("expired", PAID_LATE)
+    elif op.operation_id == "dismiss":
+        values["item_id"] = await live.review_item()
+    elif op.operation_id == "retry_task":
+        values["invoice_id"] = await live.failed_task()
+    elif op.operation_id in ("pause_provider", "resume_provider"):
+        await live.set_paused(op.operation_id == "resume_provider")
+    elif "key_id" in op.path_params:  # a fresh key to revoke each time
         values["key_id"], _ = await add_key(live.backend, "read-only")
     path = op.path.format(**values)
     body: dict[str, Any] | None = None
