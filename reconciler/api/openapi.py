@@ -27,8 +27,8 @@ _TEXT: dict[str, Any] = {"type": "string"}
 _TIMESTAMP: dict[str, Any] = {"type": "string", "description": "UTC, 2026-01-02T03:04:05.000000Z"}
 _NULLABLE_TIMESTAMP: dict[str, Any] = {"type": ["string", "null"], "description": _TIMESTAMP["description"]}
 _ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_ID}
-# what a person writes: no control characters (C0, DEL, C1)
-_PLAIN_TEXT = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+# what a person writes: something besides spaces, and no control characters (C0, DEL, C1)
+_PLAIN_TEXT = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -232,7 +232,11 @@ _LIMIT = Param(
     {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
     "rows per page; more than `[api] max_page` is read as `max_page`",
 )
-_CURSOR = Param("cursor", {"type": "string", "maxLength": 512}, "the `next_cursor` of the previous page")
+_CURSOR = Param(
+    "cursor",
+    {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,512}$"},
+    "the `next_cursor` of the previous page, as it came (opaque: any other value is 400)",
+)
 _PAGED = (_LIMIT, _CURSOR)
 _AGE = {"type": "string", "pattern": "^[0-9]{1,6}[smhd]$"}
 

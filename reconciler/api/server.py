@@ -135,7 +135,10 @@ class ApiServer:
         except web.HTTPMethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.allowed_methods))
             return ApiError(
-                405, "method-not-allowed", f"{request.method} is not allowed here (allowed: {allowed})"
+                405,
+                "method-not-allowed",
+                f"{request.method} is not allowed here (allowed: {allowed})",
+                headers={hdrs.ALLOW: allowed},
             ).response()
         except web.HTTPNotFound:
             return ApiError(
