@@ -716,7 +716,7 @@ def test_an_unknown_section_in_an_environment_variable_is_refused(tmp_path: Path
 
     assert message == (
         "$RECONCILER_RECONCLE__BATCH_SIZE: reconcle: unknown key (did you mean 'reconcile'? accepted: "
-        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http; "
+        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api; "
         "not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)"
     )
 
@@ -843,7 +843,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
 
     assert message.splitlines() == [
         "$RECONCILER_RECONCLE__X: reconcle: unknown key (did you mean 'reconcile'? accepted: "
-        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http; "
+        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api; "
         "not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)",
         f"{source}: providers.shop.api_key_file: {missing}: no such file",
         f"{source}: reconcile.interval: invalid duration '60 s': write a whole number and a unit, e.g. 90s, 15m, "
