@@ -67,6 +67,11 @@ def test_recheck_retry_task_and_provider_pause_resume(workspace: Workspace) -> N
 
     paused = workspace.run("provider", "pause", "fake", "--reason", "maintenance", config=config)
     assert paused.returncode == 0 and "provider fake paused" in paused.stdout, paused
+    status = json.loads(workspace.run("status", "--json", config=config).stdout)
+    assert [(c["provider_id"], c["by"], c["reason"]) for c in status["paused"]] == [
+        ("fake", actor(), "maintenance")
+    ]
+    assert "fake: by " in workspace.run("status", config=config).stdout
     refused = workspace.run("recheck", iid, config=config)
     assert_refused(refused, "refused (not-applicable)", "provider fake is paused", code=1)
     once = workspace.run("--once", config=config)
@@ -74,6 +79,7 @@ def test_recheck_retry_task_and_provider_pause_resume(workspace: Workspace) -> N
     assert workspace.shop.scalar("SELECT status FROM invoices WHERE id = ?", (iid,)) == "pending"
     resumed = workspace.run("provider", "resume", "fake", config=config)
     assert resumed.returncode == 0, resumed
+    assert json.loads(workspace.run("status", "--json", config=config).stdout)["paused"] == []
 
     rechecked = workspace.run("recheck", iid, "--json", config=config)
     assert rechecked.returncode == 0, rechecked
