@@ -12,7 +12,7 @@ BTCPay in its own process on loopback (bench/fake_server.py): `latency` on every
 
     (a) the original algorithm (bench/original.py): sequential, one GET per invoice
     (b) `reconciler --once` with `[providers.btcpay] batch = false` (single GETs)
-    (c) `reconciler --once` as configured by default (batched reads where the build has them)
+    (c) `reconciler --once` with batching on (the default `batch = true`: BTCPay's list read page by page)
 
 and with `--pg` also (b) run by K instances at once on one schema (default K = 4), where the provider is
 the limit. Each figure is the median of 3 runs for N <= 10,000 (one run above; `--runs` overrides), the
@@ -69,7 +69,6 @@ LABELS = {
     "b": "(b) --once, batch = false",
     "c": "(c) --once, batching on",
 }
-NOT_AVAILABLE = "not available in this build"
 
 
 def label_of(variant: str, instances: int) -> str:
@@ -346,25 +345,6 @@ def reconciler_config(
     return path
 
 
-def batching_available(work: Path, files: Files) -> bool:
-    """Whether this build accepts `batch = false` (check-config exit 2 naming it: batching is absent)."""
-    config = reconciler_config(
-        work / "check-batch.toml", f"sqlite://{work / 'unused.db'}", "http://127.0.0.1:9", files, 1, True
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "reconciler", "--config", str(config), "check-config"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        check=False,
-    )
-    if done.returncode == 0:
-        return True
-    if done.returncode == 2 and f"providers.{world.PROVIDER}.batch" in done.stdout + done.stderr:
-        return False
-    raise SystemExit(f"bench: check-config failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-
-
 # --- runs ------------------------------------------------------------------------------------------
 
 
@@ -390,7 +370,6 @@ class Bench:
     args: argparse.Namespace
     work: Path
     files: Files
-    batching: bool
 
     def run(
         self,
@@ -425,7 +404,7 @@ class Bench:
                     fake.base_url,
                     self.files,
                     self.args.max_concurrency or self.args.concurrency,
-                    batch_off=variant == "b" and self.batching,
+                    batch_off=variant == "b",
                 )
                 command = [
                     sys.executable,
@@ -660,7 +639,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def header(args: argparse.Namespace, db_kind: str, batching: bool) -> list[str]:
+def header(args: argparse.Namespace, db_kind: str) -> list[str]:
     mix = {
         "settled": "every invoice Settled and paid in full (a license each)",
         "mixed": "5/8 Settled, 1/8 Expired, 1/8 Invalid, 1/8 New",
@@ -669,7 +648,7 @@ def header(args: argparse.Namespace, db_kind: str, batching: bool) -> list[str]:
     return [
         f"bench/pass.py on {db_kind}: L = {args.latency_ms:g} ms, server cap C = {args.concurrency},"
         f" max_concurrency = {args.max_concurrency or args.concurrency}; {mix}",
-        f"batching: {'available' if batching else NOT_AVAILABLE + ' (check-config refuses batch = false): (c) runs what (b) runs'}",
+        "(b): batch = false, one GET per invoice; (c): batch = true, due invoices read from list pages",
         f"host: {platform.node()}, {os.cpu_count()} CPUs, load average {load} at start",
         "wall s: the process, start-up included; x bound: wall / (list pages x L + single GETs x L / C);"
         " net CPU: CPU ms/inv less an empty pass's; peak C: most requests the fake served at once;"
@@ -686,11 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = Files(work / "signing-key.pem", work / "btcpay-api-key")
         licenses.write_new_key(files.signing_key)
         files.api_key.write_text(world.API_KEY, encoding="utf-8")
-        batching = batching_available(work, files)
         db_kind = "PostgreSQL" if args.pg else "SQLite"
-        for line in header(args, db_kind, batching):
+        for line in header(args, db_kind):
             print(line, flush=True)
-        bench = Bench(args, work, files, batching)
+        bench = Bench(args, work, files)
         empty = measure_count(bench, 0, None)
         startup = {(r["variant"], r["instances"]): r["summary"] for r in empty}
         results: list[dict[str, Any]] = []
@@ -715,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_concurrency": args.concurrency,
         "max_concurrency": args.max_concurrency or args.concurrency,
         "mix": args.mix,
-        "batching": "available" if batching else NOT_AVAILABLE,
+        "batching": "available",
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "empty_pass": empty,
         "results": results,

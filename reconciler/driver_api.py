@@ -7,8 +7,9 @@ A driver is a class registered in the entry-point group ``reconciler.drivers``::
 
 It satisfies the :class:`Driver` Protocol: a pydantic ``Settings`` model of its own options, a
 constructor ``Driver(provider_id, settings, common, session)``, ``fetch(provider_invoice_id) ->
-Snapshot`` and ``check()``. It may also implement ``fetch_many`` (:class:`SupportsFetchMany`) and
-``post_settle`` (:class:`SupportsPostSettle`).
+Snapshot`` and ``check()``. It may also implement ``fetch_page`` (:class:`SupportsFetchPages`: one page
+of the invoices created in a window), ``fetch_many`` (:class:`SupportsFetchMany`) and ``post_settle``
+(:class:`SupportsPostSettle`).
 
 Retries, circuit breaking, concurrency and rate limits live in the core's runner, not in drivers:
 a driver makes one attempt and translates every HTTP or JSON failure into one of the
@@ -33,6 +34,7 @@ from pydantic import SecretStr
 from reconciler import errors, providers_http
 from reconciler.driver_types import (
     MAX_SATS,
+    PAGE_ITEM_BYTES,
     TEXT_MAX,
     CommonSettings,
     Done,
@@ -40,12 +42,15 @@ from reconciler.driver_types import (
     DriverSettings,
     NotApplicable,
     NotYet,
+    Page,
+    PageRequest,
     PaymentProfile,
     PostSettleResult,
     PostSettleTask,
     ProviderStatus,
     Snapshot,
     SupportsFetchMany,
+    SupportsFetchPages,
     SupportsPostSettle,
 )
 from reconciler.driver_values import (
@@ -62,6 +67,7 @@ from reconciler.driver_values import (
 
 __all__ = [
     "MAX_SATS",
+    "PAGE_ITEM_BYTES",
     "RAW_EVIDENCE_MAX",
     "RETRY_AFTER_MAX",
     "TEXT_MAX",
@@ -75,6 +81,8 @@ __all__ = [
     "JsonClient",
     "NotApplicable",
     "NotYet",
+    "Page",
+    "PageRequest",
     "PaymentProfile",
     "PostSettleResult",
     "PostSettleTask",
@@ -85,6 +93,7 @@ __all__ = [
     "SecretStr",
     "Snapshot",
     "SupportsFetchMany",
+    "SupportsFetchPages",
     "SupportsPostSettle",
     "ascii_upper",
     "auth_header",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -91,6 +92,10 @@ class CommonSettings(BaseModel):
     )
     breaker_threshold: int = Field(default=5, ge=1, le=1000, description="fetches in a row without an answer")
     breaker_cooldown: float = Field(default=60.0, gt=0, description="seconds without requests once open")
+    batch: bool = Field(
+        default=True, description="batched reads (fetch_page, fetch_many) when the driver has them"
+    )
+    page_size: int = Field(default=200, ge=10, le=1000, description="invoices asked per list page")
 
     @property
     def worst_fetch(self) -> float:
@@ -171,6 +176,46 @@ class Driver(Protocol):
 class SupportsFetchMany(Protocol):
     async def fetch_many(self, provider_invoice_ids: Sequence[str]) -> Mapping[str, Snapshot | DriverError]:
         """Ask about several invoices at once; an id missing from the answer is not found."""
+        ...
+
+
+PAGE_ITEM_BYTES = 16 * 1024
+"""The body bytes one listed invoice is allowed when a driver does not say (``page_item_bytes``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """One page of a provider's invoice list (docs/drivers.md §2.1): the invoices created from
+    ``created_from`` to ``created_to`` (both inclusive, aware datetimes), newest first, skipping
+    ``skip`` and answering at most ``take``."""
+
+    created_from: datetime
+    created_to: datetime
+    skip: int
+    take: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A provider's answer to a :class:`PageRequest`.
+
+    ``answers`` holds one entry per listed invoice with a usable id: its Snapshot, or the
+    DriverError its item alone earned (an item that failed the parse loses nothing else).
+    ``items`` is how many items the page held, usable or not: fewer than ``take`` ends the list.
+    """
+
+    answers: Mapping[str, Snapshot | DriverError]
+    items: int
+
+
+@runtime_checkable
+class SupportsFetchPages(Protocol):
+    async def fetch_page(self, request: PageRequest) -> Page:
+        """One page of the invoices created in a window, newest first; one attempt, errors translated.
+
+        A driver may set ``page_item_bytes: ClassVar[int]``, the body bytes one listed invoice may
+        take (default :data:`PAGE_ITEM_BYTES`): the core asks no more than ``max_response_bytes //
+        page_item_bytes`` invoices per page, so that a full page fits the body limit."""
         ...
 
 

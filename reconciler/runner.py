@@ -297,7 +297,10 @@ class Runner:
             )
             return Skip(invoice, provider_id, reason)
         answer = await self._gate(p, provider).ask(
-            invoice.provider_invoice_id, invoice_id=invoice.id, lease_until=lease_until
+            invoice.provider_invoice_id,
+            invoice_id=invoice.id,
+            lease_until=lease_until,
+            created_at=invoice.created_at,
         )
         if isinstance(answer, Failure | Release):
             return Unanswered(invoice, provider.id, answer)

@@ -45,7 +45,8 @@ def driver_problems(cls: object) -> list[str]:
 
     The same checks, by the same code, as loading a configured driver: a class, a ``Settings`` that
     subclasses ``DriverSettings`` and keeps ``extra="forbid"``, ``post_settle_kinds`` a tuple of strings,
-    ``fetch`` and ``check`` coroutine functions, and ``fetch_many`` / ``post_settle`` too when present.
+    ``fetch`` and ``check`` coroutine functions, ``fetch_page`` / ``fetch_many`` / ``post_settle`` too when
+    present, and ``page_item_bytes`` a positive int when present.
     """
     return driver_checks.problems(cls)
 

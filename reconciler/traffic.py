@@ -1,6 +1,7 @@
 """Provider traffic (docs/reconcile.md §3, §16): per-provider concurrency, request rate, Retry-After pauses
-that hold the whole provider, retries with jittered exponential backoff, an outer timeout, `fetch_many`
-batching, and the error policy that turns what a driver raised into one invoice's outcome.
+that hold the whole provider, retries with jittered exponential backoff, an outer timeout, batched reads
+(`listing.Lister` for `fetch_page`, `batching.Batcher` for `fetch_many`, unless `batch = false`), and the
+error policy that turns what a driver raised into one invoice's outcome.
 
 Drivers make one attempt per call; everything about how often and how many is decided here, once. A
 `Retry-After` longer than the provider's `retry_max_delay` ends the provider for the pass at once: every
@@ -15,78 +16,61 @@ then one probe goes alone.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from loguru import logger
 
-from reconciler import batching, driver_api, errors
+from reconciler import batching, driver_api, errors, listing
 from reconciler.breaker import Breaker, CircuitOpen, CircuitState, Signal, Ticket, _signal
-from reconciler.decide import Answer, BadResponse, DecisionKind, NotFound
-from reconciler.driver_api import CommonSettings, Driver, ProviderUnavailable, Snapshot, SupportsFetchMany
+from reconciler.decide import Answer, BadResponse, NotFound
+from reconciler.driver_api import (
+    ProviderUnavailable,
+    Snapshot,
+    SupportsFetchMany,
+    SupportsFetchPages,
+)
+from reconciler.outcomes import (
+    _OUTCOMES,
+    RELEASE,
+    REQUEST_OUTCOMES,
+    RETRY_AFTER_MAX,
+    Failure,
+    Provider,
+    Release,
+    retry_after_seconds,
+)
 from reconciler.timeutil import Clock
+
+__all__ = [
+    "RELEASE",
+    "REQUEST_OUTCOMES",
+    "RETRY_AFTER_MAX",
+    "_OUTCOMES",
+    "Failure",
+    "Provider",
+    "ProviderGate",
+    "Release",
+    "Sleep",
+    "retry_after_seconds",
+]
 
 Sleep = Callable[[float], Awaitable[None]]
 _T = TypeVar("_T")
 
-#: The longest wait a provider can ask of us; a longer (or absurd) Retry-After counts as this long.
-RETRY_AFTER_MAX = driver_api.RETRY_AFTER_MAX
-
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    """A configured provider: its id, live driver and the core-owned settings."""
-
-    id: str
-    driver: Driver
-    common: CommonSettings
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A fetch that produced no answer: the invoice stays untouched and is rescheduled (not before
-    `not_before` when the provider asked us to wait). With `circuit_open` nothing was asked: the
-    provider's outage circuit is open until `not_before`, and the invoice waits exactly that long."""
-
-    message: str
-    not_before: datetime | None = None
-    kind: DecisionKind = DecisionKind.PROVIDER_ERROR
-    circuit_open: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """The lease is too short for a fetch to start: release the invoice untouched; the pass claims it again."""
-
-
-RELEASE = Release()
-
-_OUTCOMES: dict[type[BaseException], str] = {
-    errors.InvoiceNotFound: "not_found",
-    errors.BadProviderResponse: "bad_response",
-    errors.ProviderAuthError: "auth_error",
-    errors.ProviderUnavailable: "unavailable",
-}
-
-#: Every outcome a request can be counted under (metrics create each series up front).
-REQUEST_OUTCOMES = ("ok", "not_found", "bad_response", "auth_error", "unavailable", "error")
-
-
-def retry_after_seconds(value: float | None) -> float | None:
-    """A driver's `retry_after` made safe: None unless a finite non-negative number, at most RETRY_AFTER_MAX."""
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or value < 0:
-        return None
-    return min(float(value), RETRY_AFTER_MAX)
-
 
 class _Ended(ProviderUnavailable):
     """The provider asked us to come back later than `retry_max_delay`: no more requests this pass."""
+
+
+class _NotAsked(Exception):
+    """A listed invoice that must ask alone, once its turn comes, is not asked after all: `outcome`."""
+
+    def __init__(self, outcome: Failure | Release) -> None:
+        super().__init__()
+        self.outcome = outcome
 
 
 class ProviderGate:
@@ -124,22 +108,39 @@ class ProviderGate:
         self._fetches = 0
         self._answers = 0
         self._unexpected = 0
-        driver = provider.driver
-        self._batcher = batching.Batcher(self, driver) if isinstance(driver, SupportsFetchMany) else None
+        driver, batch = provider.driver, provider.common.batch
+        self._lister = (
+            listing.Lister(self, driver) if batch and isinstance(driver, SupportsFetchPages) else None
+        )
+        self._batcher = (
+            batching.Batcher(self, driver)
+            if batch and self._lister is None and isinstance(driver, SupportsFetchMany)
+            else None
+        )
 
     # -- the error policy: one invoice's answer, failure or release ----------------------------------------
     async def ask(
-        self, provider_invoice_id: str, *, invoice_id: str, lease_until: datetime | None
+        self,
+        provider_invoice_id: str,
+        *,
+        invoice_id: str,
+        lease_until: datetime | None,
+        created_at: datetime | None = None,
     ) -> Answer | Failure | Release:
-        """Ask about one invoice under this provider's rules; never raises a driver's error."""
-        # A batching provider's semaphore bounds its fetch_many calls, not the invoices waiting in a batch.
-        if self._batcher is None:
+        """Ask about one invoice under this provider's rules; never raises a driver's error. With its
+        `created_at`, a listing provider reads it from a page of its creation window."""
+        # A batching provider's semaphore bounds its requests, not the invoices waiting for a page or batch.
+        if self._batcher is None and self._lister is None:
             async with self.semaphore:
-                return await self._ask(provider_invoice_id, invoice_id, lease_until)
-        return await self._ask(provider_invoice_id, invoice_id, lease_until)
+                return await self._ask(provider_invoice_id, invoice_id, lease_until, None)
+        return await self._ask(provider_invoice_id, invoice_id, lease_until, created_at)
 
     async def _ask(
-        self, provider_invoice_id: str, invoice_id: str, lease_until: datetime | None
+        self,
+        provider_invoice_id: str,
+        invoice_id: str,
+        lease_until: datetime | None,
+        created_at: datetime | None,
     ) -> Answer | Failure | Release:
         provider = self.provider
         if self.circuit_open:
@@ -150,13 +151,14 @@ class ProviderGate:
         await self.breaker.settled()
         if self.breaker.state is CircuitState.OPEN:
             return self._held_back(self.breaker.refused())
-        if lease_until is not None and lease_until - self.clock() < timedelta(
-            seconds=provider.common.worst_fetch
-        ):
+        if self._lease_short(lease_until):
             return RELEASE
         self._fetches += 1
         try:
-            answer = await self.fetch(provider_invoice_id)
+            answer = await self.fetch(provider_invoice_id, created_at=created_at, lease_until=lease_until)
+        except _NotAsked as exc:
+            self._fetches -= 1
+            return exc.outcome
         except errors.InvoiceNotFound as exc:
             self._answered()
             return NotFound(exc.message)
@@ -187,17 +189,14 @@ class ProviderGate:
             )
             return Failure(exc.message)
         except Exception as exc:  # third-party driver code: isolate it (docs/reconcile.md §11), never ours
-            self._unexpected += 1
-            if self._unexpected == 1:
-                logger.opt(exception=True).bind(invoice_id=invoice_id, provider_id=provider.id).error(
-                    "provider {}: the driver raised an unexpected exception (invoice {}); "
-                    "further ones this pass are counted, not logged",
-                    provider.id,
-                    invoice_id,
-                )
+            self.driver_bug(exc, f"invoice {invoice_id}", invoice_id=invoice_id)
             return Failure(f"the driver raised {type(exc).__name__}")
         self._answered()
         return answer
+
+    def _lease_short(self, lease_until: datetime | None) -> bool:
+        worst = timedelta(seconds=self.provider.common.worst_fetch)
+        return lease_until is not None and lease_until - self.clock() < worst
 
     def _held_back(self, exc: CircuitOpen) -> Failure:
         return Failure(exc.message, self.breaker.open_until, circuit_open=True)
@@ -220,13 +219,45 @@ class ProviderGate:
         return None
 
     # -- requests ------------------------------------------------------------------------------------------
-    async def fetch(self, provider_invoice_id: str) -> Snapshot:
-        """One invoice's snapshot under this provider's rules (gathered into a batch when the driver can)."""
-        if self._batcher is not None:
+    async def fetch(
+        self,
+        provider_invoice_id: str,
+        *,
+        created_at: datetime | None = None,
+        lease_until: datetime | None = None,
+    ) -> Snapshot:
+        """One invoice's snapshot under this provider's rules (from a page or a batch when the driver can)."""
+        fetch_one = self.provider.driver.fetch
+        if self._lister is not None and created_at is not None:
+            listed = await self._lister.fetch(provider_invoice_id, created_at, lease_until)
+            if listed is None:  # not on a page: ask alone, under the semaphore like any single GET
+                async with self.semaphore:  # what _ask checked before the wait, again after it
+                    if self.circuit_open:
+                        raise _NotAsked(Failure("credentials refused earlier in this pass"))
+                    if self._lease_short(lease_until):
+                        raise _NotAsked(RELEASE)
+                    listed = await self.call(lambda: fetch_one(provider_invoice_id))
+            snapshot: object = listed
+        elif self._batcher is not None:
             snapshot = await self._batcher.fetch(provider_invoice_id)
         else:
-            snapshot = await self.call(lambda: self.provider.driver.fetch(provider_invoice_id))
+            snapshot = await self.call(lambda: fetch_one(provider_invoice_id))
         return self.checked(snapshot, provider_invoice_id)
+
+    def ends_provider(self, exc: BaseException) -> bool:
+        """Whether `exc`, a page's failure, is every waiting invoice's outcome (it ends the provider for now)."""
+        return isinstance(exc, errors.ProviderAuthError | CircuitOpen | _Ended)
+
+    def driver_bug(self, exc: BaseException, where: str, *, invoice_id: str | None = None) -> None:
+        """Count an unexpected exception from the driver; the first of the pass is logged with its traceback."""
+        self._unexpected += 1
+        if self._unexpected == 1:
+            logger.opt(exception=exc).bind(invoice_id=invoice_id, provider_id=self.provider.id).error(
+                "provider {}: the driver raised an unexpected exception ({}); "
+                "further ones this pass are counted, not logged",
+                self.provider.id,
+                where,
+            )
 
     def checked(self, snapshot: object, provider_invoice_id: str) -> Snapshot:
         """A driver's answer as a Snapshot the store can write, or BadProviderResponse."""

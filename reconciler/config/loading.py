@@ -365,7 +365,12 @@ def _declared_type(loc: tuple[str, ...]) -> Any:
 
 
 def _environment_value(text: str, declared: Any, read: Any) -> Any:
-    """A variable's value as its key's declared kind of number, from its ``text``; else as the library ``read`` it."""
+    """A variable's value as its key's declared kind of number or switch, from its ``text``; else as the library
+    ``read`` it."""
+    if declared is bool:
+        if text.strip().lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.strip().lower() == "true"
     kind = _number_kind(declared)
     if kind is int:
         if not _INTEGER_TEXT.fullmatch(text):

@@ -196,6 +196,9 @@ class ProviderConfig(BaseModel):
             try:
                 if key in _COMMON_DURATIONS:
                     converted[key] = _COMMON_DURATIONS[key].validate_python(item).total_seconds()
+                elif key in _COMMON_FIELDS and _COMMON_FIELDS[key].annotation is bool:
+                    if not isinstance(item, bool):  # pydantic's lax bool would take 1, "yes" or "off"
+                        raise ValueError("expected true or false")
                 elif key in _COMMON_FIELDS and (kind := _number_kind(_COMMON_FIELDS[key].annotation)):
                     (_whole_number if kind is int else _number)(item)
             except ValidationError as exc:

@@ -116,6 +116,10 @@ async def _problem_details_bodies(fake: btcpay.FakeBTCPay, session: aiohttp.Clie
     return await fetch(session, f"{fake.base_url}{INVOICES}/missing")
 
 
+async def _validation_problem_bodies(fake: btcpay.FakeBTCPay, session: aiohttp.ClientSession) -> int:
+    return await fetch(session, f"{fake.base_url}{INVOICES}?startDate=yesterday")
+
+
 async def _api_keys_current(fake: btcpay.FakeBTCPay, session: aiohttp.ClientSession) -> int:
     return await fetch(session, f"{fake.base_url}/api/v1/api-keys/current")
 
@@ -149,6 +153,7 @@ SCENARIOS: dict[str, Scenario] = {
     "legacy-status": _legacy_status,
     "future-status": _future_status,
     "problem-details-bodies": _problem_details_bodies,
+    "validation-problem-bodies": _validation_problem_bodies,
     "api-keys-current": _api_keys_current,
     "injected-error-status": _injected_error_status,
     "fault-garbage-body": _fault_garbage_body,

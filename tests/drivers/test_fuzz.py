@@ -1,4 +1,5 @@
-"""Fuzz both drivers over a real socket (issue 10): 10,000 hostile answers each, nothing escapes.
+"""Fuzz both drivers over a real socket (issue 10): 10,000 hostile answers each, nothing escapes; BTCPay's
+list pages too (issue 12): every item a storable Snapshot or that item's own bad response.
 
 Hypothesis generates bodies, headers, statuses and ways of sending them (``fuzz_answers``); one fake
 server per test serves them. Every ``fetch`` (and Zaprite's ``post_settle``) either returns what the
@@ -16,6 +17,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -347,6 +349,68 @@ def test_btcpay_fetch_never_lets_anything_but_a_driver_error_escape(
     # The generator reaches every outcome, or it tests less than it claims.
     assert {"Snapshot", "BadProviderResponse", "ProviderUnavailable", "InvoiceNotFound"} <= set(outcomes)
     assert "ProviderAuthError" in outcomes
+
+
+# --- BTCPay list pages ------------------------------------------------------------------------------------
+
+_PAGE = [
+    btcpay.make_invoice("inv1", "Settled", payments=[btcpay.Payment("0.001")]),
+    btcpay.make_invoice("inv2", "Expired", "PaidPartial", payments=[btcpay.Payment("0.0004")]),
+]
+_PAGE_PATHS: list[fz.Path] = [(n, *path) for n in range(2) for path in _BTCPAY_PATHS] + [
+    (0, "storeId"),
+    (),
+]
+PAGE_BODIES = fz.json_bodies(
+    fz.mutated(
+        _PAGE,
+        _PAGE_PATHS,
+        {
+            "id": ["inv1", "inv2", "", "x" * 201],
+            "storeId": [btcpay.STORE_ID, "another-store", None],
+            "status": _STATUS_WORDS,
+            "additionalStatus": _STATUS_WORDS,
+            "amount": fz.DECIMALS,
+            "value": fz.DECIMALS,
+            "currency": ["BTC", "SATS", "USD", "btc", "\u017fats", ""],
+            "cryptoCode": ["BTC", "LTC"],
+        },
+    )
+)
+PAGE_REQUEST = driver_api.PageRequest(
+    datetime.fromtimestamp(1_767_225_000, UTC), datetime.fromtimestamp(1_767_226_000, UTC), 0, 50
+)
+
+
+async def btcpay_page_example(context: BTCPayContext, answer: RawAnswer) -> tuple[object, str]:
+    context.fake.log.clear()
+    context.fake.fault("invoices", answers=[answer])
+    result = await settle(context.driver.fetch_page(PAGE_REQUEST))
+    if not isinstance(result, driver_api.Page):
+        return result, "inv1"
+    assert isinstance(result.items, int) and result.items >= len(result.answers)
+    for invoice_id, item in result.answers.items():
+        kind = classify(item, provider_id="btcpay_fuzz", invoice_id=invoice_id, secret=btcpay.API_KEY)
+        assert kind in ("Snapshot", "BadProviderResponse"), kind
+    return CHECK_PASSED, "inv1"
+
+
+@pytest.mark.fuzz
+def test_btcpay_list_pages_never_let_anything_but_a_driver_error_escape(
+    capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None]
+) -> None:
+    outcomes = run(
+        make_btcpay,
+        btcpay_page_example,
+        fz.answers(PAGE_BODIES),
+        provider_id="btcpay_fuzz",
+        secret=btcpay.API_KEY,
+        capsys=capsys,
+        record_property=record_property,
+        label="BTCPay list fuzz",
+    )
+    # CheckPassed: a page, each of its answers a storable Snapshot or that item's own bad response
+    assert {"CheckPassed", "BadProviderResponse", "ProviderUnavailable"} <= set(outcomes)
 
 
 # --- Zaprite ----------------------------------------------------------------------------------------------

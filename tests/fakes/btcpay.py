@@ -4,8 +4,10 @@ Routes (what the driver and an operator's checks read)::
 
     GET /api/v1/health                                                  no auth
     GET /api/v1/api-keys/current
-    GET /api/v1/stores/{storeId}/invoices                               orderId*, status*, skip, take,
-                                                                        includePaymentMethods
+    GET /api/v1/stores/{storeId}/invoices                               startDate, endDate, orderId*,
+                                                                        status*, skip, take,
+                                                                        includePaymentMethods,
+                                                                        includeArchived
     GET /api/v1/stores/{storeId}/invoices/{invoiceId}                   includePaymentMethods
     GET /api/v1/stores/{storeId}/invoices/{invoiceId}/payment-methods   onlyAccountedPayments
 
@@ -13,7 +15,9 @@ Like BTCPay: ``Authorization: token <key>`` (``Bearer`` too unless ``accept_bear
 before 2.0.6); 401 ``unauthenticated`` without a known key; 403 ``missing-permission`` when the key
 cannot view the store's invoices, and for an invoice that belongs to another store; 404
 ``invoice-not-found``. Invoices come from :func:`make_invoice` and are valid against the fixtures'
-``InvoiceData``; what real servers send that the fixtures do not describe is one of the named
+``InvoiceData``; the list is :mod:`tests.fakes.btcpay_list`'s (newest first, inclusive creation window,
+skip/take, archived invoices hidden unless asked for: :meth:`FakeBTCPay.archive`). What real servers
+send that the fixtures do not describe is one of the named
 :data:`DEVIATIONS`, and every logged answer lists the deviations it uses, so
 :func:`validate_exchanges` checks the whole log strictly.
 
@@ -55,6 +59,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import btcpay_list
 from tests.fakes.openapi import Deviation, OpenAPIDocument
 from tests.fakes.raw import RawAnswer
 
@@ -92,16 +97,6 @@ _VIEW_INVOICES = {
     "btcpay.store.canmodifyinvoices",
     "btcpay.store.canviewstoresettings",
     "btcpay.store.canmodifystoresettings",
-}
-_STATUS_FILTER_ALIASES = {
-    "new": "New",
-    "processing": "Processing",
-    "paid": "Processing",
-    "settled": "Settled",
-    "complete": "Settled",
-    "confirmed": "Settled",
-    "expired": "Expired",
-    "invalid": "Invalid",
 }
 # Deviations every answer of a route uses.
 _ROUTE_DEVIATIONS = {"/api/v1/api-keys/current": ("api-keys-current",)}
@@ -171,6 +166,12 @@ def _injected_error_status(doc: dict[str, Any]) -> None:
         operation["responses"].setdefault("default", {"description": "error", "content": _PROBLEM})
 
 
+def _validation_problem_bodies(doc: dict[str, Any]) -> None:
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationProblemDetails"}}}
+    operation = doc["paths"]["/api/v1/stores/{storeId}/invoices"]["get"]
+    operation["responses"]["422"] = {"description": "ValidationProblemDetails", "content": body}
+
+
 def _api_keys_current(doc: dict[str, Any]) -> None:
     _schemas(doc)["ApiKeyData"] = {
         "type": "object",
@@ -225,6 +226,12 @@ DEVIATIONS: dict[str, Deviation] = {
             "401/403/404 carry a ProblemDetails body (code, message, missingPermission) the document "
             "lists without content or not at all",
             _problem_details_bodies,
+        ),
+        Deviation(
+            "validation-problem-bodies",
+            "the invoice list answers a bad startDate/endDate/skip/take with 422 and a "
+            "ValidationProblemDetails array; the operation declares only ProblemDetails as its default",
+            _validation_problem_bodies,
         ),
         Deviation(
             "api-keys-current",
@@ -482,6 +489,14 @@ class FakeBTCPay:
         for invoice in invoices:
             self.invoices[invoice["id"]] = invoice
 
+    def archive(self, invoice_id: str) -> None:
+        """Archive an invoice: the list hides it unless ``includeArchived=true``; its own GET still answers."""
+        self.invoices[invoice_id]["archived"] = True
+
+    def listed(self) -> list[Exchange]:
+        """The list requests received, in order."""
+        return [e for e in self.log if e.target == "invoices"]
+
     def fault(self, target: str | None = None, **knobs: Any) -> Fault:
         """Install a :class:`Fault` for ``target`` (``None``: every request without its own fault)."""
         self.faults[target] = Fault(**knobs)
@@ -671,26 +686,10 @@ class FakeBTCPay:
         return _Answer(200, methods, ("v1-payment-method-fields",) if v1 else ())
 
     def _list_invoices(self, request: web.Request, key: str | None) -> _Answer:
-        store = request.match_info["storeId"]
-        order_ids = set(request.query.getall("orderId", []))
-        wanted = {_STATUS_FILTER_ALIASES.get(s.lower()) for s in request.query.getall("status", [])} - {None}
-        with_methods = request.query.get("includePaymentMethods", "").lower() == "true"
-        found = [
-            invoice
-            for invoice in sorted(self.invoices.values(), key=lambda i: i["createdTime"], reverse=True)
-            if invoice["storeId"] == store
-            and (not order_ids or invoice["metadata"].get("orderId") in order_ids)
-            and (not wanted or invoice["status"] in wanted)
-        ]
-        skip, take = _int(request.query.get("skip")), _int(request.query.get("take"))
-        found = found[skip or 0 :][:take] if take is not None else found[skip or 0 :]
-        bodies: list[dict[str, Json]] = []
-        deviations: set[str] = set()
-        for invoice in found:
-            body, used = _present(invoice, with_methods)
-            bodies.append(body)
-            deviations.update(used)
-        return _Answer(200, bodies, tuple(sorted(deviations)))
+        status, body, deviations = btcpay_list.list_invoices(
+            self.invoices.values(), request.match_info["storeId"], request.query, _present
+        )
+        return _Answer(status, body, deviations)
 
     # --- control plane (not logged) ---
 
@@ -744,13 +743,6 @@ def _present(invoice: Mapping[str, Json], with_methods: bool) -> tuple[dict[str,
     ):
         deviations.append("future-status")
     return body, tuple(deviations)
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def validate_exchanges(document: OpenAPIDocument, exchanges: Iterable[Exchange]) -> int:

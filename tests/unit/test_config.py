@@ -405,6 +405,8 @@ def test_masked_shows_durations_as_written(tmp_path: Path) -> None:
         "max_response_bytes": 4194304,
         "breaker_threshold": 5,
         "breaker_cooldown": "1m",
+        "batch": True,
+        "page_size": 200,
         "base_url": "https://pay.example.com",
     }
     assert masked["http"] == {"listen": "127.0.0.1:9464"}
@@ -816,7 +818,7 @@ def test_every_whole_number_key_of_a_provider_is_strict_in_the_file_and_converte
         tmp_path, PROVIDER + f"{key} = true\n"
     )
 
-    value = 7000 if key == "max_response_bytes" else 7  # within each key's bounds
+    value = {"max_response_bytes": 7000, "page_size": 70}.get(key, 7)  # within each key's bounds
     cfg = load(tmp_path, PROVIDER, **{f"RECONCILER_PROVIDERS__SHOP__{key.upper()}": str(value)})
 
     assert getattr(cfg.providers["shop"].common, key) == value
@@ -937,8 +939,8 @@ def test_only_a_declared_secret_has_a_file_form(tmp_path: Path) -> None:
 
     assert message.splitlines() == [
         f"{tmp_path / 'config.toml'}: providers.shop.password_file: unknown key (accepted: access_key, api_key, "
-        "base_url, breaker_cooldown, breaker_threshold, ca_bundle_file, driver, max_concurrency, max_response_bytes, "
-        "rate_limit, refresh_token, retry_attempts, retry_max_delay, timeout) (driver 'fake')"
+        "base_url, batch, breaker_cooldown, breaker_threshold, ca_bundle_file, driver, max_concurrency, "
+        "max_response_bytes, page_size, rate_limit, refresh_token, retry_attempts, retry_max_delay, timeout) (driver 'fake')"
     ]
 
 

@@ -48,8 +48,8 @@ def test_every_provider_s_option_problems_are_reported_at_once(tmp_path: Path) -
     assert type(caught.value) is errors.ConfigError
     assert str(caught.value).splitlines() == [
         f"{source}: providers.alpha.script_path: required but not set (driver 'fake')",
-        f"{source}: providers.zeta.latencyy: unknown key (did you mean 'latency'? accepted: breaker_cooldown, breaker_threshold, driver, latency, "
-        "max_concurrency, max_response_bytes, rate_limit, retry_attempts, retry_max_delay, script_path, timeout) (driver 'fake')",
+        f"{source}: providers.zeta.latencyy: unknown key (did you mean 'latency'? accepted: batch, breaker_cooldown, breaker_threshold, driver, "
+        "latency, max_concurrency, max_response_bytes, page_size, rate_limit, retry_attempts, retry_max_delay, script_path, timeout) (driver 'fake')",
     ]
 
 

@@ -1,0 +1,237 @@
+"""Issue 12: BTCPay invoices read from pages of the store's list, through full passes.
+
+A real Runner over a real SQLite shop drives the real BTCPay driver against the fake Greenfield server;
+the fake's request log counts list pages and single GETs. The listing's rules (docs/reconcile.md §3.1):
+a dense creation window is paged, newest first, with its end fixed when the read starts; what the pages
+do not answer asks alone; a sparse window stops paging; a page that fails after its tries loses nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from reconciler.driver_api import CommonSettings, Driver
+from reconciler.runner import PassSummary, Provider, Runner, RunnerSettings
+from reconciler.store.sqlite import SqliteStore
+from tests.conftest import Clock
+from tests.drivers.conftest import MakeBTCPayDriver
+from tests.fakes import btcpay
+from tests.fakes.btcpay import Payment, make_invoice
+from tests.support.shop import Shop
+
+PROVIDER = "btcpay_main"
+PAGE = 20  # page_size of these tests: min_hits = 2
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+class World:
+    """N invoices, one a second, the newest `age` old; the same in the shop and at the fake."""
+
+    def __init__(
+        self,
+        shop: Shop,
+        store: SqliteStore,
+        clock: Clock,
+        signing_key: Ed25519PrivateKey,
+        fake: btcpay.FakeBTCPay,
+        driver: Any,
+    ) -> None:
+        self.shop, self.store, self.clock, self.fake = shop, store, clock, fake
+        self.driver = cast(Driver, driver)
+        self.signing_key = signing_key
+        self.product = shop.product()
+        shop.policy(self.product)
+        self.ids: dict[str, str] = {}
+
+    def invoice(self, pid: str, created: datetime, *, in_shop: bool = True, **btcpay_kwargs: Any) -> None:
+        if in_shop:
+            self.ids[pid] = self.shop.invoice(
+                self.product, provider=PROVIDER, provider_invoice_id=pid, created_at=created
+            )
+        kwargs = {"status": "Settled", "payments": [Payment("0.0001")], "amount": "0.0001"} | btcpay_kwargs
+        self.fake.add(make_invoice(pid, created=int(created.timestamp()), **kwargs))
+
+    def series(self, n: int, *, newest: datetime, prefix: str = "inv", **kwargs: Any) -> list[str]:
+        pids = [f"{prefix}{i:04d}" for i in range(n)]
+        for i, pid in enumerate(pids):
+            self.invoice(pid, newest - timedelta(seconds=i), **kwargs)
+        return pids
+
+    async def run(self, **common: Any) -> PassSummary:
+        settings = {"driver": "btcpay", "timeout": 5.0, "retry_max_delay": 0.0, "page_size": PAGE} | common
+        runner = Runner(
+            self.store,
+            {PROVIDER: Provider(PROVIDER, self.driver, CommonSettings(**settings))},
+            RunnerSettings(),
+            signing_key=self.signing_key,
+            clock=self.clock,
+            owner="test:1:abc",
+            rng=random.Random(7),
+            sleep=_no_sleep,
+        )
+        return await runner.run_pass()
+
+    def pages(self) -> list[btcpay.Exchange]:
+        return self.fake.listed()
+
+    def singles(self) -> list[str]:
+        return [e.target for e in self.fake.log if e.target not in (None, "invoices", "api-keys/current")]
+
+    def statuses(self) -> dict[str, str]:
+        return {pid: self.shop.status(iid) for pid, iid in self.ids.items()}
+
+
+@pytest.fixture
+def world(
+    shop: Shop,
+    store: SqliteStore,
+    clock: Clock,
+    signing_key: Ed25519PrivateKey,
+    btcpay_fake: btcpay.FakeBTCPay,
+    btcpay_make_driver: MakeBTCPayDriver,
+) -> World:
+    return World(shop, store, clock, signing_key, btcpay_fake, btcpay_make_driver(provider_id=PROVIDER))
+
+
+def newest(clock: Clock) -> datetime:
+    return clock.now.astimezone(UTC) - timedelta(minutes=10)
+
+
+async def test_a_dense_window_is_read_in_pages(world: World) -> None:
+    world.series(100, newest=newest(world.clock))
+
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"settle": 100}
+    assert world.singles() == []
+    assert len(world.pages()) <= 100 // PAGE + 2
+    assert set(world.statuses().values()) == {"settled"}
+
+
+def queries(exchanges: list[btcpay.Exchange], key: str) -> list[str]:
+    return [e.query[key][0] for e in exchanges]
+
+
+@pytest.mark.parametrize(("count", "pages"), [(PAGE, 1), (PAGE + 1, 2), (2 * PAGE, 2)])
+async def test_waiting_invoices_filling_or_spilling_a_page(world: World, count: int, pages: int) -> None:
+    world.series(count, newest=newest(world.clock))
+
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"settle": count}
+    assert world.singles() == []
+    assert queries(world.pages(), "skip") == [str(PAGE * n) for n in range(pages)]
+
+
+async def test_invoices_created_during_the_pass_cannot_shift_its_pages(world: World) -> None:
+    world.series(3 * PAGE, newest=newest(world.clock))
+    driver = world.driver
+    fetch_page = driver.fetch_page  # type: ignore[attr-defined]
+    later = newest(world.clock) + timedelta(minutes=1)
+
+    async def while_paging(request: Any) -> Any:
+        page = await fetch_page(request)
+        for n in range(PAGE // 2):  # the shop sells on while the pass reads
+            world.invoice(f"new{request.skip}-{n}", later, in_shop=False)
+        return page
+
+    driver.fetch_page = while_paging  # type: ignore[attr-defined]
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"settle": 3 * PAGE}
+    assert world.singles() == []
+    pages = world.pages()
+    assert queries(pages, "skip") == ["0", str(PAGE), str(2 * PAGE)]
+    assert len(set(queries(pages, "endDate"))) == len(set(queries(pages, "startDate"))) == 1
+    assert not any(item["id"].startswith("new") for e in pages for item in e.body)
+
+
+async def test_archived_invoices_are_read_from_the_pages_too(world: World) -> None:
+    pids = world.series(PAGE, newest=newest(world.clock))
+    for pid in pids[::3]:
+        world.fake.archive(pid)
+
+    assert dict((await world.run()).counts) == {"settle": PAGE}
+    assert world.singles() == []
+
+
+async def test_an_invoice_the_list_does_not_return_asks_alone(world: World) -> None:
+    pids = world.series(PAGE, newest=newest(world.clock))
+    # BTCPay created it an hour before the shop wrote it: outside the window
+    world.invoice("drifted", newest(world.clock) - timedelta(seconds=5), in_shop=True)
+    world.fake.invoices["drifted"]["createdTime"] -= 3600
+    world.invoice("gone", newest(world.clock) - timedelta(seconds=6))
+    del world.fake.invoices["gone"]
+
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"settle": PAGE + 1, "not_found": 1}
+    assert sorted(world.singles()) == ["drifted", "gone"]
+    assert world.statuses()["drifted"] == "settled" and world.statuses()["gone"] == "pending"
+    assert {world.statuses()[pid] for pid in pids} == {"settled"}
+    assert world.shop.audits(world.ids["gone"], action="invoice.provider_not_found")
+
+
+async def test_a_sparse_window_stops_paging_and_asks_alone(world: World) -> None:
+    top = newest(world.clock)
+    due = [f"due{n}" for n in range(PAGE)]
+    for n, pid in enumerate(due):  # one due invoice in every 25 the store holds
+        world.invoice(pid, top - timedelta(seconds=25 * n))
+        for k in range(1, 25):
+            world.invoice(f"other{n}-{k}", top - timedelta(seconds=25 * n + k), in_shop=False)
+
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"settle": PAGE}
+    assert len(world.pages()) == 1  # it listed 1 of PAGE: sparse
+    assert len(world.singles()) == PAGE - 1
+
+
+async def test_a_run_too_small_for_a_page_is_single_gets(world: World) -> None:
+    world.series(1, newest=newest(world.clock))
+
+    assert dict((await world.run()).counts) == {"settle": 1}
+    assert world.pages() == [] and world.singles() == ["inv0000"]
+
+
+async def test_a_page_failing_mid_way_loses_nothing(world: World) -> None:
+    pids = world.series(3 * PAGE, newest=newest(world.clock), status="Expired", payments=[])
+    for pid in pids[::2]:
+        world.fake.add(make_invoice(pid, "New", created=world.fake.invoices[pid]["createdTime"]))
+    world.fake.fault("invoices", statuses=[200, 503, 503, 503])  # the 2nd page fails all its tries
+
+    summary = await world.run(retry_attempts=3)
+
+    assert dict(summary.counts) == {"expire": 3 * PAGE // 2, "no_change": 3 * PAGE // 2}
+    assert world.fake.served("invoices") == [200, 503, 503, 503]
+    assert len(world.singles()) == 2 * PAGE  # the first page answered its invoices; the rest asked alone
+    expected = {pid: "expired" if n % 2 else "pending" for n, pid in enumerate(pids)}
+    assert world.statuses() == expected
+
+
+async def test_refused_credentials_on_a_page_are_every_waiting_invoices_outcome(world: World) -> None:
+    world.series(PAGE, newest=newest(world.clock))
+    world.fake.fault("invoices", statuses=[401])
+
+    summary = await world.run()
+
+    assert dict(summary.counts) == {"provider_error": PAGE}
+    assert world.singles() == [] and len(world.pages()) == 1
+    assert set(world.statuses().values()) == {"pending"}
+
+
+async def test_batch_false_sends_single_gets_only(world: World) -> None:
+    world.series(2 * PAGE, newest=newest(world.clock))
+
+    summary = await world.run(batch=False)
+
+    assert dict(summary.counts) == {"settle": 2 * PAGE}
+    assert world.pages() == [] and len(world.singles()) == 2 * PAGE
