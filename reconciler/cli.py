@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     keygen = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 license signing key")
     keygen.add_argument("--out", type=Path, help="where to write it (default: license.signing_key_file)")
+    _desk_parsers(sub, common)
     api_key = sub.add_parser(
         "api-key", parents=[common], help="the operator API's keys: create, list, revoke"
     )
@@ -85,6 +86,37 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_sub.add_parser("revoke", parents=[common], help="revoke a key: its next request gets 401")
     revoke.add_argument("key_id", help="api_keys.id (api-key list shows them)")
     return parser
+
+
+def _desk_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The operator's actions (docs/cli.md; reconciler/operator/actions.py)."""
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="the result as JSON")
+    reason = argparse.ArgumentParser(add_help=False)
+    reason.add_argument("--reason", required=True, help="why (one line, at most 1,000 characters; audited)")
+    review = sub.add_parser("review", parents=[common], help="act on the review worklist")
+    actions = review.add_subparsers(dest="review_action", metavar="ACTION")
+    settle = actions.add_parser(
+        "settle",
+        parents=[common, reason, as_json],
+        help="settle an expired or invalid invoice its provider reports paid late or underpaid",
+    )
+    settle.add_argument("invoice_id", help="invoices.id")
+    dismiss = actions.add_parser("dismiss", parents=[common, reason], help="dismiss an open review item")
+    dismiss.add_argument("item_id", help="review_items.id")
+    recheck = sub.add_parser(
+        "recheck", parents=[common, as_json], help="check one invoice now and record it as a pass would"
+    )
+    recheck.add_argument("invoice_id", help="invoices.id")
+    retry = sub.add_parser("retry-task", parents=[common], help="queue a failed post-settle task again")
+    retry.add_argument("invoice_id", help="invoices.id")
+    retry.add_argument("kind", help="post_settle_tasks.kind")
+    provider = sub.add_parser("provider", parents=[common], help="pause or resume a provider")
+    verbs = provider.add_subparsers(dest="provider_action", metavar="ACTION", required=True)
+    for verb, what in (("pause", "stop checking its invoices, on every instance"), ("resume", "check again")):
+        p = verbs.add_parser(verb, parents=[common], help=what)
+        p.add_argument("provider_id", help="a [providers.<id>] of the configuration")
+        p.add_argument("--reason", help="why (one line, audited)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,6 +92,8 @@ class Runner:
         self.refused: dict[str, str] = {}
         #: each provider's outage breaker: kept across passes, like `refused`
         self.breakers: dict[str, Breaker] = {}
+        #: providers an operator paused, as the last pass began (the claims themselves skip them)
+        self.paused: tuple[str, ...] = ()
         for provider in self.providers.values():
             self._breaker(provider)
         self._recorder = Recorder(store, settings, clock=clock, rng=self.rng)
@@ -104,6 +106,7 @@ class Runner:
         if self.signing_key is None:
             raise errors.SigningKeyError("a pass that writes needs the license signing key")
         p = self.begin()
+        self.paused = tuple(c.provider_id for c in await self.store.provider_controls() if c.paused)
         await self.store.upsert_instance(
             base.InstanceRow(self.owner, socket.gethostname(), os.getpid(), self.started_at, p.started_at)
         )

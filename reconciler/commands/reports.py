@@ -58,6 +58,11 @@ async def status(args: argparse.Namespace) -> int:
         print(f"  … and {held['total'] - len(held['invoices'])} more")
     if not held["total"]:
         print("  (nothing)")
+    if data["paused"]:
+        print("paused providers (their invoices are not checked; `reconciler provider resume ID`):")
+        for c in data["paused"]:
+            why = f": {c['reason']}" if c["reason"] else ""
+            print(f"  {c['provider_id']}: by {c['by']} since {c['since']}{why}")
     print("for review (last 30 days):")
     for r in data["review"] or [{"action": "(nothing)", "count": "", "latest": ""}]:
         print(f"  {r['action']} {r['count']} {r['latest']}".rstrip())
@@ -105,6 +110,10 @@ def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
             ],
         },
         "review": [{"action": a, "count": n, "latest": format_ts(t)} for a, n, t in report.review],
+        "paused": [
+            {"provider_id": c.provider_id, "by": c.changed_by, "since": ts(c.changed_at), "reason": c.reason}
+            for c in report.paused
+        ],
     }
 
 

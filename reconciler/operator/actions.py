@@ -1,5 +1,5 @@
-"""An operator's actions (docs/operations.md §"An operator's day", docs/cli.md): the contract the command line
-and the HTTP API both call.
+"""An operator's actions (docs/cli.md §2.10; docs/operations.md, "An operator's day"): the contract the
+command line and the HTTP API both call.
 
 - `Actor`: who acts, as audit rows name them: `Actor.cli(user)` is `cli:<unix user>` (`Actor.current_cli()`
   reads this process's user), `Actor.api_key(key_id)` is `api-key:<key id>`. `actor.name` goes into the

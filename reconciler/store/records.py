@@ -153,6 +153,8 @@ class StatusReport:
     quarantined_total: int = 0
     #: instances left out of `instances` because their last pass started before `instances_since`
     other_instances: int = 0
+    #: providers an operator paused (provider_controls), by provider id
+    paused: tuple[ProviderControl, ...] = ()
 
 
 #: How many quarantined invoices `status` lists by id (the count covers the rest).
