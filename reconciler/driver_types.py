@@ -202,10 +202,13 @@ class Page:
     ``answers`` holds one entry per listed invoice with a usable id: its Snapshot, or the
     DriverError its item alone earned (an item that failed the parse loses nothing else).
     ``items`` is how many items the page held, usable or not: fewer than ``take`` ends the list.
+    ``oldest_created``, when the provider says, is the creation time of the oldest item listed: a page
+    whose items are all newer than every invoice waiting is not sparse, only above them.
     """
 
     answers: Mapping[str, Snapshot | DriverError]
     items: int
+    oldest_created: datetime | None = None
 
 
 @runtime_checkable

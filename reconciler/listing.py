@@ -14,7 +14,9 @@ time and reads each run of them as one window, page by page:
   for a later read (they may be stale by then);
 - the read ends when nothing is left waiting, when a page is short (the end of the window), or when a
   page was sparse (fewer than `min_hits` waiting invoices among its items: paging on would cost about as
-  many requests as single GETs); a run too small for a page to pay is not paged at all;
+  many requests as single GETs), unless the page lies above the run (all its items newer than every
+  waiting invoice: the margin of a busy store), of which a read pages through a bounded number; a run
+  too small for a page to pay is not paged at all;
 - whatever the pages did not resolve asks alone, with the single GET of the driver's `fetch`: an
   invoice outside the window (its creation time further off than the margin), archived elsewhere,
   in another store or gone (then it ends not found, as without batching), an item the driver could
@@ -135,14 +137,23 @@ class Lister:
         )
         leases = [w.lease_until for w in pending.values() if w.lease_until is not None]
         stop_by = min(leases) - timedelta(seconds=2 * gate.provider.common.worst_fetch) if leases else None
+        newest = max(w.created_at for w in pending.values())
+        # Pages above the run (the margin's newer invoices) may list none of it; paging through more of
+        # them than the run has pages' worth of invoices would cost more than its single GETs.
+        above_allowed = len(pending) // self.take + 1
         try:
             while pending and (stop_by is None or gate.clock() < stop_by):
                 page = await self._page(request, pending)
                 if page is None:
                     return
                 hits = self._resolve(page, pending)
-                if page.items < request.take or hits < self.min_hits:
-                    return  # the end of the window, or a sparse page
+                if page.items < request.take:
+                    return  # the end of the window
+                if hits < self.min_hits:
+                    above = page.oldest_created is not None and page.oldest_created > newest
+                    above_allowed -= 1
+                    if not above or above_allowed < 0:
+                        return  # a sparse page, or too many pages above the run
                 request = PageRequest(
                     request.created_from, request.created_to, request.skip + request.take, request.take
                 )

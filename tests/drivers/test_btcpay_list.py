@@ -155,6 +155,29 @@ async def test_a_listed_item_reads_exactly_as_its_single_get(
     assert len(page.answers) == page.items == 5
 
 
+@pytest.mark.parametrize(
+    ("created", "oldest"),
+    [
+        ([T + 5, T + 2, T + 9], T + 2),
+        ([T + 5, None, T + 9], None),  # one item without a creation time: the page cannot say
+        ([T + 5, True, T + 9], None),
+        ([T + 5, 10**20, T + 9], None),  # no datetime holds it
+        ([T + 5, -1, T + 9], None),
+        ([T + 5, "1700000000", T + 9], None),
+        ([], None),
+    ],
+)
+async def test_a_page_says_how_old_its_oldest_item_is_when_every_item_says(
+    btcpay_fake: btcpay.FakeBTCPay, btcpay_driver: BTCPayDriver, created: list[Any], oldest: int | None
+) -> None:
+    items = [_item(f"inv{n}", createdTime=t) for n, t in enumerate(created)]
+    btcpay_fake.fault("invoices", answers=[RawAnswer(200, json.dumps(items).encode(), {})])
+
+    page = await btcpay_driver.fetch_page(window(T, T + 10))
+
+    assert page.oldest_created == (None if oldest is None else datetime.fromtimestamp(oldest, UTC))
+
+
 def _item(invoice_id: Any, **fields: Any) -> dict[str, Any]:
     body = {k: v for k, v in make_invoice(str(invoice_id), "Settled").items() if k != "paymentMethods"}
     return body | {"id": invoice_id} | fields

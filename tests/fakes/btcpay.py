@@ -473,6 +473,8 @@ class FakeBTCPay:
         }
         self.accept_bearer = accept_bearer
         self.invoices: dict[str, dict[str, Json]] = {}
+        #: the list endpoint's index: (how many invoices it was built over, the index); add() drops it
+        self._by_creation: tuple[int, btcpay_list.ByCreation] | None = None
         self.faults: dict[str | None, Fault] = {}
         self.log: list[Exchange] = []
         self.in_flight = 0
@@ -488,6 +490,7 @@ class FakeBTCPay:
         """Add or replace invoices (from :func:`make_invoice`)."""
         for invoice in invoices:
             self.invoices[invoice["id"]] = invoice
+        self._by_creation = None
 
     def archive(self, invoice_id: str) -> None:
         """Archive an invoice: the list hides it unless ``includeArchived=true``; its own GET still answers."""
@@ -686,8 +689,10 @@ class FakeBTCPay:
         return _Answer(200, methods, ("v1-payment-method-fields",) if v1 else ())
 
     def _list_invoices(self, request: web.Request, key: str | None) -> _Answer:
+        if self._by_creation is None or self._by_creation[0] != len(self.invoices):
+            self._by_creation = (len(self.invoices), btcpay_list.ByCreation(self.invoices.values()))
         status, body, deviations = btcpay_list.list_invoices(
-            self.invoices.values(), request.match_info["storeId"], request.query, _present
+            self._by_creation[1], request.match_info["storeId"], request.query, _present
         )
         return _Answer(status, body, deviations)
 

@@ -11,9 +11,10 @@ all-unknown meaning no filter at all; archived invoices are hidden unless ``incl
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from multidict import MultiMapping
 
@@ -53,9 +54,22 @@ def _integers(query: MultiMapping[str], names: Iterable[str]) -> dict[str, int |
     return found
 
 
-def list_invoices(
-    invoices: Iterable[Mapping[str, Json]], store: str, query: MultiMapping[str], present: Present
-) -> Listed:
+class ByCreation:
+    """Invoices newest first by ``createdTime``, so a window is two bisections, not a scan: the bench
+    lists 100,000 invoices a thousand times."""
+
+    def __init__(self, invoices: Iterable[Mapping[str, Json]]) -> None:
+        self.newest_first = sorted(invoices, key=lambda i: cast(int, i["createdTime"]), reverse=True)
+        self._keys = [-cast(int, i["createdTime"]) for i in self.newest_first]
+
+    def window(self, start: int | None, end: int | None) -> Sequence[Mapping[str, Json]]:
+        """The invoices created from ``start`` to ``end`` (inclusive, unix seconds), newest first."""
+        low = 0 if end is None else bisect.bisect_left(self._keys, -end)
+        high = len(self._keys) if start is None else bisect.bisect_right(self._keys, -start)
+        return self.newest_first[low:high]
+
+
+def list_invoices(invoices: ByCreation, store: str, query: MultiMapping[str], present: Present) -> Listed:
     """The answer to a list request for ``store`` over ``invoices``; ``present`` renders one invoice."""
     numbers = _integers(query, ("startDate", "endDate", "skip", "take"))
     if isinstance(numbers, tuple):
@@ -69,11 +83,9 @@ def list_invoices(
     with_methods = _flag(query, "includePaymentMethods")
     found = [
         invoice
-        for invoice in sorted(invoices, key=lambda i: i["createdTime"], reverse=True)
+        for invoice in invoices.window(start, end)
         if invoice["storeId"] == store
         and (archived or not invoice.get("archived"))
-        and (start is None or invoice["createdTime"] >= start)
-        and (end is None or invoice["createdTime"] <= end)
         and (not order_ids or invoice["metadata"].get("orderId") in order_ids)
         and (not wanted or invoice["status"] in wanted)
     ]

@@ -23,6 +23,7 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -43,6 +44,7 @@ _VIEW_INVOICES_POLICIES = frozenset(
     }
 )
 _SATS_CURRENCIES = frozenset({"BTC", "SATS"})
+_LAST_UNIX_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 _LIST = "invoice list"
 
 
@@ -155,6 +157,9 @@ class BTCPayDriver:
         if not isinstance(body, list):
             raise self._http.bad_body(f"expected a JSON array, got {type(body).__name__}", reply, what=_LIST)
         answers: dict[str, driver_api.Snapshot | driver_api.DriverError] = {}
+        created = [_created_time(item) for item in body]
+        known = [t for t in created if t is not None]
+        oldest = datetime.fromtimestamp(min(known), UTC) if known and len(known) == len(body) else None
         for item in body:
             invoice_id = item.get("id") if isinstance(item, dict) else None
             if not isinstance(invoice_id, str) or not 0 < len(invoice_id) <= driver_api.TEXT_MAX:
@@ -163,7 +168,7 @@ class BTCPayDriver:
                 answers[invoice_id] = self._http.bad_body("listed twice", reply, invoice_id=invoice_id)
             else:
                 answers[invoice_id] = self._listed(item, invoice_id, reply)
-        return driver_api.Page(answers, len(body))
+        return driver_api.Page(answers, len(body), oldest)
 
     def _listed(
         self, item: dict[str, Any], invoice_id: str, reply: driver_api.Reply
@@ -250,6 +255,14 @@ def snapshot_from_invoice(body: Any, invoice_id: str) -> driver_api.Snapshot:
         manually_marked=reading.manually_marked,
         amount_raw=amount_evidence(body.get("amount"), currency) if amount is None else None,
     )
+
+
+def _created_time(item: object) -> int | None:
+    """A list item's `createdTime` (unix seconds) when it is a plausible one; None otherwise."""
+    value = item.get("createdTime") if isinstance(item, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LAST_UNIX_SECOND:
+        return value
+    return None
 
 
 def _sats_currency(currency: str | None) -> bool:
