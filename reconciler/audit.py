@@ -8,7 +8,9 @@ invoice-targeted row carries at least `provider_id`, `provider_invoice_id` and `
 =============================  ==============  =========================================================
 action                         written by      details beyond the three above
 =============================  ==============  =========================================================
-invoice.settled                decide          the evidence; `paid_late: true` on a paid-late settle
+invoice.settled                decide          the evidence; `paid_late: true` on a paid-late settle; an
+                                               operator's settle: `manual: true`, `actor`, `reason`,
+                                               `paid_late`, `underpaid` (actor: the operator)
 invoice.expired                decide, store   the evidence; `redemption_cancelled` (store)
 invoice.invalid                decide, store   the evidence; `redemption_cancelled` (store)
 invoice.paid_late (once)       decide, store   the evidence, `policy` flag|settle; `redemption_cancelled`
@@ -30,7 +32,15 @@ subscription.renewed           store           `subscription_id`, `subscription_
 post_settle.failed             post-settle     `kind`, `attempts`, `error`
 invoice.unreadable (once)      runner          `column`, `reason`, `policy_id` for a policy's column
 invoice.duplicate (once)       runner          `winner_invoice_id`
+invoice.recheck_requested      operator        `actor`; written with the lease the re-check takes
+review.dismissed               operator        target the invoice: `item_id`, `kind`, `reason`
+post_settle.retry_requested    operator        `kind`, `actor`
+provider.paused                operator        target the provider: `actor`, `reason`
+provider.resumed               operator        target the provider: `actor`, `reason`
 =============================  ==============  =========================================================
+
+Rows written by an operator's action (reconciler/operator/actions.py) carry the operator as their `actor`
+(`cli:<unix user>`, `api-key:<key id>`), never a token.
 
 "The evidence" is `decide.evidence`: raw statuses, the typed status, currency and amounts, flags.
 """
@@ -64,6 +74,11 @@ class Action(StrEnum):
     POST_SETTLE_FAILED = "post_settle.failed"
     INVOICE_UNREADABLE = "invoice.unreadable"
     INVOICE_DUPLICATE = "invoice.duplicate"
+    INVOICE_RECHECK_REQUESTED = "invoice.recheck_requested"
+    REVIEW_DISMISSED = "review.dismissed"
+    POST_SETTLE_RETRY_REQUESTED = "post_settle.retry_requested"
+    PROVIDER_PAUSED = "provider.paused"
+    PROVIDER_RESUMED = "provider.resumed"
 
 
 #: Actions a person should look at: counted by `reconciler status` and the review metrics.
@@ -251,3 +266,14 @@ def duplicate(invoice_id: str, *, provider_id: str, provider_invoice_id: str, wi
             "winner_invoice_id": winner_id,
         },
     )
+
+
+def by_operator(
+    action: Action,
+    target_kind: str,
+    target_id: str,
+    actor: str,
+    details: Mapping[str, Any],
+) -> AuditRecord:
+    """A row an operator's action writes: `actor` in the row and in its details."""
+    return AuditRecord(action, target_kind, target_id, {**details, "actor": actor}, actor)

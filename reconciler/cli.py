@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from loguru import logger
 
 from reconciler import __version__, commands, errors, logs
+from reconciler.api import keys
 from reconciler.commands import common
 
 EXIT_OK = common.EXIT_OK
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("drivers", parents=[common], help="list installed drivers")
     status = sub.add_parser("status", parents=[common], help="pending work, instances, items for review")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    review = sub.add_parser("review", parents=[common], help="the open review items, oldest first")
+    review = sub.add_parser(
+        "review", parents=[common], help="the open review items, oldest first; settle or dismiss one"
+    )
     review.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     review.add_argument(
         "--limit", type=_positive, default=50, metavar="N", help="list at most N items (default 50)"
@@ -77,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     keygen = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 license signing key")
     keygen.add_argument("--out", type=Path, help="where to write it (default: license.signing_key_file)")
+    _desk_parsers(sub, common, review)
+    api_key = sub.add_parser(
+        "api-key", parents=[common], help="the operator API's keys: create, list, revoke"
+    )
+    key_sub = api_key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = key_sub.add_parser("create", parents=[common], help="create a key and print its token once")
+    create.add_argument("--role", required=True, choices=[role.value for role in keys.Role])
+    create.add_argument("--label", required=True, help="who holds it and what for")
+    listing = key_sub.add_parser("list", parents=[common], help="every key, revoked ones included")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    revoke = key_sub.add_parser("revoke", parents=[common], help="revoke a key: its next request gets 401")
+    revoke.add_argument("key_id", help="api_keys.id (api-key list shows them)")
     return parser
 
 
@@ -88,6 +103,37 @@ def _positive(text: str) -> int:
     if not 1 <= value <= 100_000:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 100000, not {text!r}")
     return value
+
+
+def _desk_parsers(sub: Any, common: argparse.ArgumentParser, review: argparse.ArgumentParser) -> None:
+    """The operator's actions (docs/cli.md; reconciler/operator/actions.py); `review` alone lists the open
+    items, `review settle|dismiss` act on one."""
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="the result as JSON")
+    reason = argparse.ArgumentParser(add_help=False)
+    reason.add_argument("--reason", required=True, help="why (one line, at most 1,000 characters; audited)")
+    actions = review.add_subparsers(dest="review_action", metavar="ACTION")
+    settle = actions.add_parser(
+        "settle",
+        parents=[common, reason, as_json],
+        help="settle an expired or invalid invoice its provider reports paid late or underpaid",
+    )
+    settle.add_argument("invoice_id", help="invoices.id")
+    dismiss = actions.add_parser("dismiss", parents=[common, reason], help="dismiss an open review item")
+    dismiss.add_argument("item_id", help="review_items.id")
+    recheck = sub.add_parser(
+        "recheck", parents=[common, as_json], help="check one invoice now and record it as a pass would"
+    )
+    recheck.add_argument("invoice_id", help="invoices.id")
+    retry = sub.add_parser("retry-task", parents=[common], help="queue a failed post-settle task again")
+    retry.add_argument("invoice_id", help="invoices.id")
+    retry.add_argument("kind", help="post_settle_tasks.kind")
+    provider = sub.add_parser("provider", parents=[common], help="pause or resume a provider")
+    verbs = provider.add_subparsers(dest="provider_action", metavar="ACTION", required=True)
+    for verb, what in (("pause", "stop checking its invoices, on every instance"), ("resume", "check again")):
+        p = verbs.add_parser(verb, parents=[common], help=what)
+        p.add_argument("provider_id", help="a [providers.<id>] of the configuration")
+        p.add_argument("--reason", help="why (one line, audited)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

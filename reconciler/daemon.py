@@ -102,6 +102,8 @@ class Daemon:
         circuits = self.runner.circuits()
         if circuits:
             text += "; PROVIDER UNAVAILABLE(" + ", ".join(f"{p}: {why}" for p, why in circuits.items()) + ")"
+        if self.runner.paused:
+            text += "; PAUSED(" + ", ".join(self.runner.paused) + ")"
         self.notifier.status(text)
 
     async def run(self) -> None:

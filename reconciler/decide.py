@@ -77,6 +77,8 @@ class Decision:
     audits: tuple[AuditRecord, ...] = ()
     drift: Drift | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: who decided: `reconciler`, or the operator of a manual settle (`manual_settle`)
+    actor: str = "reconciler"
 
     @property
     def settles(self) -> bool:
@@ -287,3 +289,46 @@ def next_check_at(
 
 
 _AGE_LIMITS = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
+
+
+def manual_settle(
+    invoice: Invoice, answer: Answer, *, provider_id: str, actor: str, reason: str
+) -> Decision | str:
+    """An operator's settle of an `expired` or `invalid` invoice (docs/operations.md): a settling decision
+    when the provider's `answer` reports it paid late or underpaid, else why it is refused. The decision
+    settles exactly as a pass's would; its `invoice.settled` row says `manual`, who and why (written with
+    the operator as its actor), and no `invoice.amount_mismatch` is added: the operator accepts the amounts
+    the evidence shows."""
+    if invoice.status not in (InvoiceStatus.EXPIRED, InvoiceStatus.INVALID):
+        return f"invoice {invoice.id} is {invoice.status.value}: only an expired or invalid invoice is settled by hand"
+    if not isinstance(answer, Snapshot):
+        return f"the provider could not confirm the payment: {observation_of(answer)} ({answer.message})"
+    late = answer.paid_late
+    underpaid = answer.partially_paid
+    if answer.status not in (ProviderStatus.EXPIRED, ProviderStatus.INVALID) or not (late or underpaid):
+        return (
+            f"the provider reports {answer.observation} ({answer.status.value}), neither paid late nor "
+            "underpaid: nothing to settle by hand (`reconciler recheck` records what a pass would)"
+        )
+    observation = answer.observation
+    facts = evidence(invoice, provider_id, answer)
+    settled = audit.on_invoice(
+        Action.INVOICE_SETTLED,
+        invoice.id,
+        facts,
+        manual=True,
+        actor=actor,
+        reason=reason,
+        paid_late=late,
+        underpaid=underpaid,
+    )
+    kind = DecisionKind.RENEW if invoice.subscription_id is not None else DecisionKind.SETTLE
+    return Decision(
+        kind,
+        InvoiceStatus.SETTLED,
+        observation,
+        (AuditRecord(settled.action, settled.target_kind, settled.target_id, settled.details, actor),),
+        None,
+        facts,
+        actor,
+    )

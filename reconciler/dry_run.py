@@ -67,6 +67,7 @@ async def dry_run(
             max_age=settings.max_age,
             batch_size=settings.batch_size,
             offset=offset,
+            default_provider=settings.default_provider,
         )
         if not page:
             break

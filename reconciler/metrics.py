@@ -131,6 +131,12 @@ class Metrics(Observer):
             ["action"],
             registry=r,
         )
+        self.paused = Gauge(
+            "reconciler_provider_paused",
+            "1 while an operator has paused the provider (`reconciler provider pause`): its invoices wait",
+            ["provider"],
+            registry=r,
+        )
         self._backlog_labels: set[str] = set()
         self._review_labels: set[str] = set(REVIEW_ACTIONS)
         self.initialise(providers)
@@ -141,6 +147,7 @@ class Metrics(Observer):
         for result in PASS_RESULTS:
             self.passes.labels(result)
         for provider in providers:
+            self.paused.labels(provider)
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(provider, outcome)
             self.latency.labels(provider)
@@ -209,6 +216,9 @@ class Metrics(Observer):
             self.oldest.labels(label).set(0)
         self._backlog_labels = seen | set(providers)
         self.stale.set(report.no_longer_checked)
+        paused = {c.provider_id for c in report.paused}
+        for label in set(providers) | paused:
+            self.paused.labels(label).set(1 if label in paused else 0)
         counts = {r.kind: r.count for r in report.review}
         self._review_labels |= set(counts)
         for action in self._review_labels:

@@ -61,12 +61,14 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One `audit_log` row to write (docs/audit.md §1); `actor` is always `reconciler`."""
+    """One `audit_log` row to write (docs/audit.md §1); `actor` is `reconciler` for what the reconciler
+    does by itself, `cli:<unix user>` or `api-key:<key id>` for an operator's action (operator/actions.py)."""
 
     action: str
     target_kind: str
     target_id: str
     details: Mapping[str, Any]
+    actor: str = "reconciler"
 
 
 @dataclass(frozen=True, slots=True)

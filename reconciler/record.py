@@ -181,6 +181,7 @@ class Recorder:
                 recovered=recovered,
                 payment=self.payment_key(invoice, verdict.provider_id),
                 resolves=review.after_settle(decision, invoice.last_provider_status),
+                actor=decision.actor if decision else "reconciler",
             ),
         )
         if isinstance(outcome, base.DuplicateFound):

@@ -92,6 +92,8 @@ class Runner:
         self.refused: dict[str, str] = {}
         #: each provider's outage breaker: kept across passes, like `refused`
         self.breakers: dict[str, Breaker] = {}
+        #: providers an operator paused, as the last pass began (the claims themselves skip them)
+        self.paused: tuple[str, ...] = ()
         for provider in self.providers.values():
             self._breaker(provider)
         self._recorder = Recorder(store, settings, clock=clock, rng=self.rng)
@@ -104,6 +106,7 @@ class Runner:
         if self.signing_key is None:
             raise errors.SigningKeyError("a pass that writes needs the license signing key")
         p = self.begin()
+        self.paused = tuple(c.provider_id for c in await self.store.provider_controls() if c.paused)
         await self.store.upsert_instance(
             base.InstanceRow(self.owner, socket.gethostname(), os.getpid(), self.started_at, p.started_at)
         )
@@ -176,6 +179,7 @@ class Runner:
                 lease=self.settings.lease,
                 max_age=self.settings.max_age,
                 batch_size=self.settings.batch_size,
+                default_provider=self.settings.default_provider,
             )
             if not batch:
                 returned = p.returned
@@ -241,6 +245,30 @@ class Runner:
                 elapsed,
                 p.done / elapsed,
             )
+
+    # -- one invoice, for an operator's action (reconciler/operator/actions.py) --------------------------
+    def one_invoice(self) -> PassState:
+        """A pass state of its own for an action on one invoice: classified, asked and recorded by the same
+        code as a pass, without touching the state of this runner's passes."""
+        return PassState.starting(self.clock())
+
+    async def ask(
+        self, p: PassState, provider: Provider, invoice: Invoice, lease_until: datetime | None
+    ) -> decide.Answer | Failure | Release:
+        """Ask `provider` about `invoice` through its gate (retries, rate, breaker), as a pass does."""
+        return await self._gate(p, provider).ask(
+            invoice.provider_invoice_id, invoice_id=invoice.id, lease_until=lease_until
+        )
+
+    async def planned(
+        self, p: PassState, invoice: Invoice, provider: Provider, decision: Decision
+    ) -> Decided | Quarantine:
+        """The verdict of a settling `decision`: its settle plan (license, subscription, tasks)."""
+        return await self._planned(p, invoice, provider.id, provider, decision)
+
+    async def record(self, p: PassState, verdict: Verdict) -> str:
+        """Write what `verdict` calls for, as a pass does; the kind the invoice leaves with."""
+        return await self._recorder.record(p, verdict)
 
     # -- classification: what one row calls for ---------------------------------------------------------
     async def classify(

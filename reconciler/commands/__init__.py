@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from reconciler.commands import reports, run, setup
+from reconciler.commands import desk, keys, reports, run, setup
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -17,8 +17,12 @@ HANDLERS: dict[str, Handler] = {
     "migrate": setup.migrate,
     "drivers": setup.drivers,
     "status": reports.status,
-    "review": reports.review_list,
     "doctor": reports.doctor,
     "explain": reports.explain,
     "keygen": setup.keygen,
+    "review": desk.review,
+    "recheck": desk.recheck,
+    "retry-task": desk.retry_task,
+    "provider": desk.provider,
+    "api-key": keys.api_key,
 }

@@ -59,6 +59,11 @@ async def status(args: argparse.Namespace) -> int:
         print(f"  … and {held['total'] - len(held['invoices'])} more")
     if not held["total"]:
         print("  (nothing)")
+    if data["paused"]:
+        print("paused providers (their invoices are not checked; `reconciler provider resume ID`):")
+        for c in data["paused"]:
+            why = f": {c['reason']}" if c["reason"] else ""
+            print(f"  {c['provider_id']}: by {c['by']} since {c['since']}{why}")
     print("open for review (`reconciler review` lists them):")
     for r in data["review"]:
         print(f"  {r['action']}: {r['count']} (oldest {r['oldest'] or '?'})")
@@ -110,6 +115,10 @@ def _status_data(report: Any, now: datetime, cfg: Config) -> dict[str, Any]:
         "review": [
             {"action": r.kind, "count": r.count, "oldest": ts(r.oldest), "latest": ts(r.latest)}
             for r in report.review
+        ],
+        "paused": [
+            {"provider_id": c.provider_id, "by": c.changed_by, "since": ts(c.changed_at), "reason": c.reason}
+            for c in report.paused
         ],
     }
 

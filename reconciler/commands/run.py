@@ -11,6 +11,7 @@ from typing import Any
 from loguru import logger
 
 from reconciler import __version__, app, errors, licenses
+from reconciler.api.server import ApiServer
 from reconciler.commands import common
 from reconciler.commands.common import report
 from reconciler.config import Config
@@ -18,6 +19,7 @@ from reconciler.daemon import Daemon
 from reconciler.health import HealthServer
 from reconciler.metrics import Metrics
 from reconciler.notify import Notifier
+from reconciler.operator import actions
 from reconciler.runner import PassSummary, Runner
 from reconciler.timeutil import utcnow
 
@@ -114,6 +116,7 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
     )
     daemon.install_signal_handlers()
     server = None
+    api_server = None
     if cfg.http is not None:
 
         async def alive() -> tuple[bool, str]:
@@ -128,6 +131,7 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
             ) from exc
         logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
     try:
+        api_server = await _start_api(cfg, store, runner)
         logger.info(
             "reconciler {} started: {} provider(s), database {}",
             __version__,
@@ -141,7 +145,32 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
     finally:
         if server is not None:
             await server.stop()
+        if api_server is not None:
+            await api_server.stop()
         notifier.close()
+
+
+async def _start_api(cfg: Config, store: Any, runner: Runner) -> ApiServer | None:
+    """The operator API on its own listener (`[api]`), when configured (docs/api.md)."""
+    if cfg.api is None:
+        return None
+    # the actions' own runner over the same store and providers: an action or a dry run never touches the state
+    # of the pass in flight; every write goes through the same leases and fencing as a pass
+    operator = actions.Operator(store, runner.providers, runner.settings, signing_key=runner.signing_key)
+    api_server = ApiServer(
+        store,
+        cfg.api,
+        providers={provider_id: p.masked() for provider_id, p in cfg.providers.items()},
+        circuits=runner.circuits,
+        operator=operator,
+        clock=utcnow,
+    )
+    try:
+        port = await api_server.start()
+    except OSError as exc:
+        raise errors.ConfigError(f"api.listen {cfg.api.listen}: cannot listen there: {exc.strerror}") from exc
+    logger.info("operator API on http://{}:{}/api/v1/", cfg.api.host, port)
+    return api_server
 
 
 async def dry_run_command(runner: Runner, *, as_json: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from reconciler.config.database import DatabaseSettings
 from reconciler.config.loading import load_config, validate_driver_settings
 from reconciler.config.models import (
+    ApiSettings,
     Config,
     DaemonSettings,
     HttpSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_DURATION",
     "NOT_CONFIGURATION",
     "UNRESOLVED_SECRET",
+    "ApiSettings",
     "Config",
     "DaemonSettings",
     "DatabaseSettings",

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -35,6 +36,7 @@ from reconciler.config.values import (
     ENV_PREFIX,
     MASK,
     MAX_BATCH_SIZE,
+    UNRESOLVED_SECRET,
     Duration,
     PositiveDuration,
     ShortDuration,
@@ -123,6 +125,13 @@ class LicenseSettings(_Section):
     signing_key_file: Path = Path("/etc/reconciler/signing-key.pem")
 
 
+def _check_listen(value: str, example: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port with a port from 0 to 65535, e.g. {example}, got {value!r}")
+    return value
+
+
 class HttpSettings(_Section):
     """``[http]``: the optional metrics and health listener, ``host:port`` (``[::1]:9464`` for IPv6)."""
 
@@ -130,12 +139,41 @@ class HttpSettings(_Section):
 
     @field_validator("listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
-            raise ValueError(
-                f"expected host:port with a port from 0 to 65535, e.g. 127.0.0.1:9464, got {value!r}"
-            )
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value, "127.0.0.1:9464")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class ApiSettings(_Section):
+    """``[api]``: the operator API's own listener (docs/api.md), its master key and its bounds."""
+
+    listen: str = "127.0.0.1:8090"
+    #: manages API keys and may do everything; without it keys are managed with ``reconciler api-key``
+    master_key: SecretStr | None = Field(default=None, repr=False)
+    max_body_bytes: WholeNumber = Field(default=65536, ge=1024, le=1048576)
+    max_page: WholeNumber = Field(default=200, ge=1, le=1000)
+    #: failed authentications from one client address within ``failure_window`` before it gets 429
+    max_failures: WholeNumber = Field(default=10, ge=1, le=1000)
+    failure_window: ShortDuration = timedelta(minutes=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value, "127.0.0.1:8090")
+
+    @field_validator("master_key")
+    @classmethod
+    def _strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else UNRESOLVED_SECRET
+        if secret != UNRESOLVED_SECRET and len(secret) < 32:
+            raise ValueError("the master key must be at least 32 characters (e.g. openssl rand -base64 32)")
         return value
 
     @property
@@ -247,6 +285,7 @@ class Config(BaseSettings):
     license: LicenseSettings = LicenseSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     http: HttpSettings | None = None
+    api: ApiSettings | None = None
 
     @field_validator("providers", mode="before")
     @classmethod

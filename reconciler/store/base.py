@@ -37,16 +37,21 @@ from reconciler.models import (
     UnreadablePolicy,
 )
 from reconciler.store import schema
+from reconciler.store.api_interface import ApiStore
 from reconciler.store.records import (
     INSTANCE_RETENTION,
     QUARANTINE_LISTED,
+    ApiKeyRow,
     CheckWrite,
     DueTask,
     DuplicateFound,
     InstanceRow,
+    InvoiceFilter,
     Migrated,
+    PageRequest,
     PaymentKey,
     PendingByProvider,
+    ProviderControl,
     Quarantined,
     ReleaseWrite,
     ReviewCount,
@@ -63,15 +68,19 @@ __all__ = [
     "OUR_TABLES",
     "QUARANTINE_LISTED",
     "SCHEMA_VERSION",
+    "ApiKeyRow",
     "AuditRecord",
     "CheckWrite",
     "DueTask",
     "DuplicateFound",
     "InstanceRow",
+    "InvoiceFilter",
     "Migrated",
+    "PageRequest",
     "PaymentKey",
     "PaymentRow",
     "PendingByProvider",
+    "ProviderControl",
     "Quarantined",
     "ReleaseWrite",
     "Resolution",
@@ -91,7 +100,7 @@ __all__ = [
 Row = Invoice | Unreadable
 
 
-class Store(abc.ABC):
+class Store(ApiStore):
     """A reconciler database: `SqliteStore` and `PostgresStore` (both `sql.SqlStore`)."""
 
     @abc.abstractmethod
@@ -138,13 +147,22 @@ class Store(abc.ABC):
         lease: timedelta,
         max_age: timedelta,
         batch_size: int,
+        default_provider: str | None = None,
     ) -> list[Row]:
         """Lease up to `batch_size` due candidates (docs/reconcile.md §1), oldest due first; rows that cannot
-        be read come back as `Unreadable`, still leased."""
+        be read come back as `Unreadable`, still leased. Invoices of a paused provider (`provider_controls`;
+        a row without a provider id is `default_provider`'s) are not candidates."""
 
     @abc.abstractmethod
     async def peek(
-        self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
+        self,
+        *,
+        pass_start: datetime,
+        now: datetime,
+        max_age: timedelta,
+        batch_size: int,
+        offset: int,
+        default_provider: str | None = None,
     ) -> list[Row]:
         """The candidates `claim` would take, without leasing them (dry run)."""
 
@@ -261,6 +279,50 @@ class Store(abc.ABC):
     async def finish_task(self, task: DueTask, result: TaskResult, *, now: datetime) -> bool:
         """Record the attempt's end (and the payment profile on the subscription) in one transaction."""
 
+    # -- operator actions (reconciler/operator/actions.py) -------------------------------------------------
+    @abc.abstractmethod
+    async def claim_invoice(
+        self,
+        invoice_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        audits: tuple[AuditRecord, ...] = (),
+    ) -> Row | None:
+        """Lease one invoice whatever its schedule, age or status (compare-and-set on the lease), with
+        `audits` in the same transaction; None (nothing written) when it does not exist or another instance
+        holds its lease."""
+
+    @abc.abstractmethod
+    async def task_status(self, invoice_id: str, kind: str) -> str | None:
+        """The status of one post-settle task (`pending`, `done`, `failed`), None when there is none."""
+
+    @abc.abstractmethod
+    async def retry_task(
+        self, invoice_id: str, kind: str, *, now: datetime, audits: tuple[AuditRecord, ...]
+    ) -> bool:
+        """A failed post-settle task pending again, attempts from zero, due at `now`, with `audits`, in one
+        transaction (compare-and-set on `failed`); False (nothing written) when it was not failed."""
+
+    @abc.abstractmethod
+    async def set_paused(
+        self,
+        provider_id: str,
+        paused: bool,
+        *,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+        audits: tuple[AuditRecord, ...],
+    ) -> bool:
+        """Pause (or resume) a provider in `provider_controls` with `audits`, in one transaction; False
+        (nothing written) when it already was (or was not paused)."""
+
+    @abc.abstractmethod
+    async def provider_controls(self) -> list[ProviderControl]:
+        """Every provider an operator paused or resumed, by provider id."""
+
     # -- instances and reporting --------------------------------------------------------------------------
     @abc.abstractmethod
     async def upsert_instance(self, row: InstanceRow) -> None:
@@ -278,10 +340,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close_review_item(
-        self, item_id: str, *, status: str, closed_by: str, reason: str, now: datetime
+        self,
+        item_id: str,
+        *,
+        status: str,
+        closed_by: str,
+        reason: str,
+        now: datetime,
+        audits: Sequence[AuditRecord] = (),
     ) -> bool:
         """Close an open item as `dismissed` (a person: `closed_by` is `api-key:<id>` or `cli:<user>`) or
-        `resolved`, compare-and-set on its being open: False when it was closed already (or is unknown)."""
+        `resolved`, compare-and-set on its being open, with `audits` in the same transaction: False
+        (nothing written) when it was closed already (or is unknown)."""
 
     @abc.abstractmethod
     async def status_report(

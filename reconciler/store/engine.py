@@ -129,6 +129,7 @@ class Engine(base.Store):
             {
                 "id": ids.uuid7(now),
                 "occurred_at": stamp,
+                "actor": record.actor,
                 "action": record.action,
                 "target_kind": record.target_kind,
                 "target_id": record.target_id,
@@ -151,15 +152,23 @@ class Engine(base.Store):
         if items:
             await tx.exec_many("open_review_item", items)
 
-    async def _resolve(self, tx: Tx, now: datetime, resolutions: Sequence[tuple[str, Resolution]]) -> None:
-        """Resolve the open review items these (invoice id, resolution) pairs name, if any are open."""
+    async def _resolve(
+        self,
+        tx: Tx,
+        now: datetime,
+        resolutions: Sequence[tuple[str, Resolution]],
+        *,
+        closed_by: str = "reconciler",
+    ) -> None:
+        """Resolve the open review items these (invoice id, resolution) pairs name, if any are open; an
+        operator's action closes them as that operator (`closed_by`)."""
         if not resolutions:
             return
         stamp = format_ts(now)
         await tx.exec_many(
             "resolve_review_item",
             [
-                {"invoice_id": invoice_id, "kind": r.kind, "reason": r.reason, "now": stamp}
+                {"invoice_id": invoice_id, "kind": r.kind, "reason": r.reason, "now": stamp, "by": closed_by}
                 for invoice_id, r in resolutions
             ],
         )

@@ -34,6 +34,7 @@ class InvoiceUseCases(Engine):
         lease: timedelta,
         max_age: timedelta,
         batch_size: int,
+        default_provider: str | None = None,
     ) -> list[base.Row]:
         params = {
             "owner": owner,
@@ -43,6 +44,7 @@ class InvoiceUseCases(Engine):
             "pass_start": format_ts(pass_start),
             "now": format_ts(now),
             "batch_size": batch_size,
+            "default_provider": default_provider,
         }
 
         async def claim(tx: Tx) -> list[Row]:
@@ -53,7 +55,14 @@ class InvoiceUseCases(Engine):
         return found
 
     async def peek(
-        self, *, pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, offset: int
+        self,
+        *,
+        pass_start: datetime,
+        now: datetime,
+        max_age: timedelta,
+        batch_size: int,
+        offset: int,
+        default_provider: str | None = None,
     ) -> list[base.Row]:
         found = await self._read(
             "peek",
@@ -63,6 +72,7 @@ class InvoiceUseCases(Engine):
                 "now": format_ts(now),
                 "batch_size": batch_size,
                 "offset": offset,
+                "default_provider": default_provider,
             },
         )
         return [rows.invoice(row) for row in found]

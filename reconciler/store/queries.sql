@@ -17,15 +17,27 @@ id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amo
     listed_value, buyer_email, subscription_id, created_at, settled_at, check_attempts,
     last_provider_status, lease_token, {has_license} AS has_license
 
+-- part: not_leased
+-- No instance holds the row's lease at :now.
+(lease_until IS NULL OR lease_until < :now)
+
 -- part: due_candidates
 -- docs/reconcile.md §1's candidates, never-checked first, then oldest due: created within max_age, due, not
--- leased, and still open or settled without a license (a renewal invoice has no license of its own).
+-- leased, still open or settled without a license (a renewal invoice has no license of its own), and not
+-- of a provider an operator paused (a row without a provider id is :default_provider's).
 WHERE created_at >= :min_created_at
   AND (next_check_at IS NULL OR next_check_at <= :pass_start)
-  AND (lease_until IS NULL OR lease_until < :now)
+  AND {not_leased}
   AND (status IN ('pending', 'expired', 'invalid')
        OR (status = 'settled' AND subscription_id IS NULL AND NOT {has_license}))
+  AND NOT {provider_paused}
 ORDER BY (next_check_at IS NOT NULL), next_check_at, created_at, id
+
+-- part: provider_paused
+-- Whether the provider of the invoice row in scope (`invoices`) is paused (provider_controls).
+EXISTS (SELECT 1 FROM provider_controls AS pc
+        WHERE pc.paused = 1
+          AND pc.provider_id = COALESCE(invoices.payment_provider_id, CAST(:default_provider AS TEXT)))
 
 -- part: skip_locked @sqlite
 -- Nothing: a claim runs inside BEGIN IMMEDIATE, the one writer of the file.
@@ -314,9 +326,9 @@ VALUES (:invoice_id, :kind, :provider_id, 'pending', 0, :now, :now, :now)
 ON CONFLICT (invoice_id, kind) DO NOTHING;
 
 -- name: insert_audit
--- One audit_log row (docs/audit.md §1), written by the reconciler.
+-- One audit_log row (docs/audit.md §1), written by the reconciler or for an operator's action (:actor).
 INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_id, details)
-VALUES (:id, :occurred_at, 'reconciler', :action, :target_kind, :target_id, :details);
+VALUES (:id, :occurred_at, :actor, :action, :target_kind, :target_id, :details);
 
 -- name: open_review_item
 -- Open a review item for an audit row of a review action (docs/review.md), unless one of its kind is open
@@ -327,9 +339,10 @@ WHERE EXISTS (SELECT 1 FROM invoices WHERE id = :invoice_id)
 ON CONFLICT (invoice_id, kind) WHERE status = 'open' DO NOTHING;
 
 -- name: resolve_review_item
--- The reconciler resolves the invoice's open item of a kind, if there is one: the condition cleared.
+-- The reconciler (or the operator whose action cleared it: :by) resolves the invoice's open item of a kind,
+-- if there is one: the condition cleared.
 UPDATE review_items
-SET status = 'resolved', closed_by = 'reconciler', closed_at = :now, close_reason = :reason
+SET status = 'resolved', closed_by = :by, closed_at = :now, close_reason = :reason
 WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open';
 
 -- name: resolve_task_review_item
@@ -453,6 +466,7 @@ JOIN invoices AS i ON i.id = t.invoice_id
 LEFT JOIN licenses AS l ON l.invoice_id = t.invoice_id
 LEFT JOIN subscriptions AS s ON s.license_id = l.id
 WHERE t.status = 'pending' AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= :now)
+  AND NOT EXISTS (SELECT 1 FROM provider_controls AS pc WHERE pc.paused = 1 AND pc.provider_id = t.provider_id)
 ORDER BY t.next_attempt_at, t.invoice_id, t.kind
 LIMIT :batch_size;
 
@@ -474,3 +488,123 @@ UPDATE subscriptions
 SET provider_contact_id = :contact_id, payment_profile_id = :profile_id, payment_profile_method = :method,
     payment_profile_expires_at = :expires_at, updated_at = :now
 WHERE id = :subscription_id AND payment_profile_id IS NULL;
+
+-- The operator API (store/api.py): its keys, and the pages it reads. Every page is keyset-paginated: a
+-- cursor is the last row's sort key, and the next page starts strictly after it.
+
+-- name: insert_api_key
+-- A new API key; only the SHA-256 of its token is stored.
+INSERT INTO api_keys (id, label, token_hash, role, created_at)
+VALUES (:id, :label, :token_hash, :role, :now);
+
+-- name: api_key_by_hash
+-- The key whose token has this SHA-256 (revoked or not).
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys
+WHERE token_hash = :token_hash;
+
+-- name: api_key
+-- One key by its id.
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys WHERE id = :id;
+
+-- name: api_keys
+-- Every key, oldest first.
+SELECT id, label, token_hash, role, created_at, last_used_at, revoked_at FROM api_keys
+ORDER BY created_at, id;
+
+-- name: revoke_api_key
+-- Revoke a key that is not revoked yet.
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: touch_api_key
+-- Note a key's use, unless it was noted after :stale_before (at most once a minute per key).
+UPDATE api_keys SET last_used_at = :now
+WHERE id = :id AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < :stale_before);
+
+-- part: api_invoice_columns
+-- The invoice columns the API shows, as stored (an unreadable row is shown, not refused).
+id, payment_provider_id, provider_invoice_id, product_id, policy_id, status, amount_sats, listed_currency,
+    listed_value, subscription_id, created_at, settled_at, next_check_at, check_attempts, last_checked_at,
+    last_provider_status, {has_license} AS has_license
+
+-- name: api_invoices
+-- A page of invoices, newest first, each filter skipped when its parameter is NULL; the cursor is the
+-- (created_at, id) of the previous page's last row.
+SELECT {api_invoice_columns} FROM invoices
+WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (CAST(:provider_id AS TEXT) IS NULL OR payment_provider_id = :provider_id)
+  AND (CAST(:created_before AS TEXT) IS NULL OR created_at < :created_before)
+  AND (CAST(:created_after AS TEXT) IS NULL OR created_at >= :created_after)
+  AND (CAST(:after_created AS TEXT) IS NULL
+       OR created_at < :after_created OR (created_at = :after_created AND id < :after_id))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: api_invoice
+-- One invoice as the API shows it.
+SELECT {api_invoice_columns} FROM invoices WHERE id = :id;
+
+-- name: api_open_reviews
+-- A page of open review items, oldest first (of one kind unless :kind is NULL); the cursor is the
+-- (opened_at, id) of the previous page's last row.
+SELECT r.id, r.invoice_id, r.kind, r.opened_at, r.audit_id, i.payment_provider_id, i.status AS invoice_status
+FROM review_items AS r
+JOIN invoices AS i ON i.id = r.invoice_id
+WHERE r.status = 'open'
+  AND (CAST(:kind AS TEXT) IS NULL OR r.kind = :kind)
+  AND (CAST(:after_opened AS TEXT) IS NULL
+       OR r.opened_at > :after_opened OR (r.opened_at = :after_opened AND r.id > :after_id))
+ORDER BY r.opened_at, r.id
+LIMIT :limit;
+
+-- name: api_target_audits
+-- A page of the audit rows about one target, oldest first; the cursor is the (occurred_at, id) of the
+-- previous page's last row.
+SELECT id, occurred_at, actor, action, target_kind, target_id, details
+FROM audit_log
+WHERE target_kind = :target_kind AND target_id = :target_id
+  AND (CAST(:after_occurred AS TEXT) IS NULL
+       OR occurred_at > :after_occurred OR (occurred_at = :after_occurred AND id > :after_id))
+ORDER BY occurred_at, id
+LIMIT :limit;
+
+-- name: api_provider_controls
+-- Every provider an operator paused or resumed.
+SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;
+
+-- name: claim_invoice
+-- An operator's action on one invoice: lease it to :owner with a new :token until :lease_until, due or not,
+-- unless another instance holds its lease (compare-and-set on the lease).
+UPDATE invoices
+SET lease_owner = :owner, lease_token = :token, lease_until = :lease_until
+WHERE id = :invoice_id AND {not_leased}
+RETURNING {invoice_columns};
+
+-- name: post_settle_task_status
+-- The status of one post-settle task of an invoice, if it exists.
+SELECT status FROM post_settle_tasks WHERE invoice_id = :invoice_id AND kind = :kind;
+
+-- name: retry_post_settle_task
+-- An operator re-queues a failed post-settle task: pending again, attempts from zero, due now.
+UPDATE post_settle_tasks
+SET status = 'pending', attempts = 0, next_attempt_at = :now, updated_at = :now
+WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'failed';
+
+-- name: pause_provider
+-- An operator pauses a provider, unless it is paused already; the provider id when it changed.
+INSERT INTO provider_controls (provider_id, paused, changed_by, changed_at, reason)
+VALUES (:provider_id, 1, :actor, :now, :reason)
+ON CONFLICT (provider_id) DO UPDATE
+SET paused = 1, changed_by = excluded.changed_by, changed_at = excluded.changed_at, reason = excluded.reason
+WHERE provider_controls.paused = 0
+RETURNING provider_id;
+
+-- name: resume_provider
+-- An operator resumes a paused provider.
+UPDATE provider_controls
+SET paused = 0, changed_by = :actor, changed_at = :now, reason = :reason
+WHERE provider_id = :provider_id AND paused = 1;
+
+-- name: provider_controls
+-- Every provider an operator paused or resumed, and who did it last.
+SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;
+

@@ -76,6 +76,9 @@ class Settlement:
     #: the open review items it resolves (docs/review.md); the transaction adds `license.issue_failed` once the
     #: invoice has its license
     resolves: tuple[Resolution, ...] = ()
+    #: who decided the settle: `reconciler`, or the operator of a manual settle (the actor of the rows the
+    #: store adds)
+    actor: str = "reconciler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,8 @@ class StatusReport:
     quarantined_total: int = 0
     #: instances left out of `instances` because their last pass started before `instances_since`
     other_instances: int = 0
+    #: providers an operator paused (provider_controls), by provider id
+    paused: tuple[ProviderControl, ...] = ()
 
 
 #: How many quarantined invoices `status` lists by id (the count covers the rest).
@@ -199,3 +204,46 @@ class Migrated:
     from_version: int
     to_version: int
     applied: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """One `api_keys` row (docs/api.md §2): the SHA-256 of its token, never the token."""
+
+    id: str
+    label: str
+    token_hash: str
+    role: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """A keyset page: at most `limit` rows strictly after the row whose sort key is `after` (the first page
+    when None); `after` is (sort timestamp, id) as stored."""
+
+    limit: int
+    after: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceFilter:
+    """Which invoices a page lists; None is no filter. Creation bounds are stored timestamps."""
+
+    status: str | None = None
+    provider_id: str | None = None
+    created_before: str | None = None
+    created_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderControl:
+    """A provider an operator paused or resumed (`provider_controls`): honoured by every instance's claim."""
+
+    provider_id: str
+    paused: bool
+    changed_by: str | None
+    changed_at: datetime | None
+    reason: str | None

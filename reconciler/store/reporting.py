@@ -47,6 +47,7 @@ class Reporting(Engine):
             quarantined=tuple(_quarantined(r) for r in held),
             quarantined_total=int(held_total[0][0]),
             other_instances=int(others[0][0]),
+            paused=tuple(c for c in await self.provider_controls() if c.paused),
         )
 
     async def invoice_audits(self, invoice_id: str) -> list[dict[str, Any]]:

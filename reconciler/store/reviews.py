@@ -5,12 +5,13 @@ that write their audit rows or clear their conditions (engine.py `_audit`, `_res
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from reconciler.models import AuditRecord
 from reconciler.store import base, rows
-from reconciler.store.engine import Engine, Row
+from reconciler.store.engine import Engine, Row, Tx
 from reconciler.timeutil import format_ts
 
 #: How a person closes an item, and how the reconciler does.
@@ -38,7 +39,14 @@ class ReviewUseCases(Engine):
         return _item(found[0]) if found else None
 
     async def close_review_item(
-        self, item_id: str, *, status: str, closed_by: str, reason: str, now: datetime
+        self,
+        item_id: str,
+        *,
+        status: str,
+        closed_by: str,
+        reason: str,
+        now: datetime,
+        audits: Sequence[AuditRecord] = (),
     ) -> bool:
         if status not in CLOSED_STATUSES:
             raise ValueError(f"a review item is closed as one of {CLOSED_STATUSES}, not {status!r}")
@@ -49,7 +57,16 @@ class ReviewUseCases(Engine):
             "reason": reason,
             "now": format_ts(now),
         }
-        return await self._statement("close_review_item", params) == 1
+        if not audits:
+            return await self._statement("close_review_item", params) == 1
+
+        async def close(tx: Tx) -> bool:
+            if await tx.exec("close_review_item", params) != 1:
+                return False
+            await self._audit(tx, now, audits)
+            return True
+
+        return await self._atomic("close_review_item", close)
 
 
 def _item(row: Row) -> base.ReviewItem:

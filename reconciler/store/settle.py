@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from reconciler import audit, decide, review
@@ -106,12 +107,14 @@ class SettleUseCase(Engine):
                 "insert_post_settle_task",
                 {"invoice_id": invoice.id, "kind": kind, "provider_id": settlement.provider_id, "now": stamp},
             )
+        if settlement.actor != "reconciler":  # an operator's settle: the rows it made are theirs
+            audits = [a if a.actor != "reconciler" else replace(a, actor=settlement.actor) for a in audits]
         await self._audit(tx, now, audits)
         resolves = list(settlement.resolves)
         if license_id is not None and settlement.license is not None:
             issued = any(a.action == audit.Action.LICENSE_ISSUED for a in audits)
             resolves.append(review.license_present(license_id, issued=issued))
-        await self._resolve(tx, now, [(invoice.id, r) for r in resolves])
+        await self._resolve(tx, now, [(invoice.id, r) for r in resolves], closed_by=settlement.actor)
         return base.SettleOutcome(license_id=license_id)
 
     async def _license(

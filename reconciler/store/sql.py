@@ -1,6 +1,6 @@
 """The SQL store: the use cases written once over named queries (invoices.py, settle.py, tasks.py,
-reporting.py on engine.py) and the schema checks; each dialect supplies the connections and transactions
-(`SqliteStore`, `PostgresStore`)."""
+operator.py, reporting.py, api.py on engine.py) and the schema checks; each dialect supplies the connections
+and transactions (`SqliteStore`, `PostgresStore`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any
 
 from reconciler import errors
 from reconciler.store import migrations, queries, schema
+from reconciler.store.api import ApiUseCases
 from reconciler.store.engine import Row, Tx
 from reconciler.store.invoices import InvoiceUseCases
+from reconciler.store.operator import OperatorUseCases
 from reconciler.store.records import Migrated
 from reconciler.store.reporting import Reporting
 from reconciler.store.reviews import ReviewUseCases
@@ -21,7 +23,9 @@ from reconciler.store.tasks import TaskUseCases
 _SCHEMA_LOCK = "reconciler schema"
 
 
-class SqlStore(InvoiceUseCases, SettleUseCase, TaskUseCases, Reporting, ReviewUseCases):
+class SqlStore(
+    InvoiceUseCases, SettleUseCase, TaskUseCases, OperatorUseCases, Reporting, ReviewUseCases, ApiUseCases
+):
     #: "sqlite" or "postgres": which text of the queries and migrations the store runs
     dialect: str
 
