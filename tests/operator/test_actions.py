@@ -546,3 +546,22 @@ async def test_decide_now_writes_nothing(backend: Backend, operator: Operator, d
         "settled",
     )
     assert await snapshot_db(backend) == before
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [(PAID_LATE, "invoice.paid_late"), (UNDERPAID, "invoice.underpaid")],
+    ids=["late", "short"],
+)
+async def test_a_manual_settle_resolves_its_review_item_as_the_operator(
+    backend: Backend, operator: Operator, driver: FakeDriver, answer: Any, kind: str
+) -> None:
+    iid = await seed(backend, status="expired")
+    item = await open_item(backend, iid, kind)
+    driver.script(await pid_of(backend, iid), answer)
+
+    await operator.settle_flagged(iid, "paid by bank transfer", ALICE)
+
+    (row,) = await backend.raw.rows("SELECT * FROM review_items WHERE id = :id", {"id": item})
+    assert (row["status"], row["closed_by"]) == ("resolved", "cli:alice")
+    assert row["close_reason"]
