@@ -150,7 +150,8 @@ class Lister:
                 if page.items < request.take:
                     return  # the end of the window
                 if hits < self.min_hits:
-                    above = page.oldest_created is not None and page.oldest_created > newest
+                    oldest = usable_time(page.oldest_created)
+                    above = oldest is not None and oldest > newest
                     above_allowed -= 1
                     if not above or above_allowed < 0:
                         return  # a sparse page, or too many pages above the run
@@ -217,6 +218,14 @@ class Lister:
                 if not future.done():
                     future.set_result(result)
         return hits
+
+
+def usable_time(value: object) -> datetime | None:
+    """A page's `oldest_created` when it is an aware datetime; anything else a driver put there says
+    nothing (and never stops a read with a TypeError)."""
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return value
+    return None
 
 
 def _answer(pending: Mapping[str, _Waiting], result: Listed) -> None:

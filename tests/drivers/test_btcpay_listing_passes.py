@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.driver_api import CommonSettings, Driver
-from reconciler.listing import Lister
+from reconciler.listing import Lister, usable_time
 from reconciler.runner import PassSummary, Provider, Runner, RunnerSettings
 from reconciler.store.sqlite import SqliteStore
 from tests.conftest import Clock
@@ -267,3 +267,17 @@ async def test_batch_false_sends_single_gets_only(world: World) -> None:
 
     assert dict(summary.counts) == {"settle": 2 * PAGE}
     assert world.pages() == [] and len(world.singles()) == 2 * PAGE
+
+
+@pytest.mark.parametrize(
+    ("value", "usable"),
+    [
+        (datetime(2026, 12, 1, tzinfo=UTC), True),
+        (datetime(2026, 12, 1), False),  # naive: comparing it with an aware time would raise
+        ("2026-12-01T00:00:00Z", False),
+        (1764547200, False),
+        (None, False),
+    ],
+)
+def test_a_pages_oldest_time_counts_only_when_it_is_an_aware_datetime(value: Any, usable: bool) -> None:
+    assert (usable_time(value) is value) if usable else usable_time(value) is None
