@@ -79,6 +79,8 @@ class Action(StrEnum):
     POST_SETTLE_RETRY_REQUESTED = "post_settle.retry_requested"
     PROVIDER_PAUSED = "provider.paused"
     PROVIDER_RESUMED = "provider.resumed"
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"
 
 
 #: Actions a person should look at: counted by `reconciler status` and the review metrics.
@@ -277,3 +279,13 @@ def by_operator(
 ) -> AuditRecord:
     """A row an operator's action writes: `actor` in the row and in its details."""
     return AuditRecord(action, target_kind, target_id, {**details, "actor": actor}, actor)
+
+
+def api_key_created(key_id: str, *, role: str, label: str, actor: str) -> AuditRecord:
+    """`api_key.created`: who made which key, for which role; never its token (docs/audit.md §2)."""
+    return by_operator(Action.API_KEY_CREATED, "api_key", key_id, actor, {"role": role, "label": label})
+
+
+def api_key_revoked(key_id: str, *, actor: str) -> AuditRecord:
+    """`api_key.revoked`: who revoked which key (docs/audit.md §2)."""
+    return by_operator(Action.API_KEY_REVOKED, "api_key", key_id, actor, {})

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from loguru import logger
 
-from reconciler import errors, ids, strict_json
+from reconciler import audit, errors, ids, strict_json
 from reconciler.api import auth, keys, openapi
 from reconciler.config import ApiSettings
 from reconciler.operator import actions
@@ -368,7 +368,7 @@ class ApiServer:
         )
 
     # -- keys (master key only) -------------------------------------------------------------------------------
-    async def _create_api_key(self, request: web.Request, _: auth.Principal) -> web.Response:
+    async def _create_api_key(self, request: web.Request, caller: auth.Principal) -> web.Response:
         body = await self._body(request)
         _only_fields(body, {"role", "label"})
         try:
@@ -378,7 +378,12 @@ class ApiServer:
             raise _bad(str(exc), "invalid-field") from None
         key_id, token = ids.new_id(), keys.new_token()
         await self.store.insert_api_key(
-            key_id=key_id, label=label, token_hash=keys.token_hash(token), role=role, now=self.clock()
+            key_id=key_id,
+            label=label,
+            token_hash=keys.token_hash(token),
+            role=role,
+            now=self.clock(),
+            audits=(audit.api_key_created(key_id, role=role, label=label, actor=caller.actor),),
         )
         row = await self.store.api_key(key_id)
         assert row is not None
@@ -388,9 +393,10 @@ class ApiServer:
     async def _list_api_keys(self, request: web.Request, _: auth.Principal) -> web.Response:
         return _json({"items": [_key(row) for row in await self.store.api_keys()], "next_cursor": None})
 
-    async def _revoke_api_key(self, request: web.Request, _: auth.Principal) -> web.Response:
+    async def _revoke_api_key(self, request: web.Request, caller: auth.Principal) -> web.Response:
         key_id = request.match_info["key_id"]
-        if not await self.store.revoke_api_key(key_id, now=self.clock()):
+        revoked = (audit.api_key_revoked(key_id, actor=caller.actor),)
+        if not await self.store.revoke_api_key(key_id, now=self.clock(), audits=revoked):
             row = await self.store.api_key(key_id)
             if row is None:
                 raise ApiError(404, "not-found", f"no API key with id {short_repr(key_id)}")

@@ -7,9 +7,10 @@ import json
 
 from loguru import logger
 
-from reconciler import app, errors, ids
+from reconciler import app, audit, errors, ids
 from reconciler.api import keys
 from reconciler.commands import common
+from reconciler.operator.actions import Actor
 from reconciler.timeutil import utcnow
 
 
@@ -26,15 +27,22 @@ async def api_key(args: argparse.Namespace) -> int:
         await store.require_schema()
         if args.action == "create":
             key_id, token = ids.new_id(), keys.new_token()
+            made = audit.api_key_created(key_id, role=role.value, label=label, actor=Actor.current_cli().name)
             await store.insert_api_key(
-                key_id=key_id, label=label, token_hash=keys.token_hash(token), role=role.value, now=utcnow()
+                key_id=key_id,
+                label=label,
+                token_hash=keys.token_hash(token),
+                role=role.value,
+                now=utcnow(),
+                audits=(made,),
             )
             logger.info("API key {} created (role {})", key_id, role.value)
             print(f"key {key_id} ({role.value}): its token, shown this once (only its SHA-256 is stored):")
             print(token)
             return common.EXIT_OK
         if args.action == "revoke":
-            if await store.revoke_api_key(args.key_id, now=utcnow()):
+            revoked = (audit.api_key_revoked(args.key_id, actor=Actor.current_cli().name),)
+            if await store.revoke_api_key(args.key_id, now=utcnow(), audits=revoked):
                 logger.info("API key {} revoked", args.key_id)
                 print(f"key {args.key_id} revoked")
                 return common.EXIT_OK

@@ -7,11 +7,13 @@ database, a row a pass would quarantine included."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from reconciler.models import AuditRecord
 from reconciler.store import base
-from reconciler.store.engine import Engine, Row
+from reconciler.store.engine import Engine, Row, Tx
 from reconciler.store.reporting import _instance
 from reconciler.timeutil import format_ts
 
@@ -19,10 +21,22 @@ from reconciler.timeutil import format_ts
 class ApiUseCases(Engine):
     # -- keys -----------------------------------------------------------------------------------------------
     async def insert_api_key(
-        self, *, key_id: str, label: str, token_hash: str, role: str, now: datetime
+        self,
+        *,
+        key_id: str,
+        label: str,
+        token_hash: str,
+        role: str,
+        now: datetime,
+        audits: Sequence[AuditRecord] = (),
     ) -> None:
         params = {"id": key_id, "label": label, "token_hash": token_hash, "role": role, "now": format_ts(now)}
-        await self._statement("insert_api_key", params)
+
+        async def insert(tx: Tx) -> None:
+            await tx.exec("insert_api_key", params)
+            await self._audit(tx, now, audits)
+
+        await self._atomic("insert_api_key", insert)
 
     async def api_key_by_hash(self, token_hash: str) -> base.ApiKeyRow | None:
         found = await self._read("api_key_by_hash", {"token_hash": token_hash})
@@ -35,8 +49,14 @@ class ApiUseCases(Engine):
     async def api_keys(self) -> list[base.ApiKeyRow]:
         return [_key(r) for r in await self._read("api_keys", {})]
 
-    async def revoke_api_key(self, key_id: str, *, now: datetime) -> bool:
-        return await self._statement("revoke_api_key", {"id": key_id, "now": format_ts(now)}) == 1
+    async def revoke_api_key(self, key_id: str, *, now: datetime, audits: Sequence[AuditRecord] = ()) -> bool:
+        async def revoke(tx: Tx) -> bool:
+            if await tx.exec("revoke_api_key", {"id": key_id, "now": format_ts(now)}) != 1:
+                return False
+            await self._audit(tx, now, audits)
+            return True
+
+        return await self._atomic("revoke_api_key", revoke)
 
     async def touch_api_key(self, key_id: str, *, now: datetime, stale_before: datetime) -> bool:
         params = {"id": key_id, "now": format_ts(now), "stale_before": format_ts(stale_before)}

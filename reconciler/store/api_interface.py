@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from reconciler.models import AuditRecord
 from reconciler.store.records import ApiKeyRow, InstanceRow, InvoiceFilter, PageRequest
 
 
@@ -14,9 +16,17 @@ class ApiStore(abc.ABC):
     # -- the operator API (store/api.py) --------------------------------------------------------------------
     @abc.abstractmethod
     async def insert_api_key(
-        self, *, key_id: str, label: str, token_hash: str, role: str, now: datetime
+        self,
+        *,
+        key_id: str,
+        label: str,
+        token_hash: str,
+        role: str,
+        now: datetime,
+        audits: Sequence[AuditRecord] = (),
     ) -> None:
-        """Store a new key: its id, label, role and the SHA-256 of its token."""
+        """Store a new key: its id, label, role and the SHA-256 of its token, with `audits` in the same
+        transaction."""
 
     @abc.abstractmethod
     async def api_key_by_hash(self, token_hash: str) -> ApiKeyRow | None:
@@ -31,8 +41,9 @@ class ApiStore(abc.ABC):
         """Every key, oldest first."""
 
     @abc.abstractmethod
-    async def revoke_api_key(self, key_id: str, *, now: datetime) -> bool:
-        """Revoke a key; False when there is no such key or it was revoked already."""
+    async def revoke_api_key(self, key_id: str, *, now: datetime, audits: Sequence[AuditRecord] = ()) -> bool:
+        """Revoke a key, with `audits` in the same transaction; False (nothing written) when there is no
+        such key or it was revoked already."""
 
     @abc.abstractmethod
     async def touch_api_key(self, key_id: str, *, now: datetime, stale_before: datetime) -> bool:

@@ -91,5 +91,19 @@ def test_keys_from_the_shell_the_api_in_the_daemon_and_no_secret_leaks(
         assert secret.encode() not in database
         for text in logs:
             assert secret not in text
+    # who made and revoked each key is audited, by the shell's user or the master key, with no token
+    audited = workspace.shop.rows(
+        "SELECT action, target_id, actor FROM audit_log WHERE action LIKE 'api_key.%'"
+    )
+    assert {(r["action"], r["target_id"]) for r in audited} == {
+        ("api_key.created", support_id),
+        ("api_key.created", reader_id),
+        ("api_key.revoked", reader_id),
+        ("api_key.revoked", support_id),
+    }
+    by = {(r["action"], r["target_id"]): r["actor"] for r in audited}
+    assert by[("api_key.created", reader_id)] == by[("api_key.revoked", reader_id)] == "api-key:master"
+    assert by[("api_key.created", support_id)].startswith("cli:")
+    assert by[("api_key.revoked", support_id)].startswith("cli:")
     # the stored hashes are what is in the database
     assert workspace.shop.scalar("SELECT count(*) FROM api_keys WHERE length(token_hash) = 64") == 2

@@ -79,7 +79,13 @@ async def test_sql_metacharacters_in_every_parameter_are_only_text(both: Backend
         )
         assert status == 201 and body["key"]["label"] == text
         invoices, keys, audits = await counts(live)
-        assert (invoices, audits) == (before[0], before[2]) and keys == before[1] + 1
+        # the one new key, audited once (the unknown key's DELETE wrote nothing); the text stays text
+        assert (invoices, keys, audits) == (before[0], before[1] + 1, before[2] + 1)
+        (made,) = await live.backend.raw.rows(
+            "SELECT actor, details FROM audit_log WHERE action = 'api_key.created' AND target_id = :k",
+            {"k": body["key"]["id"]},
+        )
+        assert made["actor"] == "api-key:master" and json.loads(made["details"])["label"] == text
 
 
 @pytest.mark.parametrize(
