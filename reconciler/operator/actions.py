@@ -66,7 +66,7 @@ from reconciler.runner import Provider, Runner
 from reconciler.safe_text import UNSAFE_TEXT, short_repr
 from reconciler.store import base
 from reconciler.timeutil import Clock, utcnow
-from reconciler.traffic import Failure, Release
+from reconciler.traffic import Failure, Release, Sleep
 from reconciler.verdicts import Decided
 
 __all__ = ["ID_MAX", "REASON_MAX", "ActionRefused", "Actor", "Operator", "Rechecked", "Settled"]
@@ -195,7 +195,7 @@ class Operator:
         clock: Clock = utcnow,
         owner: str | None = None,
         rng: random.Random | None = None,
-        sleep: Any = asyncio.sleep,
+        sleep: Sleep = asyncio.sleep,
         session: aiohttp.ClientSession | None = None,
         owns_store: bool = False,
     ) -> None:
