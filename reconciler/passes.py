@@ -144,6 +144,10 @@ class PassState:
     done: int = 0
     #: rows released untouched: a claim that found nothing is tried again after one of these
     returned: int = 0
+    #: settled invoices without a license found as the pass began, not claimed yet (docs/reconcile.md §1)
+    recovery: list[str] = field(default_factory=list)
+    #: whether that lookup was cut at batch_size: it is made again once a claim finds nothing else
+    recovery_cut: bool = False
 
     @classmethod
     def starting(cls, started_at: datetime) -> PassState:

@@ -168,6 +168,7 @@ class Runner:
             finished.clear()
             await finished.wait()
 
+        await self._find_recovery(p)
         while stop is None or not stop.is_set():
             if in_flight >= self.settings.batch_size:
                 await next_finish()
@@ -180,7 +181,14 @@ class Runner:
                 max_age=self.settings.max_age,
                 batch_size=self.settings.batch_size,
                 default_provider=self.settings.default_provider,
+                recovery=p.recovery,
             )
+            if p.recovery and batch:
+                taken = {row.id for row in batch}
+                p.recovery = [invoice_id for invoice_id in p.recovery if invoice_id not in taken]
+            if not batch and p.recovery_cut:
+                await self._find_recovery(p)
+                continue
             if not batch:
                 returned = p.returned
                 while in_flight and p.returned == returned and (stop is None or not stop.is_set()):
@@ -197,6 +205,19 @@ class Runner:
                 task = group.create_task(self._one(p, row, lease_until, winners))
                 in_flight += 1
                 task.add_done_callback(one_done)
+
+    async def _find_recovery(self, p: PassState) -> None:
+        """The settled invoices without a license, looked for as the pass begins (and again when the first
+        look was cut and nothing else is left): finding them walks the window's settled invoices, too dear
+        for every claim. One settled meanwhile is the next pass's."""
+        p.recovery = await self.store.recovery_candidates(
+            pass_start=p.started_at,
+            now=self.clock(),
+            max_age=self.settings.max_age,
+            batch_size=self.settings.batch_size,
+            default_provider=self.settings.default_provider,
+        )
+        p.recovery_cut = len(p.recovery) >= self.settings.batch_size
 
     async def _one(
         self, p: PassState, row: base.Row, lease_until: datetime, winners: Mapping[str, str]

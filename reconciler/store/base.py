@@ -149,10 +149,26 @@ class Store(ApiStore, DeskStore):
         max_age: timedelta,
         batch_size: int,
         default_provider: str | None = None,
+        recovery: Sequence[str] | None = None,
     ) -> list[Row]:
         """Lease up to `batch_size` due candidates (docs/reconcile.md §1), oldest due first; rows that cannot
         be read come back as `Unreadable`, still leased. Invoices of a paused provider (`provider_controls`;
-        a row without a provider id is `default_provider`'s) are not candidates."""
+        a row without a provider id is `default_provider`'s) are not candidates. The settled invoices without
+        a license among the candidates are those of `recovery` still in that state (a pass looks them up
+        once with `recovery_candidates`); None looks them up now."""
+
+    @abc.abstractmethod
+    async def recovery_candidates(
+        self,
+        *,
+        pass_start: datetime,
+        now: datetime,
+        max_age: timedelta,
+        batch_size: int,
+        default_provider: str | None = None,
+    ) -> list[str]:
+        """The ids of up to `batch_size` settled invoices without a license that are candidates
+        (docs/reconcile.md §1), in claim order, leasing nothing."""
 
     @abc.abstractmethod
     async def peek(

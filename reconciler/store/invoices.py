@@ -35,8 +35,9 @@ class InvoiceUseCases(Engine):
         max_age: timedelta,
         batch_size: int,
         default_provider: str | None = None,
+        recovery: Sequence[str] | None = None,
     ) -> list[base.Row]:
-        params = {
+        params: dict[str, Any] = {
             "owner": owner,
             "token": ids.new_id(),
             "lease_until": format_ts(now + lease),
@@ -48,11 +49,35 @@ class InvoiceUseCases(Engine):
         }
 
         async def claim(tx: Tx) -> list[Row]:
-            return await tx.returning("claim", params)
+            found = recovery
+            if found is None:
+                found = [str(r["id"]) for r in await tx.returning("recovery_candidates", params)]
+            return await tx.returning("claim", {**params, "recovery": json.dumps(list(found))})
 
         found = [rows.invoice(row) for row in await self._atomic("claim", claim)]
         found.sort(key=_claim_order)
         return found
+
+    async def recovery_candidates(
+        self,
+        *,
+        pass_start: datetime,
+        now: datetime,
+        max_age: timedelta,
+        batch_size: int,
+        default_provider: str | None = None,
+    ) -> list[str]:
+        found = await self._read(
+            "recovery_candidates",
+            {
+                "min_created_at": format_ts(pass_start - max_age),
+                "pass_start": format_ts(pass_start),
+                "now": format_ts(now),
+                "batch_size": batch_size,
+                "default_provider": default_provider,
+            },
+        )
+        return [str(row["id"]) for row in found]
 
     async def peek(
         self,

@@ -146,12 +146,89 @@ SELECT :key AS key;
 -- A lock on :key held until the transaction ends (one settle per payment, one schema change at a time).
 SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
 
+-- part: by_due @sqlite
+-- SQLite's planner, without statistics, would rather sort the rows of a status than read this index in order.
+INDEXED BY invoices_due
+
+-- part: by_due @postgres
+-- PostgreSQL's planner finds the index itself.
+
+-- part: by_due_early @sqlite
+-- As by_due.
+INDEXED BY invoices_due_early
+
+-- part: by_due_early @postgres
+-- As by_due.
+
+-- part: skip_locked_invoices @sqlite
+-- Nothing, as skip_locked.
+
+-- part: skip_locked_invoices @postgres
+-- skip_locked for the invoices of a query that also reads a set-returning function.
+FOR UPDATE OF invoices SKIP LOCKED
+
+-- part: open_candidate
+-- An open invoice (pending, expired, invalid: the partial indexes' rows) that docs/reconcile.md §1 makes a
+-- candidate once due: created within max_age, not leased, not of a paused provider.
+status IN ('pending', 'expired', 'invalid')
+  AND created_at >= :min_created_at
+  AND {not_leased}
+  AND NOT {provider_paused}
+
+-- part: claim_order
+-- The order of due_candidates, over the columns every branch of a claim selects.
+(next_check_at IS NOT NULL), next_check_at, created_at, id
+
 -- name: claim
--- Lease up to :batch_size due candidates to :owner with a new :token until :lease_until.
+-- Lease up to :batch_size due candidates to :owner with a new :token until :lease_until, in due_candidates'
+-- order, each part read in order from an index so a claim costs its batch, not the whole backlog: the open
+-- invoices never checked (invoices_due, NULL next check), checked with a next check before the candidate
+-- window (invoices_due_early: only odd rows have one), checked and due within the window (invoices_due,
+-- a range), and the settled ones without a license the pass found when it began (:recovery, a JSON array
+-- of ids, re-checked here).
+WITH never AS (
+    SELECT id, next_check_at, created_at FROM invoices
+    WHERE next_check_at IS NULL AND {open_candidate}
+    ORDER BY next_check_at, created_at, id LIMIT :batch_size {skip_locked}
+), early AS (
+    SELECT id, next_check_at, created_at FROM invoices {by_due_early}
+    WHERE next_check_at < created_at AND next_check_at < :min_created_at AND {open_candidate}
+    ORDER BY next_check_at, created_at, id LIMIT :batch_size {skip_locked}
+), due AS (
+    SELECT id, next_check_at, created_at FROM invoices {by_due}
+    WHERE next_check_at >= :min_created_at AND next_check_at <= :pass_start AND {open_candidate}
+    ORDER BY next_check_at, created_at, id LIMIT :batch_size {skip_locked}
+), recovering AS (
+    SELECT invoices.id, invoices.next_check_at, invoices.created_at
+    FROM {json_elements}(:recovery) AS wanted CROSS JOIN invoices
+    WHERE invoices.id = wanted.value AND {recovery_candidate}
+    {skip_locked_invoices}
+)
 UPDATE invoices
 SET lease_owner = :owner, lease_token = :token, lease_until = :lease_until
-WHERE id IN (SELECT id FROM invoices {due_candidates} LIMIT :batch_size {skip_locked})
+WHERE id IN (
+    SELECT id FROM (
+        SELECT * FROM never UNION ALL SELECT * FROM early UNION ALL SELECT * FROM due
+        UNION ALL SELECT * FROM recovering
+    ) AS candidates
+    ORDER BY {claim_order} LIMIT :batch_size
+)
 RETURNING {invoice_columns};
+
+-- part: recovery_candidate
+-- A settled invoice without a license that docs/reconcile.md §1 makes a candidate: due, created within
+-- max_age, not leased, not a renewal, not of a paused provider.
+status = 'settled' AND subscription_id IS NULL AND NOT {has_license}
+  AND created_at >= :min_created_at
+  AND (next_check_at IS NULL OR next_check_at <= :pass_start)
+  AND {not_leased}
+  AND NOT {provider_paused}
+
+-- name: recovery_candidates
+-- The ids of up to :batch_size settled invoices without a license, in due_candidates' order: looked for once
+-- as a pass begins (they are rare, and finding them walks every settled invoice of the window).
+SELECT id FROM invoices WHERE {recovery_candidate}
+ORDER BY {claim_order} LIMIT :batch_size;
 
 -- name: peek
 -- The candidates a claim would lease, a page at a time, leasing nothing (dry run).

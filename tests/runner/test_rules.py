@@ -359,6 +359,23 @@ async def test_settled_without_license_is_recovered_without_asking(
     assert await run(make_runner, driver) == {}  # nothing left to recover
 
 
+async def test_more_settled_invoices_without_a_license_than_a_batch_are_all_recovered_in_one_pass(
+    shop: Shop, make_runner: RunnerFactory
+) -> None:
+    """The pass looks them up as it begins, a batch at a time: when the first look was cut at batch_size, it
+    looks again once nothing else is left, so none waits for the next pass."""
+    product = shop.product()
+    settled = [shop.invoice(product, provider_invoice_id=f"S{i}", status="settled") for i in range(7)]
+    pending = [shop.invoice(product, provider_invoice_id=f"P{i}") for i in range(3)]
+    driver = FakeDriver()
+    for i in range(3):
+        driver.script(f"P{i}", snapshot("PENDING", raw="New"))
+    assert await run(make_runner, driver, batch_size=2) == {"recover": 7, "no_change": 3}
+    assert all(len(shop.licenses(inv)) == 1 for inv in settled)
+    assert all(shop.status(inv) == "pending" for inv in pending)
+    assert no_lease_held(shop)
+
+
 # -- expire / invalidate and the redemption slot ------------------------------------------------------------------
 
 

@@ -372,3 +372,91 @@ async def test_instance_rows_of_long_gone_processes_are_pruned(backend: Backend)
     assert [
         r["lease_owner"] for r in await backend.raw.rows("SELECT lease_owner FROM reconciler_instances")
     ] == ["new:2:b"]
+
+
+async def test_claims_take_the_candidates_in_the_order_a_peek_lists_them(backend: Backend) -> None:
+    """A claim reads its batch from four index-ordered parts (never checked, next check before the window,
+    due in the window, settled without a license): batch by batch they give exactly the candidates, in
+    docs/reconcile.md §1's order, which the dry run's one-query peek also lists."""
+    window = NOW - AGE
+
+    async def one(label: str, *, created: Any, next_check: Any = None, **row: Any) -> tuple[str, str]:
+        _, (iid,) = await seed(backend, 1, created=format_ts(created), **row)
+        if next_check is not None:
+            await backend.raw.execute(
+                "UPDATE invoices SET next_check_at = :t WHERE id = :id",
+                {"t": format_ts(next_check), "id": iid},
+            )
+        return label, iid
+
+    made = [
+        await one("never", created=NOW - timedelta(hours=3)),
+        await one("never-older", created=NOW - timedelta(hours=5)),
+        await one("never-expired", created=NOW - timedelta(hours=4), status="expired"),
+        await one("due", created=NOW - timedelta(hours=9), next_check=NOW - timedelta(minutes=10)),
+        await one(
+            "due-invalid",
+            created=NOW - timedelta(hours=9),
+            next_check=NOW - timedelta(hours=2),
+            status="invalid",
+        ),
+        await one("due-now", created=NOW - timedelta(hours=9), next_check=NOW),
+        # a storefront's odd rows: a next check before the row's creation, before or inside the window
+        await one("odd-early", created=window + timedelta(hours=1), next_check=window - timedelta(days=3)),
+        await one("odd-inside", created=window + timedelta(hours=5), next_check=window + timedelta(hours=1)),
+        await one("recover", created=NOW - timedelta(hours=2), status="settled"),
+        await one(
+            "recover-due",
+            created=NOW - timedelta(hours=2),
+            next_check=NOW - timedelta(hours=1),
+            status="settled",
+        ),
+        # not candidates
+        await one("aged-out", created=window - timedelta(seconds=1)),
+        await one(
+            "aged-out-checked", created=window - timedelta(hours=1), next_check=window - timedelta(minutes=1)
+        ),
+        await one("not-due", created=NOW - timedelta(hours=9), next_check=NOW + timedelta(seconds=1)),
+        await one("renewal", created=NOW - timedelta(hours=2), status="settled", subscription_id=new_id()),
+        await one("leased", created=NOW - timedelta(hours=6)),
+    ]
+    label_of = {iid: label for label, iid in made}
+    await backend.raw.execute(
+        "UPDATE invoices SET lease_owner = 'other', lease_token = 't', lease_until = :until WHERE id = :id",
+        {"until": format_ts(NOW + LEASE), "id": dict(made)["leased"]},
+    )
+    peeked = await backend.store.peek(pass_start=NOW, now=NOW, max_age=AGE, batch_size=100, offset=0)
+    order = [label_of[row.id] for row in peeked]
+    assert order == [
+        "never-older",
+        "never-expired",
+        "never",
+        "recover",  # never checked, by creation
+        "odd-early",
+        "odd-inside",
+        "due-invalid",
+        "recover-due",
+        "due",
+        "due-now",  # by next check
+    ]
+
+    found = await backend.store.recovery_candidates(pass_start=NOW, now=NOW, max_age=AGE, batch_size=100)
+    assert [label_of[i] for i in found] == ["recover", "recover-due"]
+    for recovery in (None, found):  # looked up by each claim, or once as a pass does
+        claimed: list[str] = []
+        while batch := await backend.store.claim(
+            owner="me", pass_start=NOW, now=NOW, lease=LEASE, max_age=AGE, batch_size=3, recovery=recovery
+        ):
+            assert len(batch) <= 3
+            claimed += sorted(
+                (label_of[row.id] for row in batch), key=order.index
+            )  # a batch comes back by creation: its order is within the batch
+        assert claimed == order
+        await backend.raw.execute(
+            "UPDATE invoices SET lease_owner = NULL, lease_token = NULL, lease_until = NULL WHERE lease_owner = 'me'"
+        )
+    # a settled invoice the pass did not find as it began waits for the next pass
+    rest = await backend.store.claim(
+        owner="me", pass_start=NOW, now=NOW, lease=LEASE, max_age=AGE, batch_size=100, recovery=[]
+    )
+    assert sorted(label_of[row.id] for row in rest) == sorted(set(order) - {"recover", "recover-due"})
