@@ -12,7 +12,7 @@ from reconciler import errors
 from reconciler.store import queries
 
 #: The version schema.sql creates: version 1 with every migration applied (store/migrations/).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 #: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
 OUR_TABLES = frozenset(
@@ -32,29 +32,56 @@ OUR_TABLES = frozenset(
         "review_items",
         "api_keys",
         "provider_controls",
+        # version 4
+        "webhook_deliveries",
     }
 )
 
 
 @dataclass(frozen=True, slots=True)
+class Index:
+    """An index or unique constraint as the database enforces it: what ON CONFLICT and lookups rely on."""
+
+    table: str
+    columns: tuple[str | None, ...]  # None: an expression, which never stands in for a column
+    unique: bool
+    #: a partial index (`WHERE ...`) covers only some rows: it never stands in for a whole one, nor the other
+    #: way round (`ON CONFLICT ... WHERE` needs the partial one)
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Added:
-    """What one migration adds to the version before it: whole tables, and columns of older tables."""
+    """What one migration adds to the version before it: whole tables, and columns and indexes of older
+    tables."""
 
     tables: frozenset[str] = frozenset()
     columns: frozenset[tuple[str, str]] = frozenset()
+    indexes: frozenset[Index] = frozenset()
 
 
 #: What each version added, so that the schema check knows what a database at an older version must hold (a
 #: test compares this with what the migrations really add).
 ADDED: Mapping[int, Added] = {
     2: Added(tables=frozenset({"review_items", "api_keys", "provider_controls"})),
+    3: Added(
+        indexes=frozenset(
+            {
+                Index("invoices", ("next_check_at", "created_at", "id"), False, True),  # invoices_due
+                Index("invoices", ("created_at", "next_check_at"), False, True),  # invoices_due_early
+            }
+        )
+    ),
+    4: Added(tables=frozenset({"webhook_deliveries"})),
 }
 
 
 def _added_after(version: int) -> Added:
     later = [added for number, added in ADDED.items() if number > version]
     return Added(
-        frozenset().union(*(a.tables for a in later)), frozenset().union(*(a.columns for a in later))
+        frozenset().union(*(a.tables for a in later)),
+        frozenset().union(*(a.columns for a in later)),
+        frozenset().union(*(a.indexes for a in later)),
     )
 
 
@@ -111,18 +138,6 @@ def require_current(version: int) -> None:
 
 class _CatalogueRow(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Index:
-    """An index or unique constraint as the database enforces it: what ON CONFLICT and lookups rely on."""
-
-    table: str
-    columns: tuple[str | None, ...]  # None: an expression, which never stands in for a column
-    unique: bool
-    #: a partial index (`WHERE ...`) covers only some rows: it never stands in for a whole one, nor the other
-    #: way round (`ON CONFLICT ... WHERE` needs the partial one)
-    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +213,11 @@ def expected_shape(version: int = SCHEMA_VERSION) -> SchemaShape:
 
     return SchemaShape(
         frozenset((t, c) for t, c in newest.columns if kept(t, [c])),
-        {index: label for index, label in newest.indexes.items() if kept(index.table, index.columns)},
+        {
+            index: label
+            for index, label in newest.indexes.items()
+            if kept(index.table, index.columns) and index not in later.indexes
+        },
     )
 
 
