@@ -9,7 +9,8 @@ It satisfies the :class:`Driver` Protocol: a pydantic ``Settings`` model of its 
 constructor ``Driver(provider_id, settings, common, session)``, ``fetch(provider_invoice_id) ->
 Snapshot`` and ``check()``. It may also implement ``fetch_page`` (:class:`SupportsFetchPages`: one page
 of the invoices created in a window), ``fetch_many`` (:class:`SupportsFetchMany`) and ``post_settle``
-(:class:`SupportsPostSettle`).
+(:class:`SupportsPostSettle`), and ``parse_webhook`` with ``webhook_enabled`` and ``webhook_aliases``
+(:class:`SupportsWebhooks`: deliveries to the core's webhook listener, docs/drivers.md §8).
 
 Retries, circuit breaking, concurrency and rate limits live in the core's runner, not in drivers:
 a driver makes one attempt and translates every HTTP or JSON failure into one of the
@@ -26,12 +27,13 @@ URL path go through :func:`path_segment`. Drivers never touch the database.
 #   driver_types   the Driver protocol, Snapshot, ProviderStatus, settings bases, post-settle types
 #   driver_values  amounts, evidence, path segments, timestamps, the snapshot and profile checks
 #   providers_http the HTTP client (with strict_json, retry_after, secret_scrub and safe_text beneath it)
+#   driver_webhooks webhook deliveries: the optional protocol, its values, signature and token checks
 #   errors         the driver error tree
 from __future__ import annotations
 
 from pydantic import SecretStr
 
-from reconciler import errors, providers_http
+from reconciler import driver_webhooks, errors, providers_http
 from reconciler.driver_types import (
     MAX_SATS,
     PAGE_ITEM_BYTES,
@@ -67,6 +69,7 @@ from reconciler.driver_values import (
 
 __all__ = [
     "MAX_SATS",
+    "MAX_WEBHOOK_BYTES",
     "PAGE_ITEM_BYTES",
     "RAW_EVIDENCE_MAX",
     "RETRY_AFTER_MAX",
@@ -95,8 +98,16 @@ __all__ = [
     "SupportsFetchMany",
     "SupportsFetchPages",
     "SupportsPostSettle",
+    "SupportsWebhooks",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookMalformed",
+    "WebhookNotFound",
+    "WebhookRefused",
+    "WebhookUnauthorized",
     "ascii_upper",
     "auth_header",
+    "check_event",
     "check_payment_profile",
     "check_snapshot",
     "decimal_to_sats",
@@ -105,6 +116,11 @@ __all__ = [
     "parse_retry_after",
     "path_segment",
     "raw_evidence",
+    "signature_matches",
+    "token_matches",
+    "webhook_object",
+    "webhook_text",
+    "webhook_text_problem",
 ]
 
 # The driver error tree, re-exported so drivers import this module only.
@@ -120,3 +136,19 @@ auth_header = providers_http.auth_header
 Reply = providers_http.Reply
 parse_retry_after = providers_http.parse_retry_after
 RETRY_AFTER_MAX = providers_http.RETRY_AFTER_MAX
+
+# Webhook deliveries (see reconciler.driver_webhooks): the optional protocol, its values and shared checks.
+SupportsWebhooks = driver_webhooks.SupportsWebhooks
+WebhookDelivery = driver_webhooks.WebhookDelivery
+WebhookEvent = driver_webhooks.WebhookEvent
+MAX_WEBHOOK_BYTES = driver_webhooks.MAX_WEBHOOK_BYTES
+check_event = driver_webhooks.check_event
+signature_matches = driver_webhooks.signature_matches
+token_matches = driver_webhooks.token_matches
+webhook_object = driver_webhooks.webhook_object
+webhook_text = driver_webhooks.webhook_text
+webhook_text_problem = driver_webhooks.text_problem
+WebhookRefused = errors.WebhookRefused
+WebhookUnauthorized = errors.WebhookUnauthorized
+WebhookNotFound = errors.WebhookNotFound
+WebhookMalformed = errors.WebhookMalformed

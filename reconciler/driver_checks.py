@@ -15,6 +15,8 @@ from reconciler.driver_types import DriverSettings
 
 _REQUIRED = ("fetch", "check")
 _OPTIONAL = ("fetch_page", "fetch_many", "post_settle")
+#: SupportsWebhooks (docs/drivers.md §8): all three or none; parse_webhook and webhook_enabled plain methods
+_WEBHOOKS = {"webhook_enabled": False, "parse_webhook": False, "webhook_aliases": True}
 
 
 def problems(obj: object) -> list[str]:
@@ -34,6 +36,14 @@ def problems(obj: object) -> list[str]:
     for method in _OPTIONAL:
         if hasattr(obj, method) and not inspect.iscoroutinefunction(getattr(obj, method)):
             found.append(f"`{method}` is not an async method")
+    present = [method for method in _WEBHOOKS if hasattr(obj, method)]
+    if present and len(present) != len(_WEBHOOKS):
+        missing = ", ".join(f"`{m}`" for m in _WEBHOOKS if m not in present)
+        found.append(f"it implements part of the webhook protocol: {missing} missing")
+    for method in present:
+        asynchronous = inspect.iscoroutinefunction(getattr(obj, method))
+        if asynchronous != _WEBHOOKS[method]:
+            found.append(f"`{method}` is {'' if asynchronous else 'not '}an async method")
     item_bytes = getattr(obj, "page_item_bytes", 1)
     if isinstance(item_bytes, bool) or not isinstance(item_bytes, int) or item_bytes < 1:
         found.append("`page_item_bytes` is not a positive whole number of bytes")

@@ -12,11 +12,15 @@
     ├── StoreError               the database failed
     │   └── StoreUnavailable     connection lost, lock timeout: the pass ends, the next tick retries
     │       └── StoreContention  deadlock / serialization failure: the transaction is retried first
-    └── DriverError              raised by drivers, translated from HTTP/JSON at one boundary
-        ├── ProviderUnavailable  transient (timeout, 5xx, 408, 429): retried, then rescheduled
-        ├── ProviderAuthError    credentials refused: the provider's circuit opens for the pass
-        ├── InvoiceNotFound      the provider does not know the invoice: audited once
-        └── BadProviderResponse  an answer the driver cannot read: audited once
+    ├── DriverError              raised by drivers, translated from HTTP/JSON at one boundary
+    │   ├── ProviderUnavailable  transient (timeout, 5xx, 408, 429): retried, then rescheduled
+    │   ├── ProviderAuthError    credentials refused: the provider's circuit opens for the pass
+    │   ├── InvoiceNotFound      the provider does not know the invoice: audited once
+    │   └── BadProviderResponse  an answer the driver cannot read: audited once
+    └── WebhookRefused           a webhook delivery refused at the door (docs/webhooks.md §3): nothing written
+        ├── WebhookUnauthorized  bad or missing signature, wrong token: 401
+        ├── WebhookNotFound      no webhook ingress at this path: 404
+        └── WebhookMalformed     authenticated, but not the JSON the provider sends: 400
 
 A class's docstring is its default message; context travels as attributes. Messages never carry secrets.
 """
@@ -131,3 +135,28 @@ class InvoiceNotFound(DriverError):
 
 class BadProviderResponse(DriverError):
     """The payment provider answered with something the driver cannot read."""
+
+
+class WebhookRefused(ReconcilerError):
+    """The webhook delivery was refused."""
+
+    #: the HTTP status the listener answers with
+    http_status = 400
+
+
+class WebhookUnauthorized(WebhookRefused):
+    """The webhook delivery is not authenticated (bad or missing signature, or a wrong token)."""
+
+    http_status = 401
+
+
+class WebhookNotFound(WebhookRefused):
+    """No webhook ingress at this path."""
+
+    http_status = 404
+
+
+class WebhookMalformed(WebhookRefused):
+    """The webhook delivery is authenticated but is not the JSON its provider sends."""
+
+    http_status = 400

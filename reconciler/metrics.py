@@ -42,6 +42,9 @@ PASS_RESULTS = ("ok", "degraded")
 REVIEW_ACTIONS = tuple(str(action) for action in audit.REVIEW_ACTIONS)
 
 
+_WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 class Metrics(Observer):
     def __init__(self, registry: CollectorRegistry | None = None, *, providers: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
@@ -137,6 +140,19 @@ class Metrics(Observer):
             ["provider"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "reconciler_webhooks",
+            "Webhook deliveries by provider and outcome (docs/webhooks.md §3); provider `-` for an unknown id",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "reconciler_webhook_decision_seconds",
+            "Seconds from a webhook's arrival to its invoice's decision being committed",
+            ["provider"],
+            buckets=_WEBHOOK_BUCKETS,
+            registry=r,
+        )
         self._backlog_labels: set[str] = set()
         self._review_labels: set[str] = set(REVIEW_ACTIONS)
         self.initialise(providers)
@@ -169,6 +185,12 @@ class Metrics(Observer):
     def request(self, provider_id: str, outcome: str, seconds: float) -> None:
         self.requests.labels(provider_id, outcome).inc()
         self.latency.labels(provider_id).observe(seconds)
+
+    def webhook(self, provider_id: str, outcome: str) -> None:
+        self.webhooks.labels(provider_id, outcome).inc()
+
+    def webhook_decided(self, provider_id: str, seconds: float) -> None:
+        self.webhook_seconds.labels(provider_id).observe(seconds)
 
     def task(self, provider_id: str | None, status: str) -> None:
         self.tasks.labels(provider_id or NO_PROVIDER, status).inc()

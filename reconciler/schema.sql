@@ -1,4 +1,4 @@
--- The shared-database contract of invoice-reconciler, schema version 3 (docs/schema.md).
+-- The shared-database contract of invoice-reconciler, schema version 4 (docs/schema.md).
 -- It always equals version 1 with every migration (reconciler/store/migrations/) applied in order; a test
 -- compares the two on both engines.
 -- Portable SQL: applies unchanged on SQLite >= 3.35 and PostgreSQL >= 13.
@@ -197,4 +197,20 @@ CREATE TABLE provider_controls (
     reason TEXT
 );
 
-INSERT INTO schema_meta (version) VALUES (3);
+-- version 4: the webhook deliveries the listener accepted (docs/webhooks.md), pruned after 30 days
+CREATE TABLE webhook_deliveries (
+    provider_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    provider_invoice_id TEXT,
+    invoice_id TEXT,
+    received_at TEXT NOT NULL CHECK (received_at IS NULL OR (length(received_at) = 27 AND substr(received_at, 11, 1) = 'T' AND substr(received_at, 27, 1) = 'Z')),
+    outcome TEXT NOT NULL,
+    decision TEXT,
+    decided_at TEXT CHECK (decided_at IS NULL OR (length(decided_at) = 27 AND substr(decided_at, 11, 1) = 'T' AND substr(decided_at, 27, 1) = 'Z')),
+    PRIMARY KEY (provider_id, idempotency_key)
+);
+CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
+
+INSERT INTO schema_meta (version) VALUES (4);

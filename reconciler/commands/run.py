@@ -22,6 +22,7 @@ from reconciler.notify import Notifier
 from reconciler.operator import actions
 from reconciler.runner import PassSummary, Runner
 from reconciler.timeutil import utcnow
+from reconciler.webhooks import WebhookService
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -130,8 +131,12 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
                 f"http.listen {cfg.http.listen}: cannot listen there: {exc.strerror}"
             ) from exc
         logger.info("metrics and health on http://{}:{}/", cfg.http.host, port)
+    webhooks = None
     try:
         api_server = await _start_api(cfg, store, runner)
+        webhooks = await _start_webhooks(cfg, store, runner, metrics)
+        if webhooks is not None:
+            _stop_when_failed(webhooks, daemon)
         logger.info(
             "reconciler {} started: {} provider(s), database {}",
             __version__,
@@ -140,9 +145,14 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
         )
         notifier.ready(f"started: {len(loaded)} provider(s)")
         await daemon.run()
+        failure = webhooks.failed() if webhooks is not None else None
+        if failure is not None:
+            raise failure
         logger.info("stopped after {} pass(es)", daemon.passes)
         return common.EXIT_OK
     finally:
+        if webhooks is not None:
+            await webhooks.stop()
         if server is not None:
             await server.stop()
         if api_server is not None:
@@ -171,6 +181,41 @@ async def _start_api(cfg: Config, store: Any, runner: Runner) -> ApiServer | Non
         raise errors.ConfigError(f"api.listen {cfg.api.listen}: cannot listen there: {exc.strerror}") from exc
     logger.info("operator API on http://{}:{}/api/v1/", cfg.api.host, port)
     return api_server
+
+
+async def _start_webhooks(cfg: Config, store: Any, runner: Runner, metrics: Metrics) -> WebhookService | None:
+    """The webhook listener and its workers (`[webhooks]`), when configured (docs/webhooks.md)."""
+    if cfg.webhooks is None:
+        return None
+    service = WebhookService(
+        cfg.webhooks,
+        store,
+        runner.providers,
+        runner.settings,
+        signing_key=runner.signing_key,
+        observer=metrics,
+        decisions=metrics,
+    )
+    try:
+        port = await service.start()
+    except OSError as exc:
+        raise errors.ConfigError(
+            f"webhooks.listen {cfg.webhooks.listen}: cannot listen there: {exc.strerror}"
+        ) from exc
+    logger.info("webhooks on http://{}:{}/webhooks/", cfg.webhooks.host, port)
+    return service
+
+
+def _stop_when_failed(service: WebhookService, daemon: Daemon) -> None:
+    """A webhook worker that died of a bug stops the daemon, which then exits 1 with it."""
+
+    def check(_: object) -> None:
+        if service.failed() is not None:
+            logger.error("the webhook workers stopped on an error: stopping")
+            daemon.stop.set()
+
+    for task in service.tasks:
+        task.add_done_callback(check)
 
 
 async def dry_run_command(runner: Runner, *, as_json: bool) -> int:

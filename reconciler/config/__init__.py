@@ -19,6 +19,7 @@ from reconciler.config.models import (
     PostSettleSettings,
     ProviderConfig,
     ReconcileSettings,
+    WebhookSettings,
 )
 from reconciler.config.values import (
     DEFAULT_CONFIG_PATH,
@@ -59,6 +60,7 @@ __all__ = [
     "ProviderConfig",
     "ReconcileSettings",
     "ShortDuration",
+    "WebhookSettings",
     "WholeNumber",
     "load_config",
     "validate_driver_settings",

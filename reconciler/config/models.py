@@ -185,6 +185,38 @@ class ApiSettings(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
+class WebhookSettings(_Section):
+    """``[webhooks]``: the webhook listener (docs/webhooks.md) and the bounds of its intake."""
+
+    listen: str = "127.0.0.1:8081"
+    #: invoices waiting for a worker at most; when full a delivery is answered 503 (its nudge is durable)
+    intake: WholeNumber = Field(default=1000, ge=1, le=100_000)
+    #: invoices worked on at once, each through the lease, fetch and settle of a pass
+    workers: WholeNumber = Field(default=4, ge=1, le=256)
+    #: what a 503 asks the provider to wait (`Retry-After`)
+    retry_after: ShortDuration = timedelta(seconds=5)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value, "127.0.0.1:8081")
+
+    @field_validator("retry_after")
+    @classmethod
+    def _whole_seconds(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class ProviderConfig(BaseModel):
     """One ``[providers.<id>]`` section: the core-owned keys and the driver's options.
 
@@ -286,6 +318,7 @@ class Config(BaseSettings):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     http: HttpSettings | None = None
     api: ApiSettings | None = None
+    webhooks: WebhookSettings | None = None
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -63,6 +63,7 @@ from reconciler.store.records import (
     TaskResult,
 )
 from reconciler.store.schema import OUR_TABLES, SCHEMA_VERSION
+from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord, WebhookStore
 
 __all__ = [
     "INSTANCE_RETENTION",
@@ -72,6 +73,8 @@ __all__ = [
     "ApiKeyRow",
     "AuditRecord",
     "CheckWrite",
+    "DeliveryReceipt",
+    "DeliveryRecord",
     "DueTask",
     "DuplicateFound",
     "InstanceRow",
@@ -101,7 +104,7 @@ __all__ = [
 Row = Invoice | Unreadable
 
 
-class Store(ApiStore, DeskStore):
+class Store(ApiStore, DeskStore, WebhookStore):
     """A reconciler database: `SqliteStore` and `PostgresStore` (both `sql.SqlStore`)."""
 
     @abc.abstractmethod

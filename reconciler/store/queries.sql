@@ -685,3 +685,41 @@ WHERE provider_id = :provider_id AND paused = 1;
 -- Every provider an operator paused or resumed, and who did it last.
 SELECT provider_id, paused, changed_by, changed_at, reason FROM provider_controls ORDER BY provider_id;
 
+
+-- name: insert_webhook_delivery
+-- Record an accepted webhook delivery, unless its key was recorded already (a redelivery); the key when new.
+INSERT INTO webhook_deliveries
+    (provider_id, idempotency_key, delivery_id, event_type, provider_invoice_id, received_at, outcome)
+VALUES (:provider_id, :idempotency_key, :delivery_id, :event_type, :provider_invoice_id, :received_at, :outcome)
+ON CONFLICT (provider_id, idempotency_key) DO NOTHING
+RETURNING idempotency_key;
+
+-- name: webhook_invoices
+-- The invoices of a provider (a row without a provider id is :default_provider's) stored under one of the ids
+-- of a delivery, and whether a pass would still look at each (open, or settled without its license).
+SELECT id, (status IN ('pending', 'expired', 'invalid')
+            OR (status = 'settled' AND subscription_id IS NULL AND NOT {has_license})) AS open
+FROM invoices
+WHERE (payment_provider_id = :provider_id
+       OR (payment_provider_id IS NULL AND CAST(:default_provider AS TEXT) = :provider_id))
+  AND provider_invoice_id IN (SELECT value FROM {json_elements}(:ids))
+ORDER BY created_at, id;
+
+-- name: nudge_invoices
+-- A webhook makes invoices due now (docs/webhooks.md §2): only the schedule, never a lease.
+UPDATE invoices SET next_check_at = :now
+WHERE id IN (SELECT value FROM {json_elements}(:invoice_ids));
+
+-- name: set_webhook_delivery_invoice
+-- What recording a delivery found: its outcome and the invoice it made due.
+UPDATE webhook_deliveries SET outcome = :outcome, invoice_id = :invoice_id
+WHERE provider_id = :provider_id AND idempotency_key = :idempotency_key;
+
+-- name: finish_webhook_delivery
+-- What became of a nudged delivery, once its decision was committed (or it was left to a pass).
+UPDATE webhook_deliveries SET outcome = :outcome, decision = :decision, decided_at = :decided_at
+WHERE provider_id = :provider_id AND idempotency_key = :idempotency_key;
+
+-- name: prune_webhook_deliveries
+-- Deliveries received before :before are forgotten (docs/webhooks.md §2: after 30 days).
+DELETE FROM webhook_deliveries WHERE received_at < :before;

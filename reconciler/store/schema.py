@@ -12,7 +12,7 @@ from reconciler import errors
 from reconciler.store import queries
 
 #: The version schema.sql creates: version 1 with every migration applied (store/migrations/).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Tables schema.sql creates; the database is "ours" when `schema_meta` holds one row.
 OUR_TABLES = frozenset(
@@ -32,6 +32,8 @@ OUR_TABLES = frozenset(
         "review_items",
         "api_keys",
         "provider_controls",
+        # version 4
+        "webhook_deliveries",
     }
 )
 
@@ -70,6 +72,7 @@ ADDED: Mapping[int, Added] = {
             }
         )
     ),
+    4: Added(tables=frozenset({"webhook_deliveries"})),
 }
 
 

@@ -1,5 +1,5 @@
 """The SQL store: the use cases written once over named queries (invoices.py, settle.py, tasks.py,
-operator.py, reporting.py, api.py on engine.py) and the schema checks; each dialect supplies the connections
+operator.py, reporting.py, api.py, webhooks.py on engine.py) and the schema checks; each dialect supplies the connections
 and transactions (`SqliteStore`, `PostgresStore`)."""
 
 from __future__ import annotations
@@ -18,13 +18,21 @@ from reconciler.store.reporting import Reporting
 from reconciler.store.reviews import ReviewUseCases
 from reconciler.store.settle import SettleUseCase
 from reconciler.store.tasks import TaskUseCases
+from reconciler.store.webhooks import WebhookUseCases
 
 #: What every schema change takes first (init-db, each migration): one at a time across every process.
 _SCHEMA_LOCK = "reconciler schema"
 
 
 class SqlStore(
-    InvoiceUseCases, SettleUseCase, TaskUseCases, OperatorUseCases, Reporting, ReviewUseCases, ApiUseCases
+    InvoiceUseCases,
+    SettleUseCase,
+    TaskUseCases,
+    OperatorUseCases,
+    Reporting,
+    ReviewUseCases,
+    ApiUseCases,
+    WebhookUseCases,
 ):
     #: "sqlite" or "postgres": which text of the queries and migrations the store runs
     dialect: str

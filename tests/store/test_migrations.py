@@ -258,7 +258,7 @@ async def _upgrade_loses_nothing(store: base.Store, dump: Dump) -> None:
     migrated = await store.migrate()
 
     every = tuple(m.name for m in migrations.load("sqlite"))
-    assert every[:2] == ("0002_operator_desk.sql", "0003_claim_indexes.sql")
+    assert every[:3] == ("0002_operator_desk.sql", "0003_claim_indexes.sql", "0004_webhook_deliveries.sql")
     assert migrated == base.Migrated(1, base.SCHEMA_VERSION, every)
     after = await dump()
     assert {t: rows for t, rows in after.items() if t != "schema_meta"} == {

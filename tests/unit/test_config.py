@@ -718,8 +718,8 @@ def test_an_unknown_section_in_an_environment_variable_is_refused(tmp_path: Path
 
     assert message == (
         "$RECONCILER_RECONCLE__BATCH_SIZE: reconcle: unknown key (did you mean 'reconcile'? accepted: "
-        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api; "
-        "not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)"
+        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api, "
+        "webhooks; not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)"
     )
 
 
@@ -845,8 +845,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
 
     assert message.splitlines() == [
         "$RECONCILER_RECONCLE__X: reconcle: unknown key (did you mean 'reconcile'? accepted: "
-        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api; "
-        "not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)",
+        "default_provider, database, reconcile, post_settle, daemon, log, license, providers, http, api, "
+        "webhooks; not configuration: RECONCILER_FIXTURES, RECONCILER_TEST_PG_URL)",
         f"{source}: providers.shop.api_key_file: {missing}: no such file",
         f"{source}: reconcile.interval: invalid duration '60 s': write a whole number and a unit, e.g. 90s, 15m, "
         "72h, 2d",
@@ -855,7 +855,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         "$RECONCILER_DAEMON__GRACE: daemon.grace: unknown key (accepted: shutdown_grace)",
         f"{source}: providers.other.max_concurrency: Input should be greater than or equal to 1",
         f"{source}: colour: unknown key (accepted: default_provider, database, reconcile, post_settle, daemon, "
-        "log, license, providers, http, api)",
+        "log, license, providers, http, api, webhooks)",
         f"{source}: reconcile.lease: lease 1m is shorter than 2 × the worst fetch of provider 'shop' (40s = "
         "timeout 40s × 1 attempts + retry_max_delay 10s × 0): set lease to at least 80s or lower that "
         "provider's timeout, retry_attempts or retry_max_delay",

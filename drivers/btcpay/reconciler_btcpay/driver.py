@@ -31,7 +31,7 @@ import aiohttp
 from pydantic import ConfigDict, field_validator
 
 from reconciler import driver_api
-from reconciler_btcpay import client, status
+from reconciler_btcpay import client, status, webhooks
 
 # Policies that include btcpay.store.canviewinvoices (BTCPay's permission tree, upper-cased for matching);
 # "unrestricted" covers all.
@@ -60,6 +60,8 @@ class BTCPayDriver:
         base_url: str
         store_id: str
         api_key: driver_api.SecretStr
+        #: the secret of the store's webhook to this reconciler (docs/webhooks.md); none: no webhook ingress
+        webhook_secret: driver_api.SecretStr | None = None
 
         @field_validator("base_url")
         @classmethod
@@ -93,6 +95,13 @@ class BTCPayDriver:
                 raise ValueError("must be a non-empty key without spaces")
             return value
 
+        @field_validator("webhook_secret")
+        @classmethod
+        def _webhook_secret(cls, value: driver_api.SecretStr | None) -> driver_api.SecretStr | None:
+            if value is not None and not value.get_secret_value():
+                raise ValueError("must not be empty")
+            return value
+
     post_settle_kinds: ClassVar[tuple[str, ...]] = ()
     key_check_ttl: ClassVar[float] = 60.0
     """Seconds a key check after a 403 is remembered (about one pass)."""
@@ -117,6 +126,7 @@ class BTCPayDriver:
             common=common,
             session=session,
         )
+        self._webhook_secret = settings.webhook_secret
         self._key_lock = asyncio.Lock()
         self._key_checked_at: float | None = None
         self._key_problem_text: str | None = None
@@ -190,6 +200,18 @@ class BTCPayDriver:
         problem = await self._key_problem()
         if problem is not None:
             raise self._http.error(driver_api.ProviderAuthError, problem, None)
+
+    def webhook_enabled(self) -> bool:
+        """Whether ``webhook_secret`` is configured (docs/webhooks.md)."""
+        return self._webhook_secret is not None
+
+    def parse_webhook(self, delivery: driver_api.WebhookDelivery) -> driver_api.WebhookEvent:
+        """A delivery's event, its ``BTCPay-Sig`` checked first (``reconciler_btcpay.webhooks``)."""
+        return webhooks.parse(delivery, self._webhook_secret, self._store_id)
+
+    async def webhook_aliases(self, invoice_ref: str) -> tuple[str, ...]:
+        """None: a BTCPay invoice is stored under its own id only."""
+        return ()
 
     async def _key_problem(self) -> str | None:
         """What is wrong with the API key for this store, or ``None``; other failures raise."""

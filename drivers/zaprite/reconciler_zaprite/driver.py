@@ -16,7 +16,7 @@ from loguru import logger
 from pydantic import BaseModel, field_validator
 
 from reconciler import driver_api
-from reconciler_zaprite import client, status
+from reconciler_zaprite import client, status, webhooks
 
 CAPTURE_PAYMENT_PROFILE = "zaprite.capture_payment_profile"
 
@@ -26,6 +26,21 @@ class ZapriteSettings(driver_api.DriverSettings):
 
     base_url: str = "https://api.zaprite.com"
     api_key: driver_api.SecretStr
+    #: the secret path segment of this reconciler's webhook URL (docs/webhooks.md); none: no webhook ingress
+    webhook_token: driver_api.SecretStr | None = None
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _check_webhook_token(cls, value: driver_api.SecretStr | None) -> driver_api.SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if len(token) < 24 or not all(c.isascii() and (c.isalnum() or c in "-_.~") for c in token):
+            raise ValueError(
+                "webhook_token must be at least 24 URL-safe characters (letters, digits, - _ . ~), "
+                "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -77,6 +92,7 @@ class ZapriteDriver:
         session: aiohttp.ClientSession,
     ) -> None:
         self.provider_id = provider_id
+        self._webhook_token = settings.webhook_token
         authorization = client.authorization(settings.api_key)
         self._client = client.ZapriteClient(
             driver_api.JsonClient.for_provider(
@@ -95,6 +111,22 @@ class ZapriteDriver:
         return driver_api.check_snapshot(
             snapshot, provider_id=self.provider_id, invoice_id=provider_invoice_id
         )
+
+    def webhook_enabled(self) -> bool:
+        """Whether ``webhook_token`` is configured (docs/webhooks.md)."""
+        return self._webhook_token is not None
+
+    def parse_webhook(self, delivery: driver_api.WebhookDelivery) -> driver_api.WebhookEvent:
+        """A delivery's event, its path token checked first (``reconciler_zaprite.webhooks``)."""
+        return webhooks.parse(delivery, self._webhook_token)
+
+    async def webhook_aliases(self, invoice_ref: str) -> tuple[str, ...]:
+        """The order's ``externalUniqId``, the id a storefront may have stored instead of the order id."""
+        order = await self._client.get_order(invoice_ref)
+        alias = order.external_uniq_id
+        if alias is None or alias == invoice_ref or driver_api.webhook_text_problem(alias) is not None:
+            return ()
+        return (alias,)
 
     async def check(self) -> None:
         """``GET /v1/orders?limit=1``: succeeds when the key is accepted."""

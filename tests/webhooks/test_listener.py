@@ -1,0 +1,311 @@
+"""The webhook listener over a real socket: the real BTCPay driver against the fake BTCPay, a real database
+(SQLite, and PostgreSQL where it says so), the same lease, fetch and settle transaction as a pass."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from reconciler_btcpay import BTCPayDriver
+
+from reconciler import driver_api, errors
+from reconciler.config import WebhookSettings
+from reconciler.driver_api import Driver
+from reconciler.runner import Provider, RunnerSettings
+from reconciler.store import base
+from reconciler.timeutil import format_ts, utcnow
+from reconciler.webhooks import WebhookService
+from tests.conftest import PG_URL, pg_connection
+from tests.fakes import btcpay
+from tests.store.backends import Backend, postgres_backend, sqlite_backend
+from tests.support.shop import new_id
+from tests.webhooks.support import SECRET, btcpay_body, signature
+
+PROVIDER = "btcpay_main"
+
+
+@dataclass
+class Hooks:
+    backend: Backend
+    fake: btcpay.FakeBTCPay
+    service: WebhookService
+    url: str
+    session: aiohttp.ClientSession
+
+    async def post(
+        self, body: bytes, sig: str | None = None, *, path: str = f"/webhooks/{PROVIDER}"
+    ) -> aiohttp.ClientResponse:
+        headers = {"Content-Type": "application/json"}
+        if sig is not None:
+            headers["BTCPay-Sig"] = sig
+        data = io.BytesIO(body) if len(body) > 64 * 1024 else body
+        async with self.session.post(self.url + path, data=data, headers=headers) as response:
+            await response.read()
+            return response
+
+    async def deliver(self, invoice_ref: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        body = btcpay_body(invoice_ref, **kwargs)
+        return await self.post(body, signature(body))
+
+    async def settled(self) -> None:
+        """Until the intake is empty and its workers idle."""
+        await asyncio.wait_for(self.service.intake.queue.join(), 10)
+
+    def fetches(self, invoice_ref: str) -> int:
+        return sum(
+            1 for e in self.fake.log if e.method == "GET" and e.path.endswith(f"/invoices/{invoice_ref}")
+        )
+
+    async def invoice(self, ref: str, status: str = "pending") -> str:
+        product = new_id()
+        await self.backend.raw.execute(
+            "INSERT INTO products (id, slug, name, created_at) VALUES (:id, :slug, 'P', :t)",
+            {"id": product, "slug": f"p-{product[:8]}", "t": format_ts(utcnow())},
+        )
+        iid = new_id()
+        created = format_ts(utcnow() - timedelta(minutes=5))
+        await self.backend.raw.execute(
+            "INSERT INTO invoices (id, payment_provider_id, provider_invoice_id, product_id, status, amount_sats,"
+            " created_at, updated_at, next_check_at)"
+            " VALUES (:id, :p, :ref, :product, :status, 100000, :c, :c, :later)",
+            {
+                "id": iid,
+                "p": PROVIDER,
+                "ref": ref,
+                "product": product,
+                "status": status,
+                "c": created,
+                "later": format_ts(utcnow() + timedelta(hours=1)),
+            },
+        )
+        return iid
+
+
+async def _hooks(backend: Backend, signing_key: Ed25519PrivateKey, **settings: Any) -> AsyncIterator[Hooks]:
+    fake = btcpay.FakeBTCPay()
+    await fake.start()
+    async with aiohttp.ClientSession() as session:
+        driver_settings = BTCPayDriver.Settings.model_validate(
+            {
+                "base_url": fake.base_url,
+                "store_id": btcpay.STORE_ID,
+                "api_key": btcpay.API_KEY,
+                "webhook_secret": SECRET,
+            }
+        )
+        common = driver_api.CommonSettings(driver="btcpay", timeout=5.0)
+        providers = {
+            PROVIDER: Provider(
+                PROVIDER, cast(Driver, BTCPayDriver(PROVIDER, driver_settings, common, session)), common
+            )
+        }
+        service = WebhookService(
+            WebhookSettings.model_validate({"listen": "127.0.0.1:0"} | settings),
+            backend.store,
+            providers,
+            RunnerSettings(),
+            signing_key=signing_key,
+        )
+        port = await service.start()
+        try:
+            yield Hooks(backend, fake, service, f"http://127.0.0.1:{port}", session)
+        finally:
+            await service.stop()
+            await fake.close()
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Backend]:
+    async for found in sqlite_backend(tmp_path):
+        yield found
+
+
+@pytest.fixture
+async def hooks(sqlite_db: Backend, signing_key: Ed25519PrivateKey) -> AsyncIterator[Hooks]:
+    async for found in _hooks(sqlite_db, signing_key):
+        yield found
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_hooks(
+    request: pytest.FixtureRequest, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> AsyncIterator[Hooks]:
+    if request.param == "sqlite":
+        async for backend in sqlite_backend(tmp_path):
+            async for found in _hooks(backend, signing_key):
+                yield found
+    else:
+        async with pg_connection() as (conn, schema):
+            async for backend in postgres_backend(conn, schema, PG_URL):
+                async for found in _hooks(backend, signing_key):
+                    yield found
+
+
+async def test_a_delivery_for_a_paid_invoice_ends_with_its_license(any_hooks: Hooks) -> None:
+    iid = await any_hooks.invoice("INV-PAID")
+    any_hooks.fake.add(btcpay.make_invoice("INV-PAID", status="Settled"))
+
+    response = await any_hooks.deliver("INV-PAID")
+    await any_hooks.settled()
+
+    assert response.status == 200
+    b = any_hooks.backend
+    assert await b.scalar("SELECT status FROM invoices WHERE id = :id", {"id": iid}) == "settled"
+    assert await b.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :id", {"id": iid}) == 1
+    assert await b.scalar("SELECT lease_token FROM invoices WHERE id = :id", {"id": iid}) is None
+    row = (await b.raw.rows("SELECT outcome, decision, decided_at, invoice_id FROM webhook_deliveries"))[0]
+    assert (row["outcome"], row["decision"], row["invoice_id"]) == ("decided", "settle", iid)
+    assert row["decided_at"] is not None
+    actions = [r["action"] for r in await b.raw.rows("SELECT action FROM audit_log ORDER BY occurred_at, id")]
+    assert "invoice.settled" in actions and "license.issued" in actions
+
+
+async def test_a_redelivery_is_applied_once(hooks: Hooks) -> None:
+    await hooks.invoice("INV-R")
+    hooks.fake.add(btcpay.make_invoice("INV-R", status="Settled"))
+
+    first = await hooks.deliver("INV-R", delivery_id="d1")
+    await hooks.settled()
+    again = await hooks.deliver("INV-R", delivery_id="d2", original="d1")
+    await hooks.settled()
+
+    assert (first.status, again.status) == (200, 200)
+    assert hooks.fetches("INV-R") == 1
+    assert await hooks.backend.scalar("SELECT count(*) FROM webhook_deliveries") == 1
+
+
+async def test_an_unknown_invoice_is_accepted_and_never_created(hooks: Hooks) -> None:
+    response = await hooks.deliver("NOBODY")
+
+    assert response.status == 200
+    assert await hooks.backend.scalar("SELECT count(*) FROM invoices") == 0
+    assert await hooks.backend.scalar("SELECT outcome FROM webhook_deliveries") == "unknown_invoice"
+    assert hooks.fetches("NOBODY") == 0
+
+
+async def test_a_pending_answer_reschedules_and_trusts_nothing_from_the_body(hooks: Hooks) -> None:
+    iid = await hooks.invoice("INV-P")
+    hooks.fake.add(btcpay.make_invoice("INV-P", status="New"))
+
+    response = await hooks.deliver("INV-P", event_type="InvoiceSettled")
+    await hooks.settled()
+
+    assert response.status == 200
+    assert await hooks.backend.scalar("SELECT status FROM invoices WHERE id = :id", {"id": iid}) == "pending"
+    assert await hooks.backend.scalar("SELECT count(*) FROM licenses") == 0
+
+
+async def test_a_leased_invoice_is_left_to_its_holder(hooks: Hooks) -> None:
+    iid = await hooks.invoice("INV-L")
+    hooks.fake.add(btcpay.make_invoice("INV-L", status="Settled"))
+    holder = await hooks.backend.store.claim_invoice(
+        iid, owner="other", now=utcnow(), lease=timedelta(minutes=5)
+    )
+    assert holder is not None
+
+    response = await hooks.deliver("INV-L")
+    await hooks.settled()
+
+    assert response.status == 200
+    assert hooks.fetches("INV-L") == 0
+    assert (
+        await hooks.backend.scalar("SELECT lease_owner FROM invoices WHERE id = :id", {"id": iid}) == "other"
+    )
+    assert await hooks.backend.scalar("SELECT outcome FROM webhook_deliveries") == "busy"
+    due = await hooks.backend.scalar("SELECT next_check_at FROM invoices WHERE id = :id", {"id": iid})
+    assert due <= format_ts(utcnow())
+
+
+@pytest.mark.parametrize(
+    ("path", "sig", "status"),
+    [
+        (f"/webhooks/{PROVIDER}", None, 401),
+        (f"/webhooks/{PROVIDER}", "sha256=" + "ab" * 32, 401),
+        (f"/webhooks/{PROVIDER}", signature(btcpay_body("X"), "not-the-secret"), 401),
+        ("/webhooks/nobody", signature(btcpay_body("X")), 404),
+        (f"/webhooks/{PROVIDER}/some-token", signature(btcpay_body("X")), 404),
+    ],
+)
+async def test_refusals_write_nothing(hooks: Hooks, path: str, sig: str | None, status: int) -> None:
+    response = await hooks.post(btcpay_body("X"), sig, path=path)
+
+    assert response.status == status
+    assert await hooks.backend.scalar("SELECT count(*) FROM webhook_deliveries") == 0
+
+
+async def test_a_signed_body_that_is_not_json_is_400(hooks: Hooks) -> None:
+    body = b'{"deliveryId": "d1"'
+    assert (await hooks.post(body, signature(body))).status == 400
+
+
+async def test_a_body_over_1_mib_is_413(hooks: Hooks) -> None:
+    body = b" " * (driver_api.MAX_WEBHOOK_BYTES + 1)
+    assert (await hooks.post(body, signature(body))).status == 413
+
+
+async def test_a_full_intake_answers_503_and_the_nudge_is_durable(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey
+) -> None:
+    async for hooks in _hooks(sqlite_db, signing_key, intake=1, workers=1):
+        for task in hooks.service.tasks:  # no worker takes anything: the intake fills up
+            task.cancel()
+        first = await hooks.invoice("INV-A")
+        second = await hooks.invoice("INV-B")
+
+        accepted = await hooks.deliver("INV-A", delivery_id="a")
+        full = await hooks.deliver("INV-B", delivery_id="b")
+
+        assert accepted.status == 200
+        assert full.status == 503
+        assert full.headers["Retry-After"] == "5"
+        for iid in (first, second):
+            due = await sqlite_db.scalar("SELECT next_check_at FROM invoices WHERE id = :id", {"id": iid})
+            assert due <= format_ts(utcnow())
+        # the provider's retry finds the delivery recorded: 200, nothing more
+        assert (await hooks.deliver("INV-B", delivery_id="b2", original="b")).status == 200
+
+
+class _Unavailable:
+    """A store whose every delivery write fails as a lost database does."""
+
+    def __init__(self, store: base.Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return getattr(self._store, name)  # type: ignore[no-any-return]
+
+    async def record_delivery(self, *args: Any, **kwargs: Any) -> base.DeliveryReceipt:
+        raise errors.StoreUnavailable("connection lost")
+
+
+async def test_an_unavailable_database_answers_503(hooks: Hooks) -> None:
+    await hooks.invoice("INV-D")
+    hooks.service.server.store = _Unavailable(hooks.backend.store)  # type: ignore[assignment]
+
+    response = await hooks.deliver("INV-D")
+
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_old_deliveries_are_pruned(any_hooks: Hooks) -> None:
+    b = any_hooks.backend
+    for key, received in (("old", utcnow() - timedelta(days=31)), ("new", utcnow() - timedelta(days=29))):
+        await b.raw.execute(
+            "INSERT INTO webhook_deliveries (provider_id, idempotency_key, delivery_id, event_type, received_at,"
+            " outcome) VALUES (:p, :k, :k, 'InvoiceSettled', :t, 'ignored')",
+            {"p": PROVIDER, "k": key, "t": format_ts(received)},
+        )
+
+    assert await any_hooks.service.server.prune() == 1
+    assert [
+        r["idempotency_key"] for r in await b.raw.rows("SELECT idempotency_key FROM webhook_deliveries")
+    ] == ["new"]
