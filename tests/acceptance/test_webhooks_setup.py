@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import Workspace
 from tests.acceptance.providers import RECONCILER, btcpay_provider, write_config, zaprite_provider
 from tests.fakes import btcpay as fake_btcpay
 from tests.fakes import openapi
@@ -208,3 +209,15 @@ async def test_a_url_refused(tmp_path: Path, config: Path, btcpay: FakeBTCPay, u
     assert f"--url {url!r}" in ran.stderr
     assert btcpay.log == []
     assert list((tmp_path / "credentials").iterdir()) == []
+
+
+async def test_a_driver_without_webhook_setup_or_hint_gets_the_generic_advice(workspace: Workspace) -> None:
+    """The scripted `fake` driver (tests/plugins/fake-driver, by its entry point) offers neither."""
+    ran = await setup(workspace.config(), "fake", "--url", PUBLIC)
+
+    assert ran.code == 2, ran
+    assert "driver 'fake' cannot register webhooks" in ran.stderr
+    assert (
+        "in the provider's own dashboard, with the URL https://shop.example.com/webhooks/fake" in ran.stderr
+    )
+    assert not (workspace.root / "credentials").exists()

@@ -71,6 +71,7 @@ async def test_registers_the_invoice_events_at_the_url_with_the_secret(
         200,
     )
     assert exchange.authorization == f"token {btcpay.API_KEY}"
+    assert exchange.headers["Content-Type"] == "application/json"
 
 
 def test_the_request_body_conforms_to_the_fixture(btcpay_document: openapi.OpenAPIDocument) -> None:
