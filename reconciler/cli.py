@@ -92,6 +92,29 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     revoke = key_sub.add_parser("revoke", parents=[common], help="revoke a key: its next request gets 401")
     revoke.add_argument("key_id", help="api_keys.id (api-key list shows them)")
+    hooks = sub.add_parser("webhooks", parents=[common], help="provider webhooks: register the daemon's")
+    hook_sub = hooks.add_subparsers(dest="webhooks_action", metavar="ACTION", required=True)
+    setup = hook_sub.add_parser(
+        "setup", parents=[common], help="register the webhook with the provider and write its secret file"
+    )
+    setup.add_argument("provider_id", help="a [providers.<id>] of the configuration")
+    setup.add_argument(
+        "--url",
+        required=True,
+        metavar="PUBLIC_URL",
+        help="the public https:// base your reverse proxy forwards to [webhooks] listen "
+        "(/webhooks/<provider_id> is appended unless it ends with it)",
+    )
+    setup.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="PATH",
+        help="where to write the secret, mode 0600 (default: credentials/<provider_id>_webhook_secret "
+        "beside the configuration file)",
+    )
+    setup.add_argument(
+        "--force", action="store_true", help="replace an existing secret file once the webhook is registered"
+    )
     return parser
 
 

@@ -8,9 +8,11 @@ A driver is a class registered in the entry-point group ``reconciler.drivers``::
 It satisfies the :class:`Driver` Protocol: a pydantic ``Settings`` model of its own options, a
 constructor ``Driver(provider_id, settings, common, session)``, ``fetch(provider_invoice_id) ->
 Snapshot`` and ``check()``. It may also implement ``fetch_page`` (:class:`SupportsFetchPages`: one page
-of the invoices created in a window), ``fetch_many`` (:class:`SupportsFetchMany`) and ``post_settle``
-(:class:`SupportsPostSettle`), and ``parse_webhook`` with ``webhook_enabled`` and ``webhook_aliases``
-(:class:`SupportsWebhooks`: deliveries to the core's webhook listener, docs/drivers.md §8).
+of the invoices created in a window), ``fetch_many`` (:class:`SupportsFetchMany`), ``post_settle``
+(:class:`SupportsPostSettle`), ``parse_webhook`` with ``webhook_enabled`` and ``webhook_aliases``
+(:class:`SupportsWebhooks`: deliveries to the core's webhook listener, docs/drivers.md §8) and
+``register_webhook`` (:class:`SupportsWebhookSetup`: registering the daemon's webhook URL with the provider,
+for ``reconciler webhooks setup``).
 
 Retries, circuit breaking, concurrency and rate limits live in the core's runner, not in drivers:
 a driver makes one attempt and translates every HTTP or JSON failure into one of the
@@ -54,6 +56,7 @@ from reconciler.driver_types import (
     SupportsFetchMany,
     SupportsFetchPages,
     SupportsPostSettle,
+    SupportsWebhookSetup,
 )
 from reconciler.driver_values import (
     RAW_EVIDENCE_MAX,
@@ -98,6 +101,7 @@ __all__ = [
     "SupportsFetchMany",
     "SupportsFetchPages",
     "SupportsPostSettle",
+    "SupportsWebhookSetup",
     "SupportsWebhooks",
     "WebhookDelivery",
     "WebhookEvent",

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from reconciler.driver_types import DriverSettings
 
 _REQUIRED = ("fetch", "check")
-_OPTIONAL = ("fetch_page", "fetch_many", "post_settle")
+_OPTIONAL = ("fetch_page", "fetch_many", "post_settle", "register_webhook")
 #: SupportsWebhooks (docs/drivers.md §8): all three or none; parse_webhook and webhook_enabled plain methods
 _WEBHOOKS = {"webhook_enabled": False, "parse_webhook": False, "webhook_aliases": True}
 
@@ -44,6 +44,9 @@ def problems(obj: object) -> list[str]:
         asynchronous = inspect.iscoroutinefunction(getattr(obj, method))
         if asynchronous != _WEBHOOKS[method]:
             found.append(f"`{method}` is {'' if asynchronous else 'not '}an async method")
+    hint = getattr(obj, "webhook_setup_hint", "")
+    if not isinstance(hint, str) or "\n" in hint:
+        found.append("`webhook_setup_hint` is not one line of text")
     item_bytes = getattr(obj, "page_item_bytes", 1)
     if isinstance(item_bytes, bool) or not isinstance(item_bytes, int) or item_bytes < 1:
         found.append("`page_item_bytes` is not a positive whole number of bytes")

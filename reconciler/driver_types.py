@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from reconciler.errors import DriverError
 
@@ -176,6 +176,20 @@ class Driver(Protocol):
 class SupportsFetchMany(Protocol):
     async def fetch_many(self, provider_invoice_ids: Sequence[str]) -> Mapping[str, Snapshot | DriverError]:
         """Ask about several invoices at once; an id missing from the answer is not found."""
+        ...
+
+
+@runtime_checkable
+class SupportsWebhookSetup(Protocol):
+    async def register_webhook(self, url: str, secret: SecretStr) -> str:
+        """Register ``url`` with the provider as a webhook for its invoice events, its deliveries signed
+        with ``secret``; the id the provider gave the webhook (``reconciler webhooks setup``, docs/cli.md
+        §2.13). One attempt (a timed-out request may have registered it), errors translated; neither
+        ``secret`` nor a credential in any message.
+
+        A driver whose provider's webhooks are set up elsewhere (its dashboard) leaves this out and may
+        set ``webhook_setup_hint: ClassVar[str]``, one line telling the operator how, in which
+        ``{url}`` stands for the URL the provider should call."""
         ...
 
 

@@ -15,7 +15,8 @@ constructor with ``JsonClient.for_provider``). What it guarantees:
 - ``Retry-After`` is read only where it matters (408, 429, 5xx), strictly
   (:mod:`reconciler.retry_after`), clamped to :data:`RETRY_AFTER_MAX`.
 
-Transport failures, in one table (:meth:`JsonClient.get`)::
+Requests are ``GET`` (:meth:`JsonClient.get`) or ``POST`` with a JSON body (:meth:`JsonClient.post`).
+Transport failures, in one table, the same for both::
 
     TimeoutError                                  ProviderUnavailable
     aiohttp.ClientConnectionError / PayloadError  ProviderUnavailable (refused, reset, truncated, bad gzip)
@@ -29,6 +30,7 @@ else (other 2xx, 3xx, other 4xx, 600+) is a bad response.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -161,13 +163,45 @@ class JsonClient:
         Every status is returned; transport failures and an oversized 200 body raise. ``invoice_id``
         and ``what`` (e.g. ``"contact"``) only shape error messages.
         """
+        return await self._send("GET", path, params, None, invoice_id=invoice_id, what=what)
+
+    async def post(
+        self,
+        path: str,
+        payload: Any,
+        *,
+        invoice_id: str | None = None,
+        what: str | None = None,
+    ) -> Reply:
+        """POST ``payload`` as a JSON body to ``base_url + path``; otherwise exactly as :meth:`get`.
+
+        One attempt: a POST that timed out may have been applied, so whether to ask again is the
+        caller's decision. Nothing of ``payload`` appears in a message this client produces.
+        """
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return await self._send("POST", path, None, body, invoice_id=invoice_id, what=what)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        *,
+        invoice_id: str | None,
+        what: str | None,
+    ) -> Reply:
         headers = {"Authorization": self._authorization.get_secret_value(), "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         failure: errors.DriverError | None = None
         reply: Reply | None = None
         try:
-            async with self._session.get(
+            async with self._session.request(
+                method,
                 self._base_url + path,
                 params=params,
+                data=body,
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from reconciler.commands import desk, keys, reports, run, setup
+from reconciler.commands import desk, hooks, keys, reports, run, setup
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -25,4 +25,5 @@ HANDLERS: dict[str, Handler] = {
     "retry-task": desk.retry_task,
     "provider": desk.provider,
     "api-key": keys.api_key,
+    "webhooks": hooks.webhooks,
 }

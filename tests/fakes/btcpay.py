@@ -10,12 +10,16 @@ Routes (what the driver and an operator's checks read)::
                                                                         includeArchived
     GET /api/v1/stores/{storeId}/invoices/{invoiceId}                   includePaymentMethods
     GET /api/v1/stores/{storeId}/invoices/{invoiceId}/payment-methods   onlyAccountedPayments
+    POST /api/v1/stores/{storeId}/webhooks                              WebhookDataCreate body
 
 Like BTCPay: ``Authorization: token <key>`` (``Bearer`` too unless ``accept_bearer=False``, as servers
 before 2.0.6); 401 ``unauthenticated`` without a known key; 403 ``missing-permission`` when the key
 cannot view the store's invoices, and for an invoice that belongs to another store; 404
 ``invoice-not-found``. Invoices come from :func:`make_invoice` and are valid against the fixtures'
-``InvoiceData``; the list is :mod:`tests.fakes.btcpay_list`'s (newest first, inclusive creation window,
+``InvoiceData``; webhook registration is :mod:`tests.fakes.btcpay_webhooks`' (the request checked
+against the fixture's ``WebhookDataCreate``, 403 ``missing-permission`` naming
+``btcpay.store.webhooks.canmodifywebhooks`` for a key without it, every webhook kept in
+:attr:`FakeBTCPay.webhooks`); the list is :mod:`tests.fakes.btcpay_list`'s (newest first, inclusive creation window,
 skip/take, archived invoices hidden unless asked for: :meth:`FakeBTCPay.archive`). What real servers
 send that the fixtures do not describe is one of the named
 :data:`DEVIATIONS`, and every logged answer lists the deviations it uses, so
@@ -59,8 +63,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes import btcpay_list
-from tests.fakes.openapi import Deviation, OpenAPIDocument
+from tests.fakes import btcpay_list, btcpay_webhooks
+from tests.fakes.openapi import Deviation, OpenAPIDocument, fixtures_dir, schema_errors
 from tests.fakes.raw import RawAnswer
 
 __all__ = [
@@ -441,6 +445,11 @@ class _Answer:
 
 _Handler = Callable[[web.Request, str | None], _Answer]
 """Answers a request; gets the API key it authenticated with (``None`` on unauthenticated routes)."""
+_Permission = tuple[Callable[[Iterable[str], str], bool], str]
+"""Whether a key's permissions allow the route on a store, and the permission a 403 names."""
+_VIEW_DENIED = "btcpay.store.canviewinvoices"
+_HOOKS_DENIED = btcpay_webhooks.PERMISSION
+_RAW_BODY = web.RequestKey("raw_body", bytes)
 
 
 def _problem(status: int, code: str, message: str, **extra: str) -> _Answer:
@@ -476,6 +485,8 @@ class FakeBTCPay:
         #: the list endpoint's index: (how many invoices it was built over, the index); add() drops it
         self._by_creation: tuple[int, btcpay_list.ByCreation] | None = None
         self.faults: dict[str | None, Fault] = {}
+        #: webhooks registered through POST /api/v1/stores/{storeId}/webhooks, by id (with their secret)
+        self.webhooks = btcpay_webhooks.Webhooks()
         self.log: list[Exchange] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -512,21 +523,27 @@ class FakeBTCPay:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: any free port); returns and remembers ``base_url``."""
         app = web.Application()
-        # (path, handler, fault target (None: the invoice id), authenticated)
-        routes: list[tuple[str, _Handler, str | None, bool]] = [
-            ("/api/v1/health", self._health, "health", False),
-            ("/api/v1/api-keys/current", self._api_key, "api-keys/current", True),
-            ("/api/v1/stores/{storeId}/invoices", self._list_invoices, "invoices", True),
-            ("/api/v1/stores/{storeId}/invoices/{invoiceId}", self._get_invoice, None, True),
+        # (method, path, handler, fault target (None: the invoice id), authenticated, permission check)
+        view, hooks = (_can_view_invoices, _VIEW_DENIED), (btcpay_webhooks.can_modify_webhooks, _HOOKS_DENIED)
+        routes: list[tuple[str, str, _Handler, str | None, bool, _Permission]] = [
+            ("GET", "/api/v1/health", self._health, "health", False, view),
+            ("GET", "/api/v1/api-keys/current", self._api_key, "api-keys/current", True, view),
+            ("GET", "/api/v1/stores/{storeId}/invoices", self._list_invoices, "invoices", True, view),
+            ("GET", "/api/v1/stores/{storeId}/invoices/{invoiceId}", self._get_invoice, None, True, view),
             (
+                "GET",
                 "/api/v1/stores/{storeId}/invoices/{invoiceId}/payment-methods",
                 self._payment_methods,
                 None,
                 True,
+                view,
             ),
+            ("POST", "/api/v1/stores/{storeId}/webhooks", self._create_webhook, "webhooks", True, hooks),
         ]
-        for path, handler, target, authenticated in routes:
-            app.router.add_get(path, self._endpoint(path, handler, target, authenticated))
+        for method, path, handler, target, authenticated, permission in routes:
+            app.router.add_route(
+                method, path, self._endpoint(path, handler, target, authenticated, permission)
+            )
         app.router.add_post("/_fake/invoices", self._control_invoice)
         app.router.add_post("/_fake/faults", self._control_fault)
         app.router.add_get("/_fake/log", self._control_log)
@@ -553,10 +570,17 @@ class FakeBTCPay:
     # --- plumbing: faults, auth, log ---
 
     def _endpoint(
-        self, route: str, handler: _Handler, route_target: str | None, authenticated: bool
+        self,
+        route: str,
+        handler: _Handler,
+        route_target: str | None,
+        authenticated: bool,
+        permission: _Permission,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def endpoint(request: web.Request) -> web.StreamResponse:
             target = route_target or request.match_info["invoiceId"]
+            if request.method == "POST":
+                request[_RAW_BODY] = await request.read()
             arrived = time.monotonic()
             fault = self.faults.get(target) or self.faults.get(None) or Fault()
             if fault.latency:
@@ -573,7 +597,7 @@ class FakeBTCPay:
                     request, route, target, arrived, _Answer(raw.status, None, ("fault-raw-answer",))
                 )
                 return await raw.send(request)
-            answer = self._injected(fault) or self._answer(request, handler, authenticated)
+            answer = self._injected(fault) or self._answer(request, handler, authenticated, permission)
             if answer.status == 200 and fault.garbage:
                 self._record(request, route, target, arrived, _Answer(200, None, ("fault-garbage-body",)))
                 return web.Response(
@@ -614,7 +638,9 @@ class FakeBTCPay:
         body = {"code": "fake-injected", "message": f"injected HTTP {status}"}
         return _Answer(status, body, ("injected-error-status",), headers)
 
-    def _answer(self, request: web.Request, handler: _Handler, authenticated: bool) -> _Answer:
+    def _answer(
+        self, request: web.Request, handler: _Handler, authenticated: bool, permission: _Permission
+    ) -> _Answer:
         if not authenticated:
             return handler(request, None)
         match = _AUTH.fullmatch(request.headers.get("Authorization", ""))
@@ -624,13 +650,13 @@ class FakeBTCPay:
             return _problem(401, *_UNAUTHENTICATED)
         key = match.group(2)
         store = request.match_info.get("storeId")
-        if store is not None and not _can_view_invoices(self.api_keys[key], store):
+        allowed, needed = permission
+        if store is not None and not allowed(self.api_keys[key], store):
             return _problem(
                 403,
                 "missing-permission",
-                'Insufficient API Permissions. Please use an API key with permission "'
-                'btcpay.store.canviewinvoices".',
-                missingPermission="btcpay.store.canviewinvoices",
+                f'Insufficient API Permissions. Please use an API key with permission "{needed}".',
+                missingPermission=needed,
             )
         return handler(request, key)
 
@@ -693,6 +719,15 @@ class FakeBTCPay:
             self._by_creation = (len(self.invoices), btcpay_list.ByCreation(self.invoices.values()))
         status, body, deviations = btcpay_list.list_invoices(
             self._by_creation[1], request.match_info["storeId"], request.query, _present
+        )
+        return _Answer(status, body, deviations)
+
+    def _create_webhook(self, request: web.Request, key: str | None) -> _Answer:
+        if request.match_info["storeId"] != self.store_id:
+            return _problem(404, "store-not-found", "The store was not found")
+        schema = openapi_document(fixtures_dir()).request_schema("POST", "/api/v1/stores/{storeId}/webhooks")
+        status, body, deviations = self.webhooks.create(
+            request[_RAW_BODY], lambda value: schema_errors(schema, value)
         )
         return _Answer(status, body, deviations)
 

@@ -179,6 +179,17 @@ class OpenAPIDocument:
             self._schemas[key] = self._body_schema(response)
         return self._schemas[key]
 
+    def request_schema(self, method: str, path_template: str) -> Schema:
+        """The JSON Schema of the operation's JSON request body (what a fake checks a request against).
+
+        Raises :class:`UndocumentedResponse` when the operation takes no body."""
+        body = self.operation(method, path_template).get("requestBody")
+        content = self._resolve(body, ()).get("content") if isinstance(body, dict) else None
+        if not content:
+            raise UndocumentedResponse(f"{method.upper()} {path_template} documents no request body")
+        media = next((m for m in content if "json" in m), next(iter(content)))
+        return self._translate(content[media].get("schema", {}), ())
+
     def with_deviations(self, deviations: Iterable[Deviation]) -> OpenAPIDocument:
         """This document patched by every deviation that has a patch (cached per set of names)."""
         chosen = sorted({d.name: d for d in deviations if d.patch is not None}.values(), key=lambda d: d.name)

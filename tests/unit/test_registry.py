@@ -34,6 +34,15 @@ class _SyncPostSettle(FakeDriver):
         return None
 
 
+class _SyncRegisterWebhook(FakeDriver):
+    def register_webhook(self, url: str, secret: Any) -> str:
+        return "id"
+
+
+class _HintNotText(FakeDriver):
+    webhook_setup_hint: ClassVar[Any] = ("set it up", "there")
+
+
 class _SettingsNotAModel(FakeDriver):
     Settings: ClassVar[type[BaseModel]] = dict  # type: ignore[assignment]
 
@@ -65,6 +74,8 @@ class _ExtraAllowedSettings(FakeDriver):
         (_BadKinds, "`post_settle_kinds` is not a tuple"),
         (_SyncFetch, "`fetch` is not an async method"),
         (_SyncPostSettle, "`post_settle` is not an async method"),
+        (_SyncRegisterWebhook, "`register_webhook` is not an async method"),
+        (_HintNotText, "`webhook_setup_hint` is not one line of text"),
     ],
 )
 def test_a_broken_driver_is_described(candidate: object, problem: str) -> None:
@@ -74,6 +85,14 @@ def test_a_broken_driver_is_described(candidate: object, problem: str) -> None:
 
 def test_a_good_driver_has_no_problem() -> None:
     assert driver_checks.problems(FakeDriver) == []
+
+
+def test_the_shipped_drivers_declare_their_webhook_setup() -> None:
+    btcpay, zaprite = registry.load("btcpay"), registry.load("zaprite")
+    assert driver_checks.problems(btcpay) == driver_checks.problems(zaprite) == []
+    assert issubclass(btcpay, driver_api.SupportsWebhookSetup)
+    assert not hasattr(zaprite, "register_webhook")
+    assert "{url}" in zaprite.webhook_setup_hint  # type: ignore[attr-defined]
 
 
 def test_installed_drivers_name_their_distribution() -> None:

@@ -15,6 +15,9 @@ is read exactly as a single GET's body is (``snapshot_from_invoice`` and ``check
 fails, or is listed for another store or twice, is that id's ``BadProviderResponse`` and the rest of
 the page stands; an item without a usable ``id`` is left out (counted in ``Page.items`` only). There is
 no ``fetch_many``: the list endpoint filters by ``orderId``, not by invoice id.
+
+``register_webhook`` (``driver_api.SupportsWebhookSetup``) registers the daemon's webhook with the store
+(:mod:`reconciler_btcpay.registration`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import aiohttp
 from pydantic import ConfigDict, field_validator
 
 from reconciler import driver_api
-from reconciler_btcpay import client, status, webhooks
+from reconciler_btcpay import client, registration, status, webhooks
 
 # Policies that include btcpay.store.canviewinvoices (BTCPay's permission tree, upper-cased for matching);
 # "unrestricted" covers all.
@@ -194,6 +197,16 @@ class BTCPayDriver:
             return driver_api.check_snapshot(snapshot, provider_id=self.provider_id, invoice_id=invoice_id)
         except driver_api.DriverError as exc:
             return exc
+
+    async def register_webhook(self, url: str, secret: driver_api.SecretStr) -> str:
+        """``POST /api/v1/stores/{storeId}/webhooks``: ``url`` for the invoice events, signed with
+        ``secret``; the webhook's id (:mod:`reconciler_btcpay.registration`)."""
+        path = f"/api/v1/stores/{self._store_segment}/webhooks"
+        body = registration.request_body(url, secret)
+        reply = await self._http.post(path, body, what=registration.WHAT)
+        if reply.status != 200:
+            raise registration.refusal(self._http, reply, self._store_id, secret.get_secret_value())
+        return registration.webhook_id(self._http, reply, secret.get_secret_value())
 
     async def check(self) -> None:
         """Verify that the key is accepted and may view this store's invoices."""

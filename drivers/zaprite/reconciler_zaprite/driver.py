@@ -83,6 +83,11 @@ class ZapriteDriver:
 
     Settings: ClassVar[type[BaseModel]] = ZapriteSettings
     post_settle_kinds: ClassVar[tuple[str, ...]] = (CAPTURE_PAYMENT_PROFILE,)
+    webhook_setup_hint: ClassVar[str] = (
+        "add the webhook in Zaprite's dashboard (Settings → API → Add Webhook) with the endpoint URL "
+        "{url}/<token>, where <token> is the unguessable token in this provider's webhook_token_file "
+        "(docs/operations.md, Webhooks)"
+    )
 
     def __init__(
         self,
