@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DRIVERS := $(wildcard drivers/*)
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench bench-webhooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: lint typecheck pytest
 # make bench BENCH_ARGS="--large" / "--pg" / "--invoices 10000 --concurrency 16" (bench/pass.py --help)
 bench: $(STAMP)
 	$(BIN)/python bench/pass.py $(BENCH_ARGS)
+
+# make bench-webhooks BENCH_ARGS="--idle 500 --flood 2000 --workers 8" (bench/webhooks.py --help)
+bench-webhooks: $(STAMP)
+	$(BIN)/python bench/webhooks.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

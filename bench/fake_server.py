@@ -10,6 +10,8 @@ until SIGTERM / SIGINT.
 The request log only counts (a pass of 100,000 requests would otherwise keep every answer). A separate
 listener, not counted, reports: `GET <control_url>/counts` answers the requests since the last reset by
 route and status, the most handled at once and this process's CPU seconds; `?reset=1` starts afresh.
+`POST <control_url>/pay` with `{"ids": [provider invoice id, ...]}` makes those invoices Settled and paid in
+full from then on (bench/webhooks.py: a buyer pays, then BTCPay sends its webhook).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import SupportsIndex
 
@@ -62,10 +65,16 @@ def _cpu_seconds() -> float:
 class Control:
     """The uncounted listener that reads and resets the fake's counters."""
 
-    def __init__(self, fake: FakeBTCPay, log: CountingLog) -> None:
+    def __init__(self, fake: FakeBTCPay, log: CountingLog, planned: Sequence[world.Planned]) -> None:
         self.fake = fake
         self.log = log
         self.cpu_mark = _cpu_seconds()
+        self.planned = {p.provider_invoice_id: p for p in planned}
+
+    async def pay(self, request: web.Request) -> web.Response:
+        ids = (await request.json())["ids"]
+        self.fake.add(*(world.btcpay_invoice(replace(self.planned[i], outcome="settle")) for i in ids))
+        return web.json_response({"paid": len(ids)})
 
     async def counts(self, request: web.Request) -> web.Response:
         body = {
@@ -86,12 +95,14 @@ async def serve(args: argparse.Namespace) -> None:
     fake = FakeBTCPay(store_id=world.STORE_ID, concurrency=args.concurrency)
     log = CountingLog()
     fake.log = log
-    fake.add(*(world.btcpay_invoice(p) for p in world.plan(args.invoices, args.now, args.mix)))
+    planned = world.plan(args.invoices, args.now, args.mix)
+    fake.add(*(world.btcpay_invoice(p) for p in planned))
     if args.latency_ms > 0:
         fake.fault(latency=args.latency_ms / 1000)
-    control = Control(fake, log)
+    control = Control(fake, log, planned)
     app = web.Application()
     app.router.add_get("/counts", control.counts)
+    app.router.add_post("/pay", control.pay)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -4,7 +4,8 @@ fake BTCPay store.
 Every invoice is pending, at the one BTCPay provider, and created within the last hour (inside the
 default `max_age`, dense in the store's creation window); BTCPay answers each with an outcome from the
 mix. `settled`: every invoice is Settled, paid in full (each settle writes a license: the expensive
-path). `mixed`: five in eight settle, one expires, one turns invalid and one is still New.
+path). `mixed`: five in eight settle, one expires, one turns invalid and one is still New. `pending`: every
+invoice is New (bench/webhooks.py pays them one by one).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ POLICY_ID = str(uuid.uuid5(_NAMESPACE, "policy"))
 MIXES: dict[str, tuple[str, ...]] = {
     "settled": ("settle",),
     "mixed": ("settle", "settle", "settle", "expire", "settle", "invalidate", "settle", "pending"),
+    # bench/webhooks.py: every invoice New until the bench pays it (bench/fake_server.py's `POST /pay`)
+    "pending": ("pending",),
 }
 FINAL_STATUS = {"settle": "settled", "expire": "expired", "invalidate": "invalid", "pending": "pending"}
 _BTCPAY: dict[str, dict[str, Any]] = {
