@@ -145,6 +145,10 @@ class Daemon:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
+        return await self.wait(within)
+
+    async def wait(self, within: float = 60) -> int:
+        """Its exit code, once it ends by itself (`--once`)."""
         code = await asyncio.wait_for(self.proc.wait(), within)
         if self._reader is not None:
             await asyncio.wait_for(self._reader, within)
