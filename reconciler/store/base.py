@@ -63,7 +63,7 @@ from reconciler.store.records import (
     TaskResult,
 )
 from reconciler.store.schema import OUR_TABLES, SCHEMA_VERSION
-from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord, WebhookStore
+from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord, InvoiceLease, WebhookStore
 
 __all__ = [
     "INSTANCE_RETENTION",
@@ -79,6 +79,7 @@ __all__ = [
     "DuplicateFound",
     "InstanceRow",
     "InvoiceFilter",
+    "InvoiceLease",
     "Migrated",
     "PageRequest",
     "PaymentKey",

@@ -720,6 +720,11 @@ WHERE provider_id = :provider_id AND idempotency_key = :idempotency_key;
 UPDATE webhook_deliveries SET outcome = :outcome, decision = :decision, decided_at = :decided_at
 WHERE provider_id = :provider_id AND idempotency_key = :idempotency_key;
 
+-- name: invoice_lease
+-- Who holds an invoice's lease at :now (no row when nobody does): the claim's token and when it ends.
+SELECT lease_token, lease_until FROM invoices
+WHERE id = :invoice_id AND lease_token IS NOT NULL AND NOT {not_leased};
+
 -- name: prune_webhook_deliveries
 -- Deliveries received before :before are forgotten (docs/webhooks.md §2: after 30 days).
 DELETE FROM webhook_deliveries WHERE received_at < :before;

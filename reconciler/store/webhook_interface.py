@@ -31,6 +31,14 @@ class DeliveryReceipt:
     outcome: str
 
 
+@dataclass(frozen=True, slots=True)
+class InvoiceLease:
+    """Who holds an invoice's lease: the claim's token and when the lease ends."""
+
+    token: str
+    until: datetime
+
+
 class WebhookStore(abc.ABC):
     @abc.abstractmethod
     async def record_delivery(
@@ -54,6 +62,11 @@ class WebhookStore(abc.ABC):
     ) -> None:
         """Record what became of a nudged delivery: its outcome (`decided`, `busy`, `deferred`), the decision
         kind and when it was committed."""
+
+    @abc.abstractmethod
+    async def invoice_lease(self, invoice_id: str, *, now: datetime) -> InvoiceLease | None:
+        """The lease on the invoice at `now`; None when nobody holds one (or there is no such invoice). A
+        webhook's worker that found the invoice leased waits for this holder (docs/webhooks.md §2.1)."""
 
     @abc.abstractmethod
     async def prune_deliveries(self, *, received_before: datetime) -> int:

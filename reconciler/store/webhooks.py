@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 
 from reconciler.store.engine import Engine, Tx
-from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord
-from reconciler.timeutil import format_ts
+from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord, InvoiceLease
+from reconciler.timeutil import format_ts, parse_ts
 
 
 class WebhookUseCases(Engine):
@@ -72,6 +72,12 @@ class WebhookUseCases(Engine):
                 "decided_at": format_ts(decided_at),
             },
         )
+
+    async def invoice_lease(self, invoice_id: str, *, now: datetime) -> InvoiceLease | None:
+        found = await self._read("invoice_lease", {"invoice_id": invoice_id, "now": format_ts(now)})
+        if not found:
+            return None
+        return InvoiceLease(str(found[0]["lease_token"]), parse_ts(str(found[0]["lease_until"])))
 
     async def prune_deliveries(self, *, received_before: datetime) -> int:
         return await self._statement("prune_webhook_deliveries", {"before": format_ts(received_before)})

@@ -3,7 +3,13 @@ through the same lease, fetch, decision and settle transaction as a pass.
 
 The nudge is durable before anything is queued (the invoice is due now in the database), so the queue may
 refuse (full) or lose (a crash) an item without losing the invoice: the next pass of any instance takes it.
-A worker that finds the invoice leased by another instance or pass leaves it to that holder.
+
+A worker that finds the invoice leased (docs/webhooks.md §2.1) cannot leave it to that holder: the holder
+may have asked the provider before the payment, and its reschedule then overwrites the nudge. So the nudge
+waits, off the workers, and is queued again with a doubling delay until it can be claimed, for as long as
+the lease it found holds; it is left to the holder only once a newer lease than that one is taken (a claim
+made after the nudge was durable, whose fetch comes after the delivery), or when as many nudges wait as the
+queue holds. A waiting nudge still counts as unfinished work of the queue (`queue.join()` waits for it).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol
 
@@ -20,9 +26,14 @@ from loguru import logger
 from reconciler import errors
 from reconciler.models import Invoice, InvoiceStatus
 from reconciler.runner import Runner
+from reconciler.store import base
 
 #: How long a webhook's claim holds the invoice's lease, at most (the pass's own lease when shorter).
 WEBHOOK_LEASE = timedelta(minutes=5)
+#: A nudge that found its invoice leased is tried again after RETRY_FIRST seconds, the delay doubling up to
+#: RETRY_MAX (never past the end of the lease it found).
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
 
 
 class WebhookObserver(Protocol):
@@ -51,6 +62,9 @@ class Nudge:
     idempotency_key: str
     invoice_id: str
     arrived: float
+    #: the lease a worker first found on the invoice, and how many times the claim was tried (retries only)
+    seen: base.InvoiceLease | None = None
+    attempts: int = 0
 
 
 class Intake:
@@ -73,6 +87,10 @@ class Intake:
         self.monotonic = monotonic
         #: nudges taken by a worker and finished (decided, busy or failed), for tests and the bench
         self.finished = 0
+        #: nudges waiting for a lease to end before their claim is tried again (at most `size`)
+        self.waiting: set[asyncio.Task[None]] = set()
+        #: the most nudges that ever waited at once, for tests and the bench
+        self.most_waiting = 0
 
     def offer(self, nudge: Nudge) -> bool:
         """Queue `nudge`; False when the intake is full (the invoice stays due for a pass)."""
@@ -84,15 +102,20 @@ class Intake:
 
     async def run(self) -> None:
         """The workers, until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for _ in range(self.workers):
-                group.create_task(self._worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.workers):
+                    group.create_task(self._worker())
+        finally:
+            for task in self.waiting:
+                task.cancel()
 
     async def _worker(self) -> None:
         while True:
             nudge = await self.queue.get()
+            outcome: str | None = None
             try:
-                await self.apply(nudge)
+                outcome = await self.apply(nudge)
             except errors.StoreUnavailable as exc:
                 logger.warning(
                     "webhook for invoice {}: database unavailable ({}); a pass takes it",
@@ -100,17 +123,18 @@ class Intake:
                     exc.message,
                 )
             finally:
-                self.finished += 1
-                self.queue.task_done()
+                if outcome != "waiting":  # a waiting nudge is finished when its retry is queued
+                    self.finished += 1
+                    self.queue.task_done()
 
     async def apply(self, nudge: Nudge) -> str:
         """Claim the invoice and decide it as a pass would; the delivery's outcome (`decided`, `busy`,
-        `done_already`)."""
+        `done_already`), or `waiting` when its claim is tried again later (nothing recorded yet)."""
         runner, store = self.runner, self.store
         lease = min(runner.settings.lease, WEBHOOK_LEASE)
         row = await store.claim_invoice(nudge.invoice_id, owner=runner.owner, now=runner.clock(), lease=lease)
-        if row is None:  # another instance or pass holds it: the invoice is due now, the holder decides it
-            return await self._finish(nudge, "busy", None)
+        if row is None:
+            return await self._busy(nudge)
         if (
             isinstance(row, Invoice)
             and row.status is InvoiceStatus.SETTLED
@@ -130,6 +154,31 @@ class Intake:
         outcome = await self._finish(nudge, "decided", str(kind))
         self.observer.webhook_decided(nudge.provider_id, self.monotonic() - nudge.arrived)
         return outcome
+
+    async def _busy(self, nudge: Nudge) -> str:
+        """Another holder has the invoice's lease: wait for the lease first found to end, unless a newer one
+        was taken since (its holder asks the provider after this delivery) or too many nudges wait."""
+        now = self.runner.clock()
+        holder = await self.store.invoice_lease(nudge.invoice_id, now=now)
+        seen = holder if nudge.attempts == 0 else nudge.seen
+        newer = holder is not None and (seen is None or holder.token != seen.token)
+        if newer or len(self.waiting) >= self.queue.maxsize:
+            return await self._finish(nudge, "busy", None)
+        delay = min(RETRY_FIRST * 2**nudge.attempts, RETRY_MAX)
+        if seen is not None:  # not past the end of the lease found: a crashed holder's ends by itself
+            delay = max(min(delay, (seen.until - now).total_seconds()), RETRY_FIRST)
+        task = asyncio.create_task(self._retry(replace(nudge, seen=seen, attempts=nudge.attempts + 1), delay))
+        self.waiting.add(task)
+        self.most_waiting = max(self.most_waiting, len(self.waiting))
+        task.add_done_callback(self.waiting.discard)
+        return "waiting"
+
+    async def _retry(self, nudge: Nudge, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            await self.queue.put(nudge)  # waits for room: new deliveries meanwhile find the intake full
+        finally:
+            self.queue.task_done()  # the try it replaces (the queue counts this one now, unless cancelled)
 
     async def _finish(self, nudge: Nudge, outcome: str, decision: str | None) -> str:
         await self.store.finish_delivery(

@@ -111,6 +111,19 @@ async def test_expired_leases_can_be_claimed_by_anyone(backend: Backend) -> None
     assert await backend.store.record_check(theirs, now=NOW, next_check_at=NOW, observation="New")
 
 
+async def test_the_lease_on_an_invoice_is_its_holders_until_it_ends(backend: Backend) -> None:
+    _, (iid,) = await seed(backend, 1)
+    assert await backend.store.invoice_lease(iid, now=NOW) is None
+    (mine,) = await claim(backend)
+
+    held = await backend.store.invoice_lease(iid, now=NOW + LEASE)
+    assert held == base.InvoiceLease(str(mine.lease_token), NOW + LEASE)
+    assert await backend.store.invoice_lease(iid, now=NOW + LEASE + timedelta(seconds=1)) is None
+    assert await backend.store.invoice_lease("no-such-invoice", now=NOW) is None
+    assert await backend.store.release(mine, next_check_at=None)
+    assert await backend.store.invoice_lease(iid, now=NOW) is None
+
+
 async def test_claim_respects_max_age_and_candidate_kinds(backend: Backend) -> None:
     await seed(backend, 1, created=format_ts(NOW - AGE - timedelta(seconds=1)))
     _, (settled,) = await seed(backend, 1, status="settled")

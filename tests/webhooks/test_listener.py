@@ -19,7 +19,7 @@ from reconciler_btcpay import BTCPayDriver
 from reconciler import driver_api, errors
 from reconciler.config import WebhookSettings
 from reconciler.driver_api import Driver
-from reconciler.runner import Provider, RunnerSettings
+from reconciler.runner import Provider, Runner, RunnerSettings
 from reconciler.store import base
 from reconciler.timeutil import format_ts, utcnow
 from reconciler.webhooks import WebhookService
@@ -203,7 +203,15 @@ async def test_a_pending_answer_reschedules_and_trusts_nothing_from_the_body(hoo
     assert await hooks.backend.scalar("SELECT count(*) FROM licenses") == 0
 
 
-async def test_a_leased_invoice_is_left_to_its_holder(hooks: Hooks) -> None:
+async def _until(condition: Callable[[], object], what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_leased_invoice_is_claimed_once_its_holder_lets_go(hooks: Hooks) -> None:
     iid = await hooks.invoice("INV-L")
     hooks.fake.add(btcpay.make_invoice("INV-L", status="Settled"))
     holder = await hooks.backend.store.claim_invoice(
@@ -212,16 +220,130 @@ async def test_a_leased_invoice_is_left_to_its_holder(hooks: Hooks) -> None:
     assert holder is not None
 
     response = await hooks.deliver("INV-L")
+    await _until(lambda: hooks.service.intake.waiting, "the worker waiting for the holder")
+    assert hooks.fetches("INV-L") == 0
+    # the holder had looked before the payment: it reschedules by the schedule, overwriting the nudge
+    assert await hooks.backend.store.release(holder, next_check_at=utcnow() + timedelta(hours=1))
     await hooks.settled()
 
     assert response.status == 200
-    assert hooks.fetches("INV-L") == 0
-    assert (
-        await hooks.backend.scalar("SELECT lease_owner FROM invoices WHERE id = :id", {"id": iid}) == "other"
+    assert hooks.fetches("INV-L") == 1
+    b = hooks.backend
+    assert await b.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :id", {"id": iid}) == 1
+    row = (await b.raw.rows("SELECT outcome, decision FROM webhook_deliveries"))[0]
+    assert (row["outcome"], row["decision"]) == ("decided", "settle")
+
+
+async def test_a_lease_taken_after_the_nudge_is_left_to_its_holder(hooks: Hooks) -> None:
+    iid = await hooks.invoice("INV-N")
+    hooks.fake.add(btcpay.make_invoice("INV-N", status="Settled"))
+    first = await hooks.backend.store.claim_invoice(
+        iid, owner="other", now=utcnow(), lease=timedelta(minutes=5)
     )
-    assert await hooks.backend.scalar("SELECT outcome FROM webhook_deliveries") == "busy"
-    due = await hooks.backend.scalar("SELECT next_check_at FROM invoices WHERE id = :id", {"id": iid})
-    assert due <= format_ts(utcnow())
+    assert first is not None
+
+    response = await hooks.deliver("INV-N")
+    await _until(lambda: hooks.service.intake.waiting, "the worker waiting for the holder")
+    # the holder lets go and another claim takes the invoice: it asks the provider after the delivery
+    assert await hooks.backend.store.release(first, next_check_at=None)
+    second = await hooks.backend.store.claim_invoice(
+        iid, owner="another", now=utcnow(), lease=timedelta(minutes=5)
+    )
+    assert second is not None
+    await hooks.settled()
+
+    assert response.status == 200
+    assert hooks.fetches("INV-N") == 0
+    b = hooks.backend
+    assert await b.scalar("SELECT lease_owner FROM invoices WHERE id = :id", {"id": iid}) == "another"
+    assert await b.scalar("SELECT outcome FROM webhook_deliveries") == "busy"
+    assert await b.scalar("SELECT count(*) FROM licenses") == 0
+
+
+async def test_no_more_nudges_wait_than_the_intake_holds(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey
+) -> None:
+    async for hooks in _hooks(sqlite_db, signing_key, intake=1, workers=1):
+        await _two_leased_deliveries(hooks)
+
+
+async def _two_leased_deliveries(hooks: Hooks) -> None:
+    for ref in ("INV-W1", "INV-W2"):
+        iid = await hooks.invoice(ref)
+        held = await hooks.backend.store.claim_invoice(
+            iid, owner="other", now=utcnow(), lease=timedelta(minutes=5)
+        )
+        assert held is not None
+    intake = hooks.service.intake
+    assert (await hooks.deliver("INV-W1", delivery_id="w1")).status == 200
+    await _until(lambda: intake.waiting, "the first nudge waiting")
+    assert (await hooks.deliver("INV-W2", delivery_id="w2")).status == 200
+    await _until(lambda: intake.finished == 1, "the second nudge given up")
+
+    outcomes = {
+        r["idempotency_key"]: r["outcome"]
+        for r in await hooks.backend.raw.rows("SELECT idempotency_key, outcome FROM webhook_deliveries")
+    }
+    assert outcomes == {"w1": "nudged", "w2": "busy"}  # the first still waits; the second left to a pass
+    assert intake.most_waiting == 1
+
+
+class _Gated:
+    """The pass's driver: the real BTCPay driver's answer, handed over only when the test says so."""
+
+    Settings = BTCPayDriver.Settings
+    post_settle_kinds = ()
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.fetched = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def fetch(self, provider_invoice_id: str) -> driver_api.Snapshot:
+        answer = await self.driver.fetch(provider_invoice_id)
+        self.fetched.set()
+        await self.go.wait()
+        return cast(driver_api.Snapshot, answer)
+
+    async def check(self) -> None:
+        pass
+
+
+async def test_a_webhook_racing_a_pass_that_looked_before_the_payment_licenses_at_once(
+    any_hooks: Hooks, signing_key: Ed25519PrivateKey
+) -> None:
+    """The pass asks, the invoice is paid, the webhook comes while the pass still holds the lease; the pass
+    records `no_change` and pushes the schedule out; the webhook's worker claims it next and settles it."""
+    hooks, b = any_hooks, any_hooks.backend
+    iid = await hooks.invoice("INV-RACE")
+    await b.raw.execute("UPDATE invoices SET next_check_at = NULL WHERE id = :id", {"id": iid})
+    hooks.fake.add(btcpay.make_invoice("INV-RACE", status="New"))
+    real = hooks.service.runner.providers[PROVIDER]
+    gated = _Gated(real.driver)
+    pass_runner = Runner(
+        b.store,
+        {PROVIDER: Provider(PROVIDER, cast(Driver, gated), real.common)},
+        RunnerSettings(),
+        signing_key=signing_key,
+    )
+
+    a_pass = asyncio.create_task(pass_runner.run_pass())
+    await asyncio.wait_for(gated.fetched.wait(), 10)  # the pass has its answer: not paid yet
+    hooks.fake.add(btcpay.make_invoice("INV-RACE", status="Settled"))
+    response = await hooks.deliver("INV-RACE")
+    await _until(lambda: hooks.service.intake.waiting, "the worker waiting for the pass's lease")
+    gated.go.set()
+    summary = await asyncio.wait_for(a_pass, 10)
+    await hooks.settled()
+
+    assert response.status == 200
+    assert summary.counts["no_change"] == 1
+    assert await b.scalar("SELECT status FROM invoices WHERE id = :id", {"id": iid}) == "settled"
+    assert await b.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :id", {"id": iid}) == 1
+    row = (await b.raw.rows("SELECT outcome, decision FROM webhook_deliveries"))[0]
+    assert (row["outcome"], row["decision"]) == ("decided", "settle")
+    settled = await b.scalar("SELECT count(*) FROM audit_log WHERE action = 'invoice.settled'")
+    assert settled == 1
 
 
 @pytest.mark.parametrize(
