@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
@@ -45,7 +46,7 @@ class WebhookService:
     ) -> None:
         self.runner = Runner(
             store,
-            providers,
+            asking_alone(providers),
             runner_settings,
             signing_key=signing_key,
             clock=clock,
@@ -103,3 +104,13 @@ class WebhookService:
             except errors.StoreUnavailable as exc:
                 logger.warning("webhook deliveries not pruned: {}", exc.message)
             await asyncio.sleep(PRUNE_EVERY)
+
+
+def asking_alone(providers: Mapping[str, Provider]) -> dict[str, Provider]:
+    """The providers as a webhook's worker asks them: one invoice, one request at once. A pass gathers its
+    fetches into list pages and batches (docs/reconcile.md §3.1), which waits for company first and pays
+    only for many invoices of one creation window; a webhook names one invoice, whenever it was created."""
+    return {
+        pid: replace(provider, common=provider.common.model_copy(update={"batch": False}))
+        for pid, provider in providers.items()
+    }

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from reconciler_btcpay import BTCPayDriver
 
-from reconciler import driver_api, errors
+from reconciler import driver_api, errors, listing
 from reconciler.config import WebhookSettings
 from reconciler.driver_api import Driver
 from reconciler.runner import Provider, Runner, RunnerSettings
@@ -166,6 +166,29 @@ async def test_a_delivery_for_a_paid_invoice_ends_with_its_license(any_hooks: Ho
     assert row["decided_at"] is not None
     actions = [r["action"] for r in await b.raw.rows("SELECT action FROM audit_log ORDER BY occurred_at, id")]
     assert "invoice.settled" in actions and "license.issued" in actions
+
+
+async def test_webhooks_arriving_together_each_ask_alone_never_a_list_page(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass gathers fetches that wait together into list pages (batch = true, the default); a webhook's
+    worker never waits for company: each invoice is one single GET at once, however many arrive together.
+    A gathering window longer than the test's patience would show any wait for company."""
+    monkeypatch.setattr(listing.Lister, "WINDOW", 60.0)
+    async for hooks in _hooks(sqlite_db, signing_key, workers=16):
+        refs = [f"INV-T{i}" for i in range(16)]
+        for ref in refs:
+            await hooks.invoice(ref)
+            hooks.fake.add(btcpay.make_invoice(ref, status="Settled"))
+
+        answers = await asyncio.gather(*(hooks.deliver(ref, delivery_id=ref) for ref in refs))
+        await hooks.settled()
+
+        assert {a.status for a in answers} == {200}
+        assert [hooks.fetches(ref) for ref in refs] == [1] * len(refs)
+        assert [e.path for e in hooks.fake.log if e.path.endswith("/invoices")] == []
+        licensed = await hooks.backend.scalar("SELECT count(*) FROM licenses")
+        assert licensed == len(refs)
 
 
 async def test_a_redelivery_is_applied_once(hooks: Hooks) -> None:
