@@ -101,15 +101,6 @@ def _check_depth(raw: bytes) -> None:
     unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     brackets = b"".join(unescaped.split(b'"')[::2]).translate(_SQUARE_BRACKETS, _NOT_BRACKETS)
     too_deep = b"[" * (MAX_JSON_DEPTH + 1) in brackets
-    # Balanced nesting no deeper than the bound empties in as many rounds of dropping innermost pairs (a
-    # few for a provider's page): only what does not needs the exact measure below.
-    for _ in range(MAX_JSON_DEPTH):
-        if not brackets or too_deep:
-            return
-        inner = brackets.replace(b"[]", b"")
-        if len(inner) == len(brackets):
-            break
-        brackets = inner
     if not too_deep:
         closed = brackets.split(b"]")
         # the depth just before the i-th "]" is the "[" seen so far minus i
