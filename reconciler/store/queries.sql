@@ -705,6 +705,18 @@ WHERE (payment_provider_id = :provider_id
   AND provider_invoice_id IN (SELECT value FROM {json_elements}(:ids))
 ORDER BY created_at, id;
 
+-- name: undecided_delivery
+-- The invoice a recorded delivery nudged, when no decision came of it yet: no worker decided it (outcome still
+-- `nudged`), nobody rescheduled the invoice since (its next check is not after the delivery) and a pass would
+-- still look at it. A redelivery of such a delivery is queued again (docs/webhooks.md §2).
+SELECT invoices.id
+FROM webhook_deliveries AS d
+JOIN invoices ON invoices.id = d.invoice_id
+WHERE d.provider_id = :provider_id AND d.idempotency_key = :idempotency_key AND d.outcome = 'nudged'
+  AND (invoices.next_check_at IS NULL OR invoices.next_check_at <= d.received_at)
+  AND (invoices.status IN ('pending', 'expired', 'invalid')
+       OR (invoices.status = 'settled' AND invoices.subscription_id IS NULL AND NOT {has_license}));
+
 -- name: nudge_invoices
 -- A webhook makes invoices due now (docs/webhooks.md §2): only the schedule, never a lease.
 UPDATE invoices SET next_check_at = :now

@@ -23,7 +23,8 @@ class DeliveryRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReceipt:
-    """What recording a delivery did: `duplicate` (its key was recorded already: nothing written), else the
+    """What recording a delivery did: `duplicate` (its key was recorded already: nothing written; `nudged`
+    then holds the invoice of that delivery while nothing came of it yet, to be queued again), else the
     invoices it made due now (empty: unknown invoice, or an event that needs no look) and the outcome written."""
 
     duplicate: bool

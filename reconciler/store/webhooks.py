@@ -30,8 +30,9 @@ class WebhookUseCases(Engine):
                     "outcome": "ignored",
                 },
             )
-            if not inserted:  # a redelivery of a recorded delivery: nothing more
-                return DeliveryReceipt(True, (), "duplicate")
+            if not inserted:  # a redelivery: queued again only while nothing came of the first
+                undecided = await tx.returning("undecided_delivery", key)
+                return DeliveryReceipt(True, tuple(str(row["id"]) for row in undecided), "duplicate")
             if not (delivery.needs_look and ids):
                 return DeliveryReceipt(False, (), "ignored")
             found = await tx.returning(

@@ -91,13 +91,20 @@ class Intake:
         self.waiting: set[asyncio.Task[None]] = set()
         #: the most nudges that ever waited at once, for tests and the bench
         self.most_waiting = 0
+        #: the deliveries of the nudges queued or waiting: a redelivery of one is not queued twice
+        self._unfinished: set[tuple[str, str]] = set()
 
     def offer(self, nudge: Nudge) -> bool:
-        """Queue `nudge`; False when the intake is full (the invoice stays due for a pass)."""
+        """Queue `nudge`; False when the intake is full (the invoice stays due for a pass). A nudge of a
+        delivery already queued or waiting (a redelivery) is taken as queued."""
+        key = (nudge.provider_id, nudge.idempotency_key)
+        if key in self._unfinished:
+            return True
         try:
             self.queue.put_nowait(nudge)
         except asyncio.QueueFull:
             return False
+        self._unfinished.add(key)
         return True
 
     async def run(self) -> None:
@@ -124,6 +131,7 @@ class Intake:
                 )
             finally:
                 if outcome != "waiting":  # a waiting nudge is finished when its retry is queued
+                    self._unfinished.discard((nudge.provider_id, nudge.idempotency_key))
                     self.finished += 1
                     self.queue.task_done()
 

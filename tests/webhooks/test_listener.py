@@ -414,8 +414,79 @@ async def test_a_full_intake_answers_503_and_the_nudge_is_durable(
         for iid in (first, second):
             due = await sqlite_db.scalar("SELECT next_check_at FROM invoices WHERE id = :id", {"id": iid})
             assert due <= format_ts(utcnow())
-        # the provider's retry finds the delivery recorded: 200, nothing more
-        assert (await hooks.deliver("INV-B", delivery_id="b2", original="b")).status == 200
+        # the provider's retry finds the delivery recorded and undecided: queued again, so while the intake is
+        # still full it is refused again (the provider keeps retrying; a pass takes the invoice anyway)
+        again = await hooks.deliver("INV-B", delivery_id="b2", original="b")
+        assert again.status == 503
+        assert await sqlite_db.scalar("SELECT count(*) FROM webhook_deliveries") == 2
+
+
+async def test_a_delivery_refused_by_a_full_intake_is_decided_when_the_provider_retries_it(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey
+) -> None:
+    """The 503 asks the provider to retry; the retry (same originalDeliveryId) of a delivery no worker has
+    decided yet is queued again, so the paid invoice is licensed then, not a pass later."""
+    async for hooks in _hooks(sqlite_db, signing_key, intake=1, workers=1):
+        intake = hooks.service.intake
+        for task in hooks.service.tasks:  # no worker takes anything: the intake fills up
+            task.cancel()
+        await hooks.invoice("INV-OTHER")
+        assert (await hooks.deliver("INV-OTHER", delivery_id="o")).status == 200
+        paid = await hooks.invoice("INV-P")
+        hooks.fake.add(btcpay.make_invoice("INV-P", status="Settled"))
+        refused = await hooks.deliver("INV-P", delivery_id="p")
+        assert refused.status == 503
+        workers = asyncio.create_task(intake.run())  # the workers are back and take INV-OTHER: room again
+        await asyncio.wait_for(intake.queue.join(), 10)
+
+        retried = await hooks.deliver("INV-P", delivery_id="p2", original="p")
+        await hooks.settled()
+
+        assert retried.status == 200
+        assert (
+            await sqlite_db.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :id", {"id": paid}) == 1
+        )
+        assert hooks.fetches("INV-P") == 1
+        (row,) = await sqlite_db.raw.rows(
+            "SELECT outcome, decision FROM webhook_deliveries WHERE idempotency_key = 'p'"
+        )
+        assert (row["outcome"], row["decision"]) == ("decided", "settle")
+        # retried again once decided: 200 and nothing more
+        assert (await hooks.deliver("INV-P", delivery_id="p3", original="p")).status == 200
+        await hooks.settled()
+        assert hooks.fetches("INV-P") == 1
+        workers.cancel()
+
+
+async def test_a_retry_of_a_delivery_a_pass_decided_meanwhile_asks_nothing(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey
+) -> None:
+    async for hooks in _hooks(sqlite_db, signing_key, intake=1, workers=1):
+        for task in hooks.service.tasks:
+            task.cancel()
+        await hooks.invoice("INV-OTHER")
+        assert (await hooks.deliver("INV-OTHER", delivery_id="o")).status == 200  # the intake is full
+        await hooks.invoice("INV-W")
+        hooks.fake.add(btcpay.make_invoice("INV-W", status="New"))
+        assert (await hooks.deliver("INV-W", delivery_id="w")).status == 503
+        await hooks.service.runner.run_pass()  # a pass decides it: still pending, rescheduled
+        fetched = hooks.fetches("INV-W")
+
+        assert (await hooks.deliver("INV-W", delivery_id="w2", original="w")).status == 200
+        assert hooks.service.intake.queue.qsize() == 1  # only INV-OTHER's
+        assert hooks.fetches("INV-W") == fetched == 1
+
+
+async def test_a_retry_of_a_delivery_still_queued_is_queued_once(
+    sqlite_db: Backend, signing_key: Ed25519PrivateKey
+) -> None:
+    async for hooks in _hooks(sqlite_db, signing_key, intake=4, workers=1):
+        for task in hooks.service.tasks:  # no worker takes anything yet
+            task.cancel()
+        await hooks.invoice("INV-Q")
+        assert (await hooks.deliver("INV-Q", delivery_id="q")).status == 200
+        assert (await hooks.deliver("INV-Q", delivery_id="q2", original="q")).status == 200
+        assert hooks.service.intake.queue.qsize() == 1
 
 
 class _Unavailable:
