@@ -122,20 +122,23 @@ class Engine(base.Store):
     async def _audit(self, tx: Tx, now: datetime, records: Sequence[AuditRecord]) -> None:
         """Audit rows, and in the same transaction the review item each review action opens (docs/review.md):
         one open item per invoice and kind, so an item already open stays as it is."""
+        await self._audit_rows(tx, [(now, record) for record in records])
+
+    async def _audit_rows(self, tx: Tx, records: Sequence[tuple[datetime, AuditRecord]]) -> None:
+        """`_audit` for records of several moments (the settlements of one transaction), in one statement."""
         if not records:
             return
-        stamp = format_ts(now)
         rows = [
             {
                 "id": ids.uuid7(now),
-                "occurred_at": stamp,
+                "occurred_at": format_ts(now),
                 "actor": record.actor,
                 "action": record.action,
                 "target_kind": record.target_kind,
                 "target_id": record.target_id,
                 "details": json.dumps(record.details, sort_keys=True, default=str),
             }
-            for record in records
+            for now, record in records
         ]
         await tx.exec_many("insert_audit", rows)
         items = [
@@ -143,10 +146,10 @@ class Engine(base.Store):
                 "id": ids.uuid7(now),
                 "invoice_id": record.target_id,
                 "kind": record.action,
-                "opened_at": stamp,
+                "opened_at": row["occurred_at"],
                 "audit_id": row["id"],
             }
-            for record, row in zip(records, rows, strict=True)
+            for (now, record), row in zip(records, rows, strict=True)
             if review.opens(record)
         ]
         if items:
@@ -162,14 +165,25 @@ class Engine(base.Store):
     ) -> None:
         """Resolve the open review items these (invoice id, resolution) pairs name, if any are open; an
         operator's action closes them as that operator (`closed_by`)."""
+        await self._resolve_rows(tx, [(now, invoice_id, r, closed_by) for invoice_id, r in resolutions])
+
+    async def _resolve_rows(
+        self, tx: Tx, resolutions: Sequence[tuple[datetime, str, Resolution, str]]
+    ) -> None:
+        """`_resolve` for (moment, invoice id, resolution, closed by) of several settlements, in one statement."""
         if not resolutions:
             return
-        stamp = format_ts(now)
         await tx.exec_many(
             "resolve_review_item",
             [
-                {"invoice_id": invoice_id, "kind": r.kind, "reason": r.reason, "now": stamp, "by": closed_by}
-                for invoice_id, r in resolutions
+                {
+                    "invoice_id": invoice_id,
+                    "kind": r.kind,
+                    "reason": r.reason,
+                    "now": format_ts(now),
+                    "by": by,
+                }
+                for now, invoice_id, r, by in resolutions
             ],
         )
 

@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from reconciler import audit, decide, review
-from reconciler.models import AuditRecord, Invoice, LicenseDraft, SubscriptionDraft
+from reconciler.models import AuditRecord, Invoice, LicenseDraft, Resolution, SubscriptionDraft
 from reconciler.store import base
 from reconciler.store.engine import Engine, Tx
 from reconciler.store.invoices import payment_params, payment_row
 from reconciler.timeutil import format_ts
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The audit rows and review resolutions of the settlements of one transaction, written together at its
+    end (one statement each, however many settlements share the transaction)."""
+
+    audits: list[tuple[datetime, AuditRecord]] = field(default_factory=list)
+    resolves: list[tuple[datetime, str, Resolution, str]] = field(default_factory=list)
 
 
 class SettleUseCase(Engine):
@@ -22,7 +32,10 @@ class SettleUseCase(Engine):
         self, invoice: Invoice, settlement: base.Settlement
     ) -> base.SettleOutcome | base.DuplicateFound | None:
         async def settle(tx: Tx) -> base.SettleOutcome | base.DuplicateFound | None:
-            return await self._settle(tx, invoice, settlement)
+            rows = _Rows()
+            outcome = await self._settle(tx, invoice, settlement, rows)
+            await self._write_rows(tx, rows)
+            return outcome
 
         return await self._atomic("record_settlement", settle)
 
@@ -34,14 +47,20 @@ class SettleUseCase(Engine):
 
         async def settle_all(tx: Tx) -> list[base.SettleOutcome | base.DuplicateFound | None]:
             outcomes: dict[int, base.SettleOutcome | base.DuplicateFound | None] = {}
+            rows = _Rows()
             for n in order:
-                outcomes[n] = await self._settle(tx, *items[n])
+                outcomes[n] = await self._settle(tx, *items[n], rows)
+            await self._write_rows(tx, rows)
             return [outcomes[n] for n in range(len(items))]
 
         return await self._atomic("record_settlements", settle_all)
 
+    async def _write_rows(self, tx: Tx, rows: _Rows) -> None:
+        await self._audit_rows(tx, rows.audits)
+        await self._resolve_rows(tx, rows.resolves)
+
     async def _settle(
-        self, tx: Tx, invoice: Invoice, settlement: base.Settlement
+        self, tx: Tx, invoice: Invoice, settlement: base.Settlement, rows: _Rows
     ) -> base.SettleOutcome | base.DuplicateFound | None:
         now = settlement.now
         stamp = format_ts(now)
@@ -109,12 +128,12 @@ class SettleUseCase(Engine):
             )
         if settlement.actor != "reconciler":  # an operator's settle: the rows it made are theirs
             audits = [a if a.actor != "reconciler" else replace(a, actor=settlement.actor) for a in audits]
-        await self._audit(tx, now, audits)
+        rows.audits.extend((now, a) for a in audits)
         resolves = list(settlement.resolves)
         if license_id is not None and settlement.license is not None:
             issued = any(a.action == audit.Action.LICENSE_ISSUED for a in audits)
             resolves.append(review.license_present(license_id, issued=issued))
-        await self._resolve(tx, now, [(invoice.id, r) for r in resolves], closed_by=settlement.actor)
+        rows.resolves.extend((now, invoice.id, r, settlement.actor) for r in resolves)
         return base.SettleOutcome(license_id=license_id)
 
     async def _license(
