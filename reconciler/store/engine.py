@@ -170,8 +170,14 @@ class Engine(base.Store):
     async def _resolve_rows(
         self, tx: Tx, resolutions: Sequence[tuple[datetime, str, Resolution, str]]
     ) -> None:
-        """`_resolve` for (moment, invoice id, resolution, closed by) of several settlements, in one statement."""
+        """`_resolve` for (moment, invoice id, resolution, closed by) of several settlements, in one statement,
+        for the invoices that have an open item at all (most have none: then one read is all it costs)."""
         if not resolutions:
+            return
+        wanted = sorted({invoice_id for _, invoice_id, _, _ in resolutions})
+        found = await tx.returning("invoices_with_open_items", {"invoice_ids": json.dumps(wanted)})
+        open_items = {str(row["invoice_id"]) for row in found}
+        if not open_items:
             return
         await tx.exec_many(
             "resolve_review_item",
@@ -184,6 +190,7 @@ class Engine(base.Store):
                     "by": by,
                 }
                 for now, invoice_id, r, by in resolutions
+                if invoice_id in open_items
             ],
         )
 

@@ -422,6 +422,11 @@ UPDATE review_items
 SET status = 'resolved', closed_by = :by, closed_at = :now, close_reason = :reason
 WHERE invoice_id = :invoice_id AND kind = :kind AND status = 'open';
 
+-- name: invoices_with_open_items
+-- Which of some invoices (a JSON array of ids) have an open review item: only theirs can be resolved.
+SELECT DISTINCT invoice_id FROM review_items
+WHERE status = 'open' AND invoice_id IN (SELECT value FROM {json_elements}(:invoice_ids));
+
 -- name: resolve_task_review_item
 -- Like resolve_review_item for a finished post-settle task: only once no task of the invoice is failed.
 UPDATE review_items
