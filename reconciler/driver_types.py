@@ -5,7 +5,7 @@ is given and answers. Re-exported by :mod:`reconciler.driver_api`, which is what
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -218,11 +218,15 @@ class Page:
     ``items`` is how many items the page held, usable or not: fewer than ``take`` ends the list.
     ``oldest_created``, when the provider says, is the creation time of the oldest item listed: a page
     whose items are all newer than every invoice waiting is not sparse, only above them.
+    ``created``, when the provider says, is each listed invoice's creation time (aware datetimes): how
+    closely the provider's times follow the storefront's ``created_at`` narrows the margin later reads
+    reach past their newest invoice (docs/reconcile.md §3.1).
     """
 
     answers: Mapping[str, Snapshot | DriverError]
     items: int
     oldest_created: datetime | None = None
+    created: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.driver_api import CommonSettings, Driver
-from reconciler.listing import Lister, usable_time
+from reconciler.listing import Lister, _Waiting, usable_time
 from reconciler.runner import PassSummary, Provider, Runner, RunnerSettings
 from reconciler.store.sqlite import SqliteStore
 from tests.conftest import Clock
@@ -52,13 +53,22 @@ class World:
         shop.policy(self.product)
         self.ids: dict[str, str] = {}
 
-    def invoice(self, pid: str, created: datetime, *, in_shop: bool = True, **btcpay_kwargs: Any) -> None:
+    def invoice(
+        self,
+        pid: str,
+        created: datetime,
+        *,
+        in_shop: bool = True,
+        late: timedelta = timedelta(0),
+        **btcpay_kwargs: Any,
+    ) -> None:
+        """`late`: how much later than the shop's `created_at` the provider says it created the invoice."""
         if in_shop:
             self.ids[pid] = self.shop.invoice(
                 self.product, provider=PROVIDER, provider_invoice_id=pid, created_at=created
             )
         kwargs = {"status": "Settled", "payments": [Payment("0.0001")], "amount": "0.0001"} | btcpay_kwargs
-        self.fake.add(make_invoice(pid, created=int(created.timestamp()), **kwargs))
+        self.fake.add(make_invoice(pid, created=int((created + late).timestamp()), **kwargs))
 
     def series(self, n: int, *, newest: datetime, prefix: str = "inv", **kwargs: Any) -> list[str]:
         pids = [f"{prefix}{i:04d}" for i in range(n)]
@@ -66,12 +76,12 @@ class World:
             self.invoice(pid, newest - timedelta(seconds=i), **kwargs)
         return pids
 
-    async def run(self, **common: Any) -> PassSummary:
+    async def run(self, *, batch_size: int = 500, **common: Any) -> PassSummary:
         settings = {"driver": "btcpay", "timeout": 5.0, "retry_max_delay": 0.0, "page_size": PAGE} | common
         runner = Runner(
             self.store,
             {PROVIDER: Provider(PROVIDER, self.driver, CommonSettings(**settings))},
-            RunnerSettings(),
+            RunnerSettings(batch_size=batch_size),
             signing_key=self.signing_key,
             clock=self.clock,
             owner="test:1:abc",
@@ -212,6 +222,74 @@ async def test_the_newer_invoices_in_the_margin_above_a_dense_run_do_not_make_it
     assert len(world.pages()) <= (len(due) + 45) // PAGE + 2
 
 
+def _windows(world: World) -> list[tuple[datetime, datetime]]:
+    """The creation window of each read (its first page's startDate and endDate), in order."""
+    return [
+        (
+            datetime.fromtimestamp(int(e.query["startDate"][0]), UTC),
+            datetime.fromtimestamp(int(e.query["endDate"][0]), UTC),
+        )
+        for e in world.pages()
+        if e.query["skip"] == ["0"]
+    ]
+
+
+def _reach_past(world: World, pid: str) -> float:
+    """How far past the shop's `created_at` of `pid` the last read whose window holds it reaches, in s."""
+    created = datetime.fromisoformat(
+        world.shop.invoice_row(world.ids[pid])["created_at"].replace("Z", "+00:00")
+    )
+    ends = [end for start, end in _windows(world) if start <= created <= end]
+    return (ends[-1] - created).total_seconds()
+
+
+async def test_once_the_providers_times_are_seen_to_follow_the_shops_the_margin_above_narrows(
+    world: World,
+) -> None:
+    """The first read reaches `MARGIN` past its run; once `SKEW_SAMPLES` listed invoices showed the
+    provider's creation times within a second of the shop's, later reads reach only that plus
+    `MARGIN_MIN`, so the invoices a busy store created just above a run are no longer paged through."""
+    top = newest(world.clock)
+    due = world.series(4 * PAGE, newest=top)
+    for n in range(3 * PAGE):  # five a second, just above the newest due invoice: nobody waits for them
+        world.invoice(f"newer{n:03d}", top + timedelta(seconds=4 + n // 5), in_shop=False)
+
+    summary = await world.run(batch_size=PAGE)
+
+    assert dict(summary.counts) == {"settle": len(due)}
+    assert world.singles() == []
+    windows = _windows(world)
+    assert len(windows) >= 2
+    first_start, first_end = windows[0]
+    assert first_end - first_start >= 2 * Lister.MARGIN  # both margins wide: nothing learned yet
+    # the read of the newest invoices reaches the margin learned (+ the provider's whole seconds)
+    assert _reach_past(world, due[0]) <= (Lister.MARGIN_MIN + timedelta(seconds=2)).total_seconds()
+
+
+async def test_a_provider_whose_times_run_late_keeps_a_margin_that_covers_them(world: World) -> None:
+    top = newest(world.clock)
+    due = world.series(4 * PAGE, newest=top, late=timedelta(seconds=8))
+
+    summary = await world.run(batch_size=PAGE)
+
+    assert dict(summary.counts) == {"settle": len(due)}
+    assert world.singles() == []  # every one found on a page: the margin learned covers 8 s
+    assert _reach_past(world, due[0]) >= 8
+
+
+async def test_an_invoice_missed_past_a_narrowed_margin_asks_alone(world: World) -> None:
+    top = newest(world.clock)
+    due = world.series(4 * PAGE, newest=top)
+    # the newest due invoice of all, which the provider says it created 12 s after the shop did
+    world.invoice("straggler", top + timedelta(seconds=1), late=timedelta(seconds=12))
+
+    summary = await world.run(batch_size=PAGE)
+
+    assert dict(summary.counts) == {"settle": len(due) + 1}
+    assert world.singles() == ["straggler"]
+    assert _reach_past(world, "straggler") < 12  # the read that missed it was narrowed
+
+
 async def test_pages_above_the_run_are_bounded_then_it_asks_alone(world: World) -> None:
     """A margin so crowded that paging through it would cost more than the run's own single GETs: a few
     pages, then single GETs."""
@@ -281,3 +359,25 @@ async def test_batch_false_sends_single_gets_only(world: World) -> None:
 )
 def test_a_pages_oldest_time_counts_only_when_it_is_an_aware_datetime(value: Any, usable: bool) -> None:
     assert (usable_time(value) is value) if usable else usable_time(value) is None
+
+
+def test_a_miss_near_the_top_of_a_narrowed_read_widens_the_margin_again() -> None:
+    """Only a read that reached less than `MARGIN` past its run, and missed an invoice created within
+    `MARGIN` of its newest, forgets what it learned: that invoice may lie past the narrowed end."""
+    common = CommonSettings(driver="btcpay", page_size=PAGE)
+    lister = Lister(cast(Any, SimpleNamespace(provider=SimpleNamespace(common=common))), cast(Any, object()))
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def learned() -> None:
+        lister._skew, lister._samples = timedelta(seconds=1), Lister.SKEW_SAMPLES
+
+    learned()
+    assert lister.margin_above() == Lister.MARGIN_MIN + timedelta(seconds=1)
+    far_below = {"old": _Waiting(top - timedelta(hours=1), None)}
+    lister._missed(far_below, top, top + lister.margin_above())  # missing for its own reasons: kept
+    assert lister.margin_above() < Lister.MARGIN
+    near_top = {"new": _Waiting(top - timedelta(seconds=3), None)}
+    lister._missed(near_top, top, top + Lister.MARGIN)  # a wide read cannot have missed it by the margin
+    assert lister.margin_above() < Lister.MARGIN
+    lister._missed(near_top, top, top + lister.margin_above())
+    assert lister.margin_above() == Lister.MARGIN

@@ -173,15 +173,19 @@ class BTCPayDriver:
         created = [_created_time(item) for item in body]
         known = [t for t in created if t is not None]
         oldest = datetime.fromtimestamp(min(known), UTC) if known and len(known) == len(body) else None
-        for item in body:
+        times: dict[str, datetime] = {}
+        for item, seconds in zip(body, created, strict=True):
             invoice_id = item.get("id") if isinstance(item, dict) else None
             if not isinstance(invoice_id, str) or not 0 < len(invoice_id) <= driver_api.TEXT_MAX:
                 continue  # no id to give its answer to
             if invoice_id in answers:
                 answers[invoice_id] = self._http.bad_body("listed twice", reply, invoice_id=invoice_id)
+                times.pop(invoice_id, None)
             else:
                 answers[invoice_id] = self._listed(item, invoice_id, reply)
-        return driver_api.Page(answers, len(body), oldest)
+                if seconds is not None:
+                    times[invoice_id] = datetime.fromtimestamp(seconds, UTC)
+        return driver_api.Page(answers, len(body), oldest, times)
 
     def _listed(
         self, item: dict[str, Any], invoice_id: str, reply: driver_api.Reply
