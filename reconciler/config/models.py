@@ -132,15 +132,16 @@ def _check_listen(value: str, example: str) -> str:
     return value
 
 
-class HttpSettings(_Section):
-    """``[http]``: the optional metrics and health listener, ``host:port`` (``[::1]:9464`` for IPv6)."""
+class _Listener(_Section):
+    """A section with a listener of its own: ``listen`` is ``host:port`` (``[::1]:9464`` for IPv6), each
+    subclass giving its default, which the error message shows as the example."""
 
-    listen: str = "127.0.0.1:9464"
+    listen: str
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _check_listen(value, "127.0.0.1:9464")
+        return _check_listen(value, str(cls.model_fields["listen"].default))
 
     @property
     def host(self) -> str:
@@ -151,7 +152,13 @@ class HttpSettings(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
-class ApiSettings(_Section):
+class HttpSettings(_Listener):
+    """``[http]``: the optional metrics and health listener, ``host:port`` (``[::1]:9464`` for IPv6)."""
+
+    listen: str = "127.0.0.1:9464"
+
+
+class ApiSettings(_Listener):
     """``[api]``: the operator API's own listener (docs/api.md), its master key and its bounds."""
 
     listen: str = "127.0.0.1:8090"
@@ -163,11 +170,6 @@ class ApiSettings(_Section):
     max_failures: WholeNumber = Field(default=10, ge=1, le=1000)
     failure_window: ShortDuration = timedelta(minutes=1)
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return _check_listen(value, "127.0.0.1:8090")
-
     @field_validator("master_key")
     @classmethod
     def _strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -176,16 +178,8 @@ class ApiSettings(_Section):
             raise ValueError("the master key must be at least 32 characters (e.g. openssl rand -base64 32)")
         return value
 
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
 
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
-
-
-class WebhookSettings(_Section):
+class WebhookSettings(_Listener):
     """``[webhooks]``: the webhook listener (docs/webhooks.md) and the bounds of its intake."""
 
     listen: str = "127.0.0.1:8081"
@@ -196,25 +190,12 @@ class WebhookSettings(_Section):
     #: what a 503 asks the provider to wait (`Retry-After`)
     retry_after: ShortDuration = timedelta(seconds=5)
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return _check_listen(value, "127.0.0.1:8081")
-
     @field_validator("retry_after")
     @classmethod
     def _whole_seconds(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
             raise ValueError("must be at least 1s")
         return value
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
 
 class ProviderConfig(BaseModel):

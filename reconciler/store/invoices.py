@@ -37,15 +37,10 @@ class InvoiceUseCases(Engine):
         default_provider: str | None = None,
         recovery: Sequence[str] | None = None,
     ) -> list[base.Row]:
-        params: dict[str, Any] = {
+        params = _candidates(pass_start, now, max_age, batch_size, default_provider) | {
             "owner": owner,
             "token": ids.new_id(),
             "lease_until": format_ts(now + lease),
-            "min_created_at": format_ts(pass_start - max_age),
-            "pass_start": format_ts(pass_start),
-            "now": format_ts(now),
-            "batch_size": batch_size,
-            "default_provider": default_provider,
         }
 
         async def claim(tx: Tx) -> list[Row]:
@@ -68,14 +63,7 @@ class InvoiceUseCases(Engine):
         default_provider: str | None = None,
     ) -> list[str]:
         found = await self._read(
-            "recovery_candidates",
-            {
-                "min_created_at": format_ts(pass_start - max_age),
-                "pass_start": format_ts(pass_start),
-                "now": format_ts(now),
-                "batch_size": batch_size,
-                "default_provider": default_provider,
-            },
+            "recovery_candidates", _candidates(pass_start, now, max_age, batch_size, default_provider)
         )
         return [str(row["id"]) for row in found]
 
@@ -90,15 +78,7 @@ class InvoiceUseCases(Engine):
         default_provider: str | None = None,
     ) -> list[base.Row]:
         found = await self._read(
-            "peek",
-            {
-                "min_created_at": format_ts(pass_start - max_age),
-                "pass_start": format_ts(pass_start),
-                "now": format_ts(now),
-                "batch_size": batch_size,
-                "offset": offset,
-                "default_provider": default_provider,
-            },
+            "peek", _candidates(pass_start, now, max_age, batch_size, default_provider) | {"offset": offset}
         )
         return [rows.invoice(row) for row in found]
 
@@ -276,6 +256,19 @@ class InvoiceUseCases(Engine):
     async def redemption_status(self, invoice_id: str) -> str | None:
         found = await self._read("redemption_status", {"invoice_id": invoice_id})
         return str(found[0][0]) if found else None
+
+
+def _candidates(
+    pass_start: datetime, now: datetime, max_age: timedelta, batch_size: int, default_provider: str | None
+) -> dict[str, Any]:
+    """The parameters of due_candidates (claim, recovery_candidates, peek)."""
+    return {
+        "min_created_at": format_ts(pass_start - max_age),
+        "pass_start": format_ts(pass_start),
+        "now": format_ts(now),
+        "batch_size": batch_size,
+        "default_provider": default_provider,
+    }
 
 
 def _claim_order(row: base.Row) -> tuple[str, str]:

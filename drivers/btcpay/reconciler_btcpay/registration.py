@@ -20,19 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler import driver_api
+from reconciler_btcpay import webhooks
 
-#: The invoice events the daemon's listener reads (docs/providers.md §4.1); BTCPay sends no others.
-EVENTS = (
-    "InvoiceCreated",
-    "InvoiceReceivedPayment",
-    "InvoiceProcessing",
-    "InvoicePaymentSettled",
-    "InvoiceSettled",
-    "InvoiceExpired",
-    "InvoiceInvalid",
-    "InvoiceExpiredPaidPartial",
-    "InvoicePaidAfterExpiration",
-)
+#: The invoice events the daemon's listener reads; BTCPay then sends no others.
+EVENTS = webhooks.INVOICE_EVENTS
 PERMISSION = "btcpay.store.webhooks.canmodifywebhooks"
 WHAT = "webhook registration"
 _SHOWN_PROBLEMS = 3

@@ -13,19 +13,20 @@ from reconciler import driver_api
 
 SIGNATURE_HEADER = "BTCPay-Sig"
 
-#: Invoice events after which the invoice's status may have changed (InvoiceCreated cannot have).
-LOOK_EVENTS = frozenset(
-    {
-        "InvoiceReceivedPayment",
-        "InvoiceProcessing",
-        "InvoicePaymentSettled",
-        "InvoiceSettled",
-        "InvoiceExpired",
-        "InvoiceInvalid",
-        "InvoiceExpiredPaidPartial",
-        "InvoicePaidAfterExpiration",
-    }
+#: The invoice events the listener reads (docs/providers.md §4.1), as `webhooks setup` subscribes to them.
+INVOICE_EVENTS = (
+    "InvoiceCreated",
+    "InvoiceReceivedPayment",
+    "InvoiceProcessing",
+    "InvoicePaymentSettled",
+    "InvoiceSettled",
+    "InvoiceExpired",
+    "InvoiceInvalid",
+    "InvoiceExpiredPaidPartial",
+    "InvoicePaidAfterExpiration",
 )
+#: Those after which the invoice's status may have changed (InvoiceCreated cannot have).
+LOOK_EVENTS = frozenset(INVOICE_EVENTS) - {"InvoiceCreated"}
 
 
 def parse(
