@@ -359,6 +359,8 @@ _PAGE = [
 ]
 _PAGE_PATHS: list[fz.Path] = [(n, *path) for n in range(2) for path in _BTCPAY_PATHS] + [
     (0, "storeId"),
+    (0, "createdTime"),
+    (1, "createdTime"),
     (),
 ]
 PAGE_BODIES = fz.json_bodies(
@@ -389,6 +391,9 @@ async def btcpay_page_example(context: BTCPayContext, answer: RawAnswer) -> tupl
     if not isinstance(result, driver_api.Page):
         return result, "inv1"
     assert isinstance(result.items, int) and result.items >= len(result.answers)
+    # creation times only for invoices the page answered, each an aware datetime (what narrows the margin)
+    assert set(result.created) <= set(result.answers)
+    assert all(isinstance(t, datetime) and t.utcoffset() is not None for t in result.created.values())
     for invoice_id, item in result.answers.items():
         kind = classify(item, provider_id="btcpay_fuzz", invoice_id=invoice_id, secret=btcpay.API_KEY)
         assert kind in ("Snapshot", "BadProviderResponse"), kind
