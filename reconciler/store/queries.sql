@@ -334,15 +334,48 @@ SET status = :new_status, updated_at = :now, next_check_at = :next_check_at,
     last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
 WHERE {fenced} AND status = :status;
 
--- name: settle
--- Mark settled (docs/reconcile.md §8), compare-and-set on the status the claim read; a recovery observes
--- nothing.
+-- name: settle_rows @sqlite
+-- Several settles at once (`:rows`, a JSON array of {invoice_id, token, status, now, next_check_at,
+-- observation}), docs/reconcile.md §8: each fenced, compare-and-set on the status the claim read, a recovery
+-- (no observation) observing nothing; the rows settled.
 UPDATE invoices
-SET status = 'settled', settled_at = COALESCE(settled_at, :now), updated_at = :now,
-    next_check_at = :next_check_at, check_attempts = check_attempts + 1,
-    last_checked_at = CASE WHEN CAST(:observation AS TEXT) IS NULL THEN last_checked_at ELSE :now END,
-    last_provider_status = COALESCE(:observation, last_provider_status), {lease_cleared}
-WHERE {fenced} AND status = :status;
+SET status = 'settled', settled_at = COALESCE(settled_at, json_extract(v.value, '$.now')),
+    updated_at = json_extract(v.value, '$.now'), next_check_at = json_extract(v.value, '$.next_check_at'),
+    check_attempts = check_attempts + 1,
+    last_checked_at = CASE WHEN json_extract(v.value, '$.observation') IS NULL THEN last_checked_at
+                           ELSE json_extract(v.value, '$.now') END,
+    last_provider_status = COALESCE(json_extract(v.value, '$.observation'), last_provider_status),
+    {lease_cleared}
+FROM json_each(:rows) AS v
+WHERE invoices.id = json_extract(v.value, '$.invoice_id')
+  AND invoices.lease_token = json_extract(v.value, '$.token')
+  AND invoices.status = json_extract(v.value, '$.status')
+RETURNING invoices.id;
+
+-- name: settle_rows @postgres
+-- Several settles at once (`:rows`, a JSON array of {invoice_id, token, status, now, next_check_at,
+-- observation}), docs/reconcile.md §8: each fenced, compare-and-set on the status the claim read, a recovery
+-- (no observation) observing nothing; the rows settled.
+UPDATE invoices AS i
+SET status = 'settled', settled_at = COALESCE(i.settled_at, v.now), updated_at = v.now,
+    next_check_at = v.next_check_at, check_attempts = i.check_attempts + 1,
+    last_checked_at = CASE WHEN v.observation IS NULL THEN i.last_checked_at ELSE v.now END,
+    last_provider_status = COALESCE(v.observation, i.last_provider_status), {lease_cleared}
+FROM json_to_recordset(CAST(:rows AS json))
+    AS v(invoice_id text, token text, status text, now text, next_check_at text, observation text)
+WHERE i.id = v.invoice_id AND i.lease_token = v.token AND i.status = v.status
+RETURNING i.id;
+
+-- name: lock_payments @sqlite
+-- Nothing to take: BEGIN IMMEDIATE already made this transaction the file's one writer.
+SELECT CAST(:keys AS TEXT) AS keys;
+
+-- name: lock_payments @postgres
+-- The lock of each key of `:keys` (a JSON array), taken in the array's order, held until the transaction
+-- ends: every writer takes its keys in one sorted order, so two never wait on each other.
+SELECT count(pg_advisory_xact_lock(hashtextextended(k.value, 0)))
+FROM (SELECT e.value FROM json_array_elements_text(CAST(:keys AS json)) WITH ORDINALITY AS e(value, n)
+      ORDER BY e.n OFFSET 0) AS k;
 
 -- name: cancel_redemption
 -- Cancel the invoice's pending discount redemption; the code whose slot goes back.
@@ -357,29 +390,65 @@ UPDATE discount_codes
 SET used_count = CASE WHEN used_count > 0 THEN used_count - 1 ELSE 0 END
 WHERE id = :code_id;
 
--- name: redeem_redemption
--- Redeem the invoice's pending discount redemption for its license.
+-- name: redeem_redemptions @sqlite
+-- Several invoices' pending discount redemptions redeemed at once (`:rows`, a JSON array of {invoice_id,
+-- license_id, now}); the redemptions redeemed.
 UPDATE discount_redemptions
-SET status = 'redeemed', license_id = :license_id, updated_at = :now
-WHERE invoice_id = :invoice_id AND status = 'pending'
-RETURNING id, code_id;
+SET status = 'redeemed', license_id = json_extract(v.value, '$.license_id'),
+    updated_at = json_extract(v.value, '$.now')
+FROM json_each(:rows) AS v
+WHERE discount_redemptions.invoice_id = json_extract(v.value, '$.invoice_id')
+  AND discount_redemptions.status = 'pending'
+RETURNING discount_redemptions.invoice_id, discount_redemptions.id, discount_redemptions.code_id;
+
+-- name: redeem_redemptions @postgres
+-- Several invoices' pending discount redemptions redeemed at once (`:rows`, a JSON array of {invoice_id,
+-- license_id, now}); the redemptions redeemed.
+UPDATE discount_redemptions AS d
+SET status = 'redeemed', license_id = v.license_id, updated_at = v.now
+FROM json_to_recordset(CAST(:rows AS json)) AS v(invoice_id text, license_id text, now text)
+WHERE d.invoice_id = v.invoice_id AND d.status = 'pending'
+RETURNING d.invoice_id, d.id, d.code_id;
 
 -- name: redemption_status
 -- The status of the invoice's discount redemption, if it has one.
 SELECT status FROM discount_redemptions WHERE invoice_id = :invoice_id;
 
--- name: insert_license
--- Issue the license unless the invoice has one (UNIQUE(invoice_id): exactly once across every writer).
+-- name: insert_licenses @sqlite
+-- Issue licenses (`:rows`, a JSON array of the licenses' columns), each unless its invoice has one
+-- (UNIQUE(invoice_id): exactly once across every writer); the invoices whose license was issued. (`WHERE true`: SQLite's parser needs a WHERE
+-- between a SELECT and an upsert's ON CONFLICT.)
 INSERT INTO licenses (id, product_id, policy_id, invoice_id, status, license_key, issued_at, expires_at,
     grace_seconds, max_machines, entitlements, is_trial, buyer_email, metadata)
-VALUES (:id, :product_id, :policy_id, :invoice_id, 'active', :license_key, :issued_at, :expires_at,
-    :grace_seconds, :max_machines, :entitlements, :is_trial, :buyer_email, :metadata)
+SELECT json_extract(v.value, '$.id'), json_extract(v.value, '$.product_id'),
+    json_extract(v.value, '$.policy_id'), json_extract(v.value, '$.invoice_id'), 'active',
+    json_extract(v.value, '$.license_key'), json_extract(v.value, '$.issued_at'),
+    json_extract(v.value, '$.expires_at'), json_extract(v.value, '$.grace_seconds'),
+    json_extract(v.value, '$.max_machines'), json_extract(v.value, '$.entitlements'),
+    json_extract(v.value, '$.is_trial'), json_extract(v.value, '$.buyer_email'),
+    json_extract(v.value, '$.metadata')
+FROM json_each(:rows) AS v
+WHERE true
 ON CONFLICT (invoice_id) DO NOTHING
-RETURNING id;
+RETURNING invoice_id;
 
--- name: license_for_invoice
--- The id of the license another writer issued for the invoice first.
-SELECT id FROM licenses WHERE invoice_id = :invoice_id;
+-- name: insert_licenses @postgres
+-- Issue licenses (`:rows`, a JSON array of the licenses' columns), each unless its invoice has one
+-- (UNIQUE(invoice_id): exactly once across every writer); the invoices whose license was issued.
+INSERT INTO licenses (id, product_id, policy_id, invoice_id, status, license_key, issued_at, expires_at,
+    grace_seconds, max_machines, entitlements, is_trial, buyer_email, metadata)
+SELECT v.id, v.product_id, v.policy_id, v.invoice_id, 'active', v.license_key, v.issued_at, v.expires_at,
+    v.grace_seconds, v.max_machines, v.entitlements, v.is_trial, v.buyer_email, v.metadata
+FROM json_to_recordset(CAST(:rows AS json))
+    AS v(id text, product_id text, policy_id text, invoice_id text, license_key text, issued_at text,
+         expires_at text, grace_seconds bigint, max_machines integer, entitlements text, is_trial integer,
+         buyer_email text, metadata text)
+ON CONFLICT (invoice_id) DO NOTHING
+RETURNING invoice_id;
+
+-- name: licenses_for_invoices
+-- The license of each of some invoices (`:invoice_ids`, a JSON array) that has one.
+SELECT invoice_id, id FROM licenses WHERE invoice_id IN (SELECT value FROM {json_elements}(:invoice_ids));
 
 -- name: insert_subscription
 -- The subscription of a recurring policy, unless the license has one.

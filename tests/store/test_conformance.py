@@ -237,6 +237,50 @@ async def test_settlements_committed_together_are_each_whole(backend: Backend) -
     assert await backend.scalar("SELECT count(*) FROM licenses WHERE invoice_id = :i", {"i": second.id}) == 0
 
 
+async def test_a_group_settles_two_rows_of_one_payment_as_one_and_redeems_each_code(backend: Backend) -> None:
+    """A group holding both rows of one payment (the provider's and one without a provider id) settles the
+    one `payment_winner` names and reports the other as its duplicate, as two transactions one after the
+    other would; each settled invoice's pending redemption is redeemed for its own license."""
+    product, (mine,) = await seed(backend, 1, pid="SAME")
+    _, (orphan,) = await seed(backend, 1, pid="SAME", provider=None)
+    _, (other,) = await seed(backend, 1)
+    code = new_id()
+    await backend.raw.execute(
+        "INSERT INTO discount_codes (id, code, used_count) VALUES (:id, 'C', 2)", {"id": code}
+    )
+    for invoice_id in (mine, other):
+        await backend.raw.execute(
+            "INSERT INTO discount_redemptions (id, code_id, invoice_id, created_at, updated_at)"
+            " VALUES (:id, :code, :inv, :t, :t)",
+            {"id": new_id(), "code": code, "inv": invoice_id, "t": format_ts(T0)},
+        )
+    by_id = {i.id: i for i in await claim(backend)}
+    key = base.PaymentKey("fake", "SAME", include_null=True)
+    winner = min(mine, orphan)  # same created_at: the smaller id
+    loser = orphan if winner == mine else mine
+    drafts = {
+        i: replace(_settlement(product), payment=key if i != other else None) for i in (mine, orphan, other)
+    }
+
+    outcomes = await backend.store.record_settlements([(by_id[i], drafts[i]) for i in (mine, orphan, other)])
+
+    by_invoice = dict(zip((mine, orphan, other), outcomes, strict=True))
+    assert by_invoice[loser] == base.DuplicateFound(winner)
+    for settled in (winner, other):
+        license_id = drafts[settled].license.id  # type: ignore[union-attr]
+        assert by_invoice[settled] == base.SettleOutcome(license_id=license_id)
+    statuses = {r["id"]: r["status"] for r in await backend.raw.rows("SELECT id, status FROM invoices")}
+    assert statuses == {winner: "settled", loser: "pending", other: "settled"}
+    redemptions = {
+        r["invoice_id"]: (r["status"], r["license_id"])
+        for r in await backend.raw.rows("SELECT invoice_id, status, license_id FROM discount_redemptions")
+    }
+    expected_mine = ("redeemed", drafts[mine].license.id) if winner == mine else ("pending", None)  # type: ignore[union-attr]
+    assert redemptions == {mine: expected_mine, other: ("redeemed", drafts[other].license.id)}  # type: ignore[union-attr]
+    redeemed = await backend.raw.rows("SELECT target_id FROM audit_log WHERE action = 'code.redeemed'")
+    assert sorted(r["target_id"] for r in redeemed) == [code] * (2 if winner == mine else 1)
+
+
 async def test_a_group_of_settlements_that_fails_writes_none_of_them(backend: Backend) -> None:
     """All or nothing for the group: the second settlement's unique violation takes the first one's
     writes with it (the runner then tries each alone)."""

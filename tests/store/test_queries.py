@@ -56,7 +56,7 @@ def test_only_the_engine_specific_text_differs() -> None:
     assert "json_each(:provider_invoice_ids)" in sqlite["payment_rows"]
     assert "json_array_elements_text(:provider_invoice_ids)" in postgres["payment_rows"]
     same = {name for name in sqlite if sqlite[name] == postgres[name]}
-    assert {"get_invoice", "settle", "insert_license", "due_post_settle_tasks"} <= same
+    assert {"get_invoice", "renew_subscription", "insert_post_settle_task", "due_post_settle_tasks"} <= same
 
 
 SAMPLE = """\
