@@ -20,7 +20,8 @@ MAX_FLOAT_CHARS = 64
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SQUARE_BRACKETS = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTES = bytes(c for c in range(256) if c not in b'[]{}"')
+_BOUND_PASSES = 8  # a provider's answer nests a few levels; past 8 the exact measure is cheaper
 
 
 class UnreadableJson(ValueError):
@@ -52,16 +53,15 @@ _CAREFUL = json.JSONDecoder(
 # Number hooks take the C scanner off its fast path, so they are only used when a number could need
 # them: a run of more than MAX_INT_DIGITS digits, or an exponent of three digits or more (float overflow).
 _FAST = json.JSONDecoder(parse_constant=_refuse_constant, strict=True)
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+# Digits as "0", "E" as "e" and "+" as "-", so one byte string answers both questions with plain substring
+# searches (a regex over a whole page costs several times the decode).
+_NUMBER_MARKS = bytes.maketrans(b"123456789E+", b"000000000e-")
 _LONG_DIGITS = b"0" * (MAX_INT_DIGITS + 1)
-_LONG_EXPONENT = re.compile(rb"[eE][+-]?000")
 
 
 def _needs_care(raw: bytes) -> bool:
-    digits = raw.translate(_DIGITS_AS_ZERO)
-    if _LONG_DIGITS in digits:
-        return True
-    return (b"e" in raw or b"E" in raw) and _LONG_EXPONENT.search(digits) is not None
+    marks = raw.translate(_NUMBER_MARKS)
+    return _LONG_DIGITS in marks or b"e000" in marks or b"e-000" in marks
 
 
 def decode_json(raw: bytes) -> Any:
@@ -83,7 +83,9 @@ def decode_json(raw: bytes) -> Any:
         raise UnreadableJson(f"not JSON ({exc.msg} at character {exc.pos})") from exc
     except (ValueError, RecursionError) as exc:  # belt and braces: the depth check should have caught it
         raise UnreadableJson(f"not JSON ({type(exc).__name__})") from exc
-    if b"\\ud" in raw.lower() and _holds_surrogate(value):  # only a JSON \u escape makes one
+    # only a JSON \u escape makes one (UTF-8 cannot encode a surrogate), and JSON spells it with a small u;
+    # most bodies have no backslash at all, and looking for one is the cheapest search
+    if b"\\" in raw and (b"\\ud" in raw or b"\\uD" in raw) and _holds_surrogate(value):
         raise UnreadableJson("a string holds a lone surrogate (\\ud800-\\udfff escape)")
     return value
 
@@ -92,21 +94,43 @@ def _check_depth(raw: bytes) -> None:
     """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` before the recursive decoder sees it.
 
     Linear and in C, on the UTF-8 bytes (brackets, quotes and backslashes are never part of a
-    multi-byte character): drop escaped backslashes and quotes, keep what lies outside strings, keep
-    only brackets as ``[`` / ``]``, and take the deepest prefix. Unbalanced brackets are the
-    decoder's to refuse; it never gets deeper than the prefix measured here.
+    multi-byte character): drop escaped backslashes and quotes, keep only brackets and quotes, drop
+    each quote-delimited run, and take the deepest prefix of what is left, with ``[`` for ``{`` and
+    ``]`` for ``}``. Unbalanced brackets are the decoder's to refuse; it never gets deeper than the
+    prefix measured here.
     """
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = raw.translate(None, _NOT_BRACKETS_OR_QUOTES)
+    if kept.count(b"[") + kept.count(b"{") <= MAX_JSON_DEPTH:
         return
-    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = b"".join(unescaped.split(b'"')[::2]).translate(_SQUARE_BRACKETS, _NOT_BRACKETS)
-    too_deep = b"[" * (MAX_JSON_DEPTH + 1) in brackets
-    if not too_deep:
-        closed = brackets.split(b"]")
-        # the depth just before the i-th "]" is the "[" seen so far minus i
-        too_deep = max(map(operator.sub, accumulate(map(len, closed)), range(len(closed)))) > MAX_JSON_DEPTH
-    if too_deep:
+    # Strings without a bracket are left as '""'. When every quote is in such a pair, found from the left,
+    # every string was one (the first quote has none before it, so it pairs with the next, and so on).
+    if kept.count(b'""') * 2 == kept.count(b'"'):
+        outside = kept.translate(None, b'"')
+    else:
+        outside = b"".join(kept.split(b'"')[::2])
+    brackets = outside.translate(_SQUARE_BRACKETS)
+    if b"[" * (MAX_JSON_DEPTH + 1) in brackets or _deeper_than_bound(brackets):
         raise UnreadableJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _deeper_than_bound(brackets: bytes) -> bool:
+    """Whether some prefix of ``brackets`` (only ``[`` and ``]``) opens more than it closes by more than
+    :data:`MAX_JSON_DEPTH`.
+
+    Removing every ``[]`` lowers that deepest prefix by at most one, and what is left is never deeper
+    than its count of ``[``: a few passes prove a shallow page shallow. Otherwise, exactly: the depth
+    just before the i-th ``]`` is the ``[`` seen so far minus i.
+    """
+    rest = brackets
+    for removed in range(1, _BOUND_PASSES + 1):
+        rest = rest.replace(b"[]", b"")
+        if rest.count(b"[") + removed <= MAX_JSON_DEPTH:
+            return False
+    closed = brackets.split(b"]")
+    deepest: int = max(map(operator.sub, accumulate(map(len, closed)), range(len(closed))))
+    return deepest > MAX_JSON_DEPTH
 
 
 def _holds_surrogate(value: Any) -> bool:

@@ -1,12 +1,18 @@
-"""The depth check of reconciler/strict_json.py against a plain walk over the same bytes."""
+"""The depth check of reconciler/strict_json.py against a plain walk over the same bytes, and the whole
+decoder against the one it replaced (tests/support/strict_json_before.py) over generated JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from reconciler import strict_json
 from reconciler.strict_json import MAX_JSON_DEPTH, UnreadableJson, _check_depth
+from tests.support import strict_json_before
 
 
 def _deepest(raw: bytes) -> int:
@@ -51,3 +57,142 @@ def test_a_page_of_many_shallow_items_and_one_deep_one(depth: int) -> None:
             _check_depth(raw)
     else:
         _check_depth(raw)
+
+
+# --- the decoder against the one before it ---------------------------------------------------------
+
+_DIGITS = st.text("0123456789", min_size=1, max_size=50)
+_NUMBERS = st.one_of(
+    st.integers().map(str),
+    st.integers(-(10**45), 10**45).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.builds(
+        lambda sign, whole, fraction, e, e_sign, exponent: f"{sign}{whole}{fraction}{e}{e_sign}{exponent}",
+        st.sampled_from(["", "-"]),
+        _DIGITS,
+        st.one_of(st.just(""), _DIGITS.map(".".__add__)),
+        st.sampled_from(["", "e", "E"]),
+        st.sampled_from(["", "+", "-"]),
+        st.one_of(st.just(""), _DIGITS.map(lambda d: d[:6])),
+    ),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1E+0400", "1e-400", "0e000", "1.5e308"]),
+)
+_STRING_PIECES = st.sampled_from(
+    [
+        '\\"',
+        "\\\\",
+        "\\/",
+        "\\n",
+        "\\u00e9",
+        "\\u0000",
+        "\\ud800",
+        "\\uD800",
+        "\\udc00",
+        "\\uDBFF\\uDFFF",
+        "\\ud83d\\ude00",
+        "\\\\ud800",
+        "[",
+        "]",
+        "{",
+        "}",
+        "[[[[",
+        "e000",
+        "E+000",
+        "0" * 41,
+        "é",
+        "😀",
+    ]
+)
+_PLAIN = st.text(st.characters(blacklist_characters='"\\', blacklist_categories=("Cs", "Cc")), max_size=6)
+_STRINGS = st.lists(st.one_of(_STRING_PIECES, _PLAIN), max_size=6).map(
+    lambda parts: '"' + "".join(parts) + '"'
+)
+_SCALARS = st.one_of(_NUMBERS, _STRINGS, st.sampled_from(["true", "false", "null"]))
+
+
+def _containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.lists(children, max_size=6).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(_STRINGS, children), max_size=6).map(
+            lambda pairs: "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+        ),
+    )
+
+
+_VALUES = st.recursive(_SCALARS, _containers, max_leaves=25)
+
+
+_SHELLS = {"[": "[{}, 1]", "(": "[[], {}]", "{": '{{"k": {}, "[": "]"}}'}
+
+
+def _wrapped(value: str, shells: list[str]) -> str:
+    for shell in shells:
+        value = _SHELLS[shell].format(value)
+    return value
+
+
+_DEEP = st.builds(
+    _wrapped,
+    _VALUES,
+    st.integers(50, 80).flatmap(lambda n: st.lists(st.sampled_from(sorted(_SHELLS)), min_size=n, max_size=n)),
+)
+# many shallow siblings (a few, repeated) and one deep member: more brackets than the bound, nested up to
+# anywhere around it
+_PAGES = st.builds(
+    lambda items, copies, deep, at: (
+        "[" + ",".join([*(items * copies)[:at], deep, *(items * copies)[at:]]) + "]"
+    ),
+    st.lists(_VALUES, min_size=1, max_size=3),
+    st.integers(1, 30),
+    _DEEP,
+    st.integers(0, 60),
+)
+_TEXTS = st.one_of(_VALUES, _DEEP, _PAGES)
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> bytes:
+    """Generated JSON, sometimes as UTF-8 with lone surrogates passed through, sometimes damaged."""
+    raw = draw(_TEXTS).encode("utf-8", "surrogatepass")
+    damage = draw(st.sampled_from(["none", "none", "cut", "insert", "delete"]))
+    if raw and damage != "none":
+        at = draw(st.integers(0, len(raw) - 1))
+        if damage == "cut":
+            raw = raw[:at]
+        elif damage == "insert":
+            raw = (
+                raw[:at]
+                + draw(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",", b"\xff"]))
+                + raw[at:]
+            )
+        else:
+            raw = raw[:at] + raw[at + 1 :]
+    return raw
+
+
+def _outcome(decode: Callable[[bytes], Any], raw: bytes) -> tuple[str, str]:
+    try:
+        return "decoded", repr(decode(raw))
+    except UnreadableJson as exc:
+        return "refused", str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bodies())
+@example(b'["\\ud800"]')
+@example(b'{"a": "\\uDC00"}')
+@example(b'["\\\\ud800"]')
+@example(b"[1e400]")
+@example(b"[" + b"1" * 41 + b"]")
+@example(b"[" * 65 + b"]" * 65)
+@example(b'["' + b"[" * 70 + b'"]')
+def test_the_decoder_refuses_what_the_one_before_it_refused_with_the_same_message(raw: bytes) -> None:
+    assert _outcome(strict_json.decode_json, raw) == _outcome(strict_json_before.decode_json, raw)
+    assert strict_json._needs_care(raw) == strict_json_before._needs_care(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(_PIECES, max_size=300).map("".join), st.integers(55, 75).flatmap(_nested)))
+def test_the_depth_check_agrees_with_the_one_before_it_on_any_bytes(text: str) -> None:
+    raw = text.encode()
+    assert _outcome(_check_depth, raw) == _outcome(strict_json_before._check_depth, raw)
