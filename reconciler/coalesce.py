@@ -2,9 +2,15 @@
 which gives everything that came within `window` seconds (or `size` items, whichever is first) to one call
 of its `write` function, and hands each caller its own item's result.
 
+With `in_flight`, at most that many calls run at once: what arrives meanwhile waits for one to end and then
+goes together (up to `size` items a call), so groups grow with the load instead of staying a window's
+worth. A store's writes queue for its connection (or its pool) anyway: waiting for the call ahead costs
+nothing, and fewer, fuller transactions commit once each.
+
 A failure of that one call is every item's failure; the `write` function decides whether a group is worth
-trying item by item instead, and gives an item its own failure by returning `Failed` in its place. An invoice's task waits for its own item's result, so nothing leaves a pass
-unwritten, and a pass that ends cancels nothing half-written: a group is one transaction.
+trying item by item instead, and gives an item its own failure by returning `Failed` in its place. An
+invoice's task waits for its own item's result, so nothing leaves a pass unwritten, and a pass that ends
+cancels nothing half-written: a group is one transaction.
 """
 
 from __future__ import annotations
@@ -27,11 +33,17 @@ class Failed:
 
 class Coalescer(Generic[_W, _R]):
     def __init__(
-        self, write: Callable[[list[_W]], Awaitable[Sequence[_R | Failed]]], *, size: int, window: float
+        self,
+        write: Callable[[list[_W]], Awaitable[Sequence[_R | Failed]]],
+        *,
+        size: int,
+        window: float,
+        in_flight: int | None = None,
     ) -> None:
         self._write = write
         self.size = max(1, size)
         self.window = window
+        self.in_flight = in_flight
         self._waiting: list[tuple[_W, asyncio.Future[_R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -46,15 +58,24 @@ class Coalescer(Generic[_W, _R]):
             self._timer = loop.call_later(self.window, self._flush)
         return await future
 
+    # Whenever items wait, a timer is set or a call is running whose end flushes them.
+    def _busy(self) -> bool:
+        return self.in_flight is not None and len(self._writes) >= self.in_flight
+
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        group, self._waiting = self._waiting, []
-        if group:
+        while self._waiting and not self._busy():
+            group, self._waiting = self._waiting[: self.size], self._waiting[self.size :]
             task = asyncio.get_running_loop().create_task(self._run(group))
             self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if self._waiting and self._timer is None:
+            self._flush()
 
     async def _run(self, group: list[tuple[_W, asyncio.Future[_R]]]) -> None:
         try:

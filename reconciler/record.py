@@ -35,7 +35,7 @@ class Bookkeeping:
     def __init__(self, store: base.Store, *, size: int) -> None:
         self.store = store
         self._group: Coalescer[base.CheckWrite | base.ReleaseWrite, bool] = Coalescer(
-            self._write, size=size, window=self.WINDOW
+            self._write, size=size, window=self.WINDOW, in_flight=2
         )
 
     async def check(self, write: base.CheckWrite) -> bool:
@@ -64,7 +64,7 @@ class Settlements:
     def __init__(self, store: base.Store) -> None:
         self.store = store
         self._group: Coalescer[tuple[Invoice, base.Settlement], _Settled] = Coalescer(
-            self._write, size=self.SIZE, window=self.WINDOW
+            self._write, size=self.SIZE, window=self.WINDOW, in_flight=2
         )
 
     async def settle(self, invoice: Invoice, settlement: base.Settlement) -> _Settled:

@@ -50,6 +50,50 @@ async def test_a_full_group_goes_at_once_and_the_rest_waits_for_the_next() -> No
     assert log.calls == [[1, 2], [3, 4]]
 
 
+class Held(Log):
+    """A write function whose calls wait until the test lets them end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def write(self, items: list[int]) -> list[int | Failed]:
+        self.calls.append(list(items))
+        await self.go.wait()
+        return [i * 2 for i in items]
+
+
+async def _one_by_one(group: Coalescer[int, int], items: range) -> list[asyncio.Future[int]]:
+    """Submit `items` a window apart, so no two would share a call by the window alone."""
+    futures: list[asyncio.Future[int]] = []
+    for i in items:
+        futures.append(asyncio.ensure_future(group.submit(i)))
+        await asyncio.sleep(group.window * 5)
+    return futures
+
+
+@pytest.mark.parametrize(("in_flight", "calls"), [(None, [[1], [2], [3], [4]]), (1, [[1], [2, 3, 4]])])
+async def test_with_a_call_in_flight_what_arrives_meanwhile_goes_together_next(
+    in_flight: int | None, calls: list[list[int]]
+) -> None:
+    log = Held()
+    group = Coalescer(log.write, size=100, window=0.002, in_flight=in_flight)
+    futures = await _one_by_one(group, range(1, 5))
+    log.go.set()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 5) == [2, 4, 6, 8]
+    assert log.calls == calls
+
+
+async def test_calls_waiting_for_one_in_flight_still_hold_at_most_size_items() -> None:
+    log = Held()
+    group = Coalescer(log.write, size=2, window=0.002, in_flight=2)
+    futures = await _one_by_one(group, range(1, 8))
+    assert log.calls == [[1], [2]]  # two in flight: the rest waits
+    log.go.set()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 5) == [2 * i for i in range(1, 8)]
+    assert log.calls[2:] == [[3, 4], [5, 6], [7]]
+
+
 async def test_a_failed_call_is_every_items_failure_and_a_failed_item_only_its_own() -> None:
     log = Log(fail_on=7, fail_item=2)
     group = Coalescer(log.write, size=100, window=0.01)
