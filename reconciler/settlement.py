@@ -59,7 +59,7 @@ def plan(
         return Plan(None, None, ())  # a renewal: no license, no new subscription (docs/reconcile.md §8)
     if isinstance(policy, UnreadablePolicy):
         return PolicyUnreadable(policy)
-    license_id = ids.new_id()
+    license_id = ids.uuid7(now)
     terms = licenses.license_terms(policy, now)
     try:
         if signing_key is None:
@@ -103,7 +103,7 @@ def _subscription(
         return None
     listed = invoice.listed_currency is not None and invoice.listed_value is not None
     return SubscriptionDraft(
-        id=ids.new_id(),
+        id=ids.uuid7(now),
         policy_id=policy.id,
         product_id=invoice.product_id,
         started_at=terms.started_at,

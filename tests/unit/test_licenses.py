@@ -409,3 +409,40 @@ def test_write_new_key_never_overwrites(tmp_path: Path) -> None:
 def test_write_new_key_in_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError, match="cannot create"):
         licenses.write_new_key(tmp_path / "absent" / "key.pem")
+
+
+def test_a_settle_plan_names_its_license_and_subscription_with_time_ordered_uuid7s() -> None:
+    """New license and subscription rows go to the end of their id index, not to a random page of it."""
+    from reconciler import settlement
+    from reconciler.models import Invoice, InvoiceStatus
+
+    key = Ed25519PrivateKey.generate()
+    now = datetime(2026, 12, 2, 14, 0, tzinfo=UTC)
+    product = str(uuid.uuid4())
+    policy = Policy(str(uuid.uuid4()), product, "monthly", is_recurring=True, renewal_period_days=30)
+    plans = []
+    for n in range(3):
+        invoice = Invoice(
+            str(uuid.uuid4()),
+            "btcpay",
+            f"inv-{n}",
+            product,
+            policy.id,
+            InvoiceStatus.PENDING,
+            1000,
+            None,
+            None,
+            None,
+            None,
+            now - timedelta(minutes=30),
+        )
+        plan = settlement.plan(
+            invoice, policy, provider_id="btcpay", post_settle_kinds=(), now=now, signing_key=key
+        )
+        assert isinstance(plan, settlement.Plan) and plan.license and plan.subscription
+        plans.append(plan)
+    for ids in ([p.license.id for p in plans], [p.subscription.id for p in plans]):
+        parsed = [uuid.UUID(i) for i in ids]
+        assert all(u.version == 7 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+        assert all(u.int >> 80 == int(now.timestamp() * 1000) for u in parsed)
+        assert ids == sorted(ids) and len(set(ids)) == 3
