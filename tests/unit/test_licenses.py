@@ -420,7 +420,8 @@ def test_a_settle_plan_names_its_license_and_subscription_with_time_ordered_uuid
     now = datetime(2026, 12, 2, 14, 0, tzinfo=UTC)
     product = str(uuid.uuid4())
     policy = Policy(str(uuid.uuid4()), product, "monthly", is_recurring=True, renewal_period_days=30)
-    plans = []
+    license_ids: list[str] = []
+    subscription_ids: list[str] = []
     for n in range(3):
         invoice = Invoice(
             str(uuid.uuid4()),
@@ -440,8 +441,9 @@ def test_a_settle_plan_names_its_license_and_subscription_with_time_ordered_uuid
             invoice, policy, provider_id="btcpay", post_settle_kinds=(), now=now, signing_key=key
         )
         assert isinstance(plan, settlement.Plan) and plan.license and plan.subscription
-        plans.append(plan)
-    for ids in ([p.license.id for p in plans], [p.subscription.id for p in plans]):
+        license_ids.append(plan.license.id)
+        subscription_ids.append(plan.subscription.id)
+    for ids in (license_ids, subscription_ids):
         parsed = [uuid.UUID(i) for i in ids]
         assert all(u.version == 7 and str(u) == i for u, i in zip(parsed, ids, strict=True))
         assert all(u.int >> 80 == int(now.timestamp() * 1000) for u in parsed)
