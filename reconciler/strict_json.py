@@ -11,6 +11,8 @@ import re
 from itertools import accumulate
 from typing import Any, NoReturn
 
+import orjson
+
 MAX_JSON_DEPTH = 64
 """Nesting levels a provider answer may have (arrays and objects)."""
 MAX_INT_DIGITS = 40
@@ -57,11 +59,19 @@ _FAST = json.JSONDecoder(parse_constant=_refuse_constant, strict=True)
 # searches (a regex over a whole page costs several times the decode).
 _NUMBER_MARKS = bytes.maketrans(b"123456789E+", b"000000000e-")
 _LONG_DIGITS = b"0" * (MAX_INT_DIGITS + 1)
+# orjson reads an integer past 64 bits as a float; from 19 digits on an integer may not fit, so a body with
+# such a run of digits (in a number or not) is read by the json module, which keeps it exact.
+_WIDE_DIGITS = b"0" * 19
 
 
-def _needs_care(raw: bytes) -> bool:
+def _route(raw: bytes) -> tuple[bool, bool]:
+    """(whether a number may need the hooks of `_CAREFUL`, whether orjson may read the body), from one
+    translation of the body."""
     marks = raw.translate(_NUMBER_MARKS)
-    return _LONG_DIGITS in marks or b"e000" in marks or b"e-000" in marks
+    overflows = b"e000" in marks or b"e-000" in marks
+    if _WIDE_DIGITS not in marks:
+        return overflows, not overflows
+    return overflows or _LONG_DIGITS in marks, False
 
 
 def decode_json(raw: bytes) -> Any:
@@ -69,14 +79,25 @@ def decode_json(raw: bytes) -> Any:
 
     ``strict=True`` already refuses raw control characters inside strings; escaped ones (``\\u0000``)
     decode, and whether a field may hold them is for :func:`~reconciler.driver_api.check_snapshot`.
+
+    Most bodies are read by orjson, about twice as fast: it refuses everything refused here (invalid UTF-8,
+    ``NaN``, lone surrogates, control characters, overflowing numbers) and reads the rest to the same
+    values, except integers past 64 bits, so a body with 19 digits in a row goes to the json module. What
+    orjson refuses is read again by the json module, so a refusal says the same as it always did.
     """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnreadableJson("not valid UTF-8") from exc
     _check_depth(raw)
+    careful, fast = _route(raw)
+    if fast:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # refused: the json module below says why (or reads what orjson alone refuses)
     try:
-        value = (_CAREFUL if _needs_care(raw) else _FAST).decode(text)
+        value = (_CAREFUL if careful else _FAST).decode(text)
     except UnreadableJson:
         raise
     except json.JSONDecodeError as exc:

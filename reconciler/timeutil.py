@@ -18,13 +18,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The last moments formatted, by instant: a settle writes one moment into several columns and rows. Equal
+# instants format alike whatever their offset; dict reads and writes are atomic for the threads sharing it.
+_FORMATTED: dict[datetime, str] = {}
+_FORMATTED_MAX = 4096
+
+
 def format_ts(moment: datetime) -> str:
     """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    utc = moment.astimezone(UTC) if moment.utcoffset() else moment
-    # isoformat pads the year to 4 digits and, with timespec, always writes the microseconds
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    text = _FORMATTED.get(moment)
+    if text is None:
+        utc = moment.astimezone(UTC) if moment.utcoffset() else moment
+        # isoformat pads the year to 4 digits and, with timespec, always writes the microseconds (and then
+        # the offset, +00:00, which the stored form spells Z)
+        text = utc.isoformat(timespec="microseconds")[:26] + "Z"
+        if len(_FORMATTED) >= _FORMATTED_MAX:
+            _FORMATTED.clear()
+        _FORMATTED[moment] = text
+    return text
 
 
 def parse_ts(text: str) -> datetime:

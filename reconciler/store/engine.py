@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from loguru import logger
 
 from reconciler import errors, ids, review
@@ -175,7 +176,7 @@ class Engine(base.Store):
         if not resolutions:
             return
         wanted = sorted({invoice_id for _, invoice_id, _, _ in resolutions})
-        found = await tx.returning("invoices_with_open_items", {"invoice_ids": json.dumps(wanted)})
+        found = await tx.returning("invoices_with_open_items", {"invoice_ids": param_json(wanted)})
         open_items = {str(row["invoice_id"]) for row in found}
         if not open_items:
             return
@@ -193,6 +194,17 @@ class Engine(base.Store):
                 if invoice_id in open_items
             ],
         )
+
+
+def param_json(value: object) -> str:
+    """A statement's JSON parameter (the rows of `json_each` / `json_to_recordset`, lists of ids): read by the
+    database within the statement and never stored, so its spacing is free, and orjson writes it about ten
+    times faster than the json module. What orjson cannot write (an integer past 64 bits, a lone surrogate)
+    the json module writes."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def fmt(value: datetime | None) -> str | None:

@@ -3,7 +3,6 @@ quarantine, check, expire or invalidate, and what deciding needs to read (paymen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +19,7 @@ from reconciler.models import (
     UnreadablePolicy,
 )
 from reconciler.store import base, rows
-from reconciler.store.engine import Engine, Row, Tx
+from reconciler.store.engine import Engine, Row, Tx, param_json
 from reconciler.timeutil import format_ts
 
 
@@ -47,7 +46,7 @@ class InvoiceUseCases(Engine):
             found = recovery
             if found is None:
                 found = [str(r["id"]) for r in await tx.returning("recovery_candidates", params)]
-            return await tx.returning("claim", {**params, "recovery": json.dumps(list(found))})
+            return await tx.returning("claim", {**params, "recovery": param_json(list(found))})
 
         found = [rows.invoice(row) for row in await self._atomic("claim", claim)]
         found.sort(key=_claim_order)
@@ -133,7 +132,7 @@ class InvoiceUseCases(Engine):
         async def write(tx: Tx) -> set[str]:
             written: set[str] = set()
             if check_rows:
-                found = await tx.returning("record_checks", {"rows": json.dumps(check_rows)})
+                found = await tx.returning("record_checks", {"rows": param_json(check_rows)})
                 written.update(str(row[0]) for row in found)
                 # a check that saw something new may clear review items: only the checks written do
                 clearing = [c for c in checks if c.resolves and c.checked_at and c.invoice.id in written]
@@ -143,7 +142,7 @@ class InvoiceUseCases(Engine):
                         tx, resolved_at, [(c.invoice.id, r) for c in clearing for r in c.resolves]
                     )
             if release_rows:
-                found = await tx.returning("release_rows", {"rows": json.dumps(release_rows)})
+                found = await tx.returning("release_rows", {"rows": param_json(release_rows)})
                 written.update(str(row[0]) for row in found)
             return written
 
@@ -292,7 +291,7 @@ def payment_params(
     return {
         "provider_id": provider_id,
         "include_null": int(include_null),
-        "provider_invoice_ids": json.dumps(list(provider_invoice_ids)),
+        "provider_invoice_ids": param_json(list(provider_invoice_ids)),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from reconciler import audit, decide, review
 from reconciler.models import AuditRecord, Invoice, LicenseDraft, Resolution, SubscriptionDraft
 from reconciler.store import base
-from reconciler.store.engine import Engine, Row, Tx
+from reconciler.store.engine import Engine, Row, Tx, param_json
 from reconciler.store.invoices import payment_params, payment_row
 from reconciler.timeutil import format_ts
 
@@ -28,6 +28,8 @@ class _Rows:
 
 
 _Outcome = base.SettleOutcome | base.DuplicateFound | None
+#: what `licenses.metadata` holds for a license the reconciler issued
+_LICENSE_METADATA = json.dumps({"issued_by": "reconciler"})
 
 
 class SettleUseCase(Engine):
@@ -64,7 +66,7 @@ class SettleUseCase(Engine):
             rounds[depth].append(n)
         keys = sorted(key for key in seen if key is not None)
         if keys:
-            await tx.returning("lock_payments", {"keys": json.dumps(keys)})
+            await tx.returning("lock_payments", {"keys": param_json(keys)})
         outcomes: dict[int, _Outcome] = {}
         rows = _Rows()
         for each in rounds:
@@ -90,7 +92,7 @@ class SettleUseCase(Engine):
         # 2. The status, compare-and-set on what the claim read: a fenced item writes nothing of its own.
         if going:
             settled = await tx.returning(
-                "settle_rows", {"rows": json.dumps([_settle_row(i, s) for _, i, s in going])}
+                "settle_rows", {"rows": param_json([_settle_row(i, s) for _, i, s in going])}
             )
             done = {str(row[0]) for row in settled}
             for n, invoice, _ in going:
@@ -103,13 +105,13 @@ class SettleUseCase(Engine):
         issued: set[str] = set()
         if drafts:
             found = await tx.returning(
-                "insert_licenses", {"rows": json.dumps([_license_params(d, i) for i, d in drafts])}
+                "insert_licenses", {"rows": param_json([_license_params(d, i) for i, d in drafts])}
             )
             issued = {str(row[0]) for row in found}
             licensed = {i.id: d.id for i, d in drafts if i.id in issued}
             others = [i.id for i, _ in drafts if i.id not in issued]
             if others:
-                theirs = await tx.returning("licenses_for_invoices", {"invoice_ids": json.dumps(others)})
+                theirs = await tx.returning("licenses_for_invoices", {"invoice_ids": param_json(others)})
                 licensed.update((str(row[0]), str(row[1])) for row in theirs)
         # 4. What depends on each one's license: subscription, renewal, audit rows.
         audits: dict[int, list[AuditRecord]] = {}
@@ -121,7 +123,7 @@ class SettleUseCase(Engine):
             found = await tx.returning(
                 "redeem_redemptions",
                 {
-                    "rows": json.dumps(
+                    "rows": param_json(
                         [
                             {"invoice_id": i.id, "license_id": licensed.get(i.id), "now": format_ts(s.now)}
                             for _, i, s in going
@@ -266,7 +268,7 @@ def _license_params(draft: LicenseDraft, invoice: Invoice) -> dict[str, Any]:
         "entitlements": json.dumps(list(draft.entitlements)),
         "is_trial": int(draft.is_trial),
         "buyer_email": draft.buyer_email,
-        "metadata": json.dumps({"issued_by": "reconciler"}),
+        "metadata": _LICENSE_METADATA,
     }
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
-from reconciler.store.engine import Engine, Tx
+from reconciler.store.engine import Engine, Tx, param_json
 from reconciler.store.webhook_interface import DeliveryReceipt, DeliveryRecord, InvoiceLease
 from reconciler.timeutil import format_ts, parse_ts
 
@@ -40,12 +39,12 @@ class WebhookUseCases(Engine):
                 {
                     "provider_id": delivery.provider_id,
                     "default_provider": default_provider,
-                    "ids": json.dumps(list(ids)),
+                    "ids": param_json(list(ids)),
                 },
             )
             due = [str(row["id"]) for row in found if row["open"]]
             if due:
-                await tx.exec("nudge_invoices", {"invoice_ids": json.dumps(due), "now": now})
+                await tx.exec("nudge_invoices", {"invoice_ids": param_json(due), "now": now})
             nudged = tuple(due)
             outcome = "nudged" if due else ("done_already" if found else "unknown_invoice")
             first = due[0] if due else (str(found[0]["id"]) if found else None)

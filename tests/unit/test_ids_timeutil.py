@@ -47,6 +47,18 @@ def test_format_ts_is_always_the_27_character_form(moment: datetime) -> None:
     assert STORED_TS.match(text)
 
 
+@given(moments, offsets)
+def test_format_ts_writes_each_instant_the_same_whatever_its_offset_and_whatever_came_before(
+    moment: datetime, offset: timezone
+) -> None:
+    """format_ts remembers what it wrote last; an instant seen in one offset is the same text in another."""
+    expected = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    elsewhere = moment.astimezone(offset)
+    assert timeutil.format_ts(moment) == expected
+    assert timeutil.format_ts(elsewhere) == expected
+    assert timeutil.format_ts(moment + timedelta(microseconds=1)) != expected
+
+
 def test_format_ts_pads_short_years() -> None:
     # e.g. a provider's zero timestamp `0001-01-01T00:00:00Z` passed through normalize_timestamp
     assert timeutil.format_ts(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"

@@ -3,6 +3,7 @@ decoder against the one it replaced (tests/support/strict_json_before.py) over g
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,17 @@ _PIECES = st.sampled_from(["[", "]", "{", "}", '"', '\\"', "\\\\", "x", ",", ":"
 
 def _nested(depth: int) -> st.SearchStrategy[str]:
     return st.lists(_PIECES, max_size=40).map("".join).map(lambda noise: "[" * depth + noise + "]" * depth)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(-(10**40) + 1, 10**40 - 1) | st.floats(allow_nan=False, allow_infinity=False)))
+def test_numbers_decode_to_exactly_what_was_written_whichever_decoder_reads_them(
+    numbers: list[int | float],
+) -> None:
+    """Integers of any width up to MAX_INT_DIGITS stay exact ints (orjson alone would make a float of one past
+    64 bits), floats the same doubles."""
+    decoded = strict_json.decode_json(json.dumps({"numbers": numbers, "id": "Bench0000001"}).encode())
+    assert [(type(n), n) for n in decoded["numbers"]] == [(type(n), n) for n in numbers]
 
 
 @settings(max_examples=400, deadline=None)
@@ -186,9 +198,16 @@ def _outcome(decode: Callable[[bytes], Any], raw: bytes) -> tuple[str, str]:
 @example(b"[" + b"1" * 41 + b"]")
 @example(b"[" * 65 + b"]" * 65)
 @example(b'["' + b"[" * 70 + b'"]')
+@example(
+    b"[-9999999999999999999, 18446744073709551616, 9223372036854775808]"
+)  # past 64 bits: orjson floats them
+@example(b'{"a": 1E-400, "b": "\\ud83d\\ude00", "c": "\\u0000"}')
+@example(b"\xef\xbb\xbf[1]")  # a byte order mark
 def test_the_decoder_refuses_what_the_one_before_it_refused_with_the_same_message(raw: bytes) -> None:
     assert _outcome(strict_json.decode_json, raw) == _outcome(strict_json_before.decode_json, raw)
-    assert strict_json._needs_care(raw) == strict_json_before._needs_care(raw)
+    careful, fast = strict_json._route(raw)
+    assert careful == strict_json_before._needs_care(raw)
+    assert not (careful and fast)
 
 
 @settings(max_examples=400, deadline=None)
