@@ -48,7 +48,12 @@ def decimal_to_sats(text: object, *, unit: str = "BTC", rounding: str = ROUND_HA
             return None
         value = Decimal(text)
     elif isinstance(text, str):
-        if len(text) > _AMOUNT_MAX_CHARS or not _PLAIN_DECIMAL.fullmatch(text):
+        if len(text) > _AMOUNT_MAX_CHARS:
+            return None
+        sats = _plain_btc(text, unit)
+        if sats is not None:
+            return sats
+        if not _PLAIN_DECIMAL.fullmatch(text):
             return None
         value = Decimal(text)
     else:
@@ -62,6 +67,19 @@ def decimal_to_sats(text: object, *, unit: str = "BTC", rounding: str = ROUND_HA
             return None
         return int(value)
     return None
+
+
+def _plain_btc(text: str, unit: str) -> int | None:
+    """The common case without Decimal: a non-negative BTC amount of at most 8 places is a whole number of
+    sats, nothing to round. None: not that case (the general path decides)."""
+    if not text.isascii():  # isdigit() alone would take other scripts' digits
+        return None
+    whole, dot, fraction = text.partition(".")
+    if not whole.isdigit() or len(fraction) > 8 or (dot and not fraction.isdigit()):
+        return None
+    if unit != "BTC" and ascii_upper(unit) != "BTC":
+        return None
+    return int(whole) * 100_000_000 + (int(fraction.ljust(8, "0")) if fraction else 0)
 
 
 def floor_sats(text: object) -> int | None:

@@ -25,6 +25,7 @@ invoice.amount_mismatch        never
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,13 +56,25 @@ def after_answer(decision: Decision, previous_observation: str | None) -> tuple[
     observation = decision.observation
     if observation is None or observation == previous_observation:
         return ()
-    cleared = [Resolution(Action.INVOICE_UNREADABLE, "the invoice row could be read again")]
     if decision.kind in (DecisionKind.NOT_FOUND, DecisionKind.BAD_RESPONSE):
-        return tuple(cleared)
+        return _READ_AGAIN
+    return _answered(observation, decision.evidence.get("status") != ProviderStatus.UNKNOWN)
+
+
+_READ_AGAIN = (Resolution(Action.INVOICE_UNREADABLE, "the invoice row could be read again"),)
+
+
+@functools.lru_cache(maxsize=1024)
+def _answered(observation: str, known_status: bool) -> tuple[Resolution, ...]:
+    """What a readable answer observed as `observation` clears: the same few observations come back for
+    invoice after invoice, so each one's resolutions are made once."""
     shown = printable(observation, 80)
-    cleared.append(Resolution(Action.INVOICE_PROVIDER_NOT_FOUND, f"the provider found the invoice ({shown})"))
-    cleared.append(Resolution(Action.INVOICE_BAD_PROVIDER_RESPONSE, f"a readable answer followed ({shown})"))
-    if decision.evidence.get("status") != ProviderStatus.UNKNOWN:
+    cleared = [
+        *_READ_AGAIN,
+        Resolution(Action.INVOICE_PROVIDER_NOT_FOUND, f"the provider found the invoice ({shown})"),
+        Resolution(Action.INVOICE_BAD_PROVIDER_RESPONSE, f"a readable answer followed ({shown})"),
+    ]
+    if known_status:
         cleared.append(Resolution(Action.INVOICE_UNKNOWN_STATUS, f"a known status followed ({shown})"))
     return tuple(cleared)
 
@@ -70,13 +83,16 @@ def after_settle(decision: Decision | None, previous_observation: str | None) ->
     """What settling the invoice clears (`decision` None: the recovery of a settled invoice without its
     license); the license's own resolution comes from the transaction (`license_present`)."""
     if decision is None:
-        cleared = [Resolution(Action.INVOICE_UNREADABLE, "the invoice row could be read again")]
-        how = "the invoice is settled"
-    else:
-        cleared = list(after_answer(decision, previous_observation))
-        how = "the invoice was settled"
-    cleared += [Resolution(Action.INVOICE_PAID_LATE, how), Resolution(Action.INVOICE_UNDERPAID, how)]
-    return tuple(cleared)
+        return _RECOVERED
+    return after_answer(decision, previous_observation) + _SETTLED
+
+
+def _settle_clears(how: str) -> tuple[Resolution, ...]:
+    return (Resolution(Action.INVOICE_PAID_LATE, how), Resolution(Action.INVOICE_UNDERPAID, how))
+
+
+_RECOVERED = _READ_AGAIN + _settle_clears("the invoice is settled")
+_SETTLED = _settle_clears("the invoice was settled")
 
 
 def license_present(license_id: str, *, issued: bool) -> Resolution:

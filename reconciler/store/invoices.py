@@ -270,10 +270,10 @@ def _candidates(
     }
 
 
-def _claim_order(row: base.Row) -> tuple[str, str]:
+def _claim_order(row: base.Row) -> tuple[int, datetime | None, str]:
     if isinstance(row, Unreadable):
-        return ("", row.label)  # quarantined first: they cost no provider call
-    return (format_ts(row.created_at), row.id)
+        return (0, None, row.label)  # quarantined first: they cost no provider call
+    return (1, row.created_at, row.id)
 
 
 def _release_params(row: base.Row, next_check_at: datetime | None) -> dict[str, Any]:

@@ -89,6 +89,8 @@ def _storable(text: str) -> bool:
     """UTF-8 encodable (no lone surrogates, which a non-UTF-8 SQLite value decodes to) and no NUL."""
     if "\x00" in text:
         return False
+    if text.isascii():  # nearly every value: nothing to encode
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -174,12 +176,15 @@ def _required(value: Any) -> Any:
     return value
 
 
+_STATUSES = {status.value: status for status in InvoiceStatus}
+
+
 def _status(row: Any) -> InvoiceStatus:
     value = row["status"]
-    try:
-        return InvoiceStatus(value)
-    except ValueError:
-        raise _Bad("status", f"is not one of pending, settled, expired, invalid: {quote(value)}") from None
+    status = _STATUSES.get(value) if isinstance(value, str) else None
+    if status is None:
+        raise _Bad("status", f"is not one of pending, settled, expired, invalid: {quote(value)}")
+    return status
 
 
 def policy(row: Any) -> Policy | UnreadablePolicy:

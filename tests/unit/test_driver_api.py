@@ -7,7 +7,7 @@ import dataclasses
 import re
 import urllib.parse
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from email.utils import format_datetime
 
 import pydantic
@@ -122,6 +122,35 @@ def test_a_long_fraction_is_rounded_once_on_the_exact_value() -> None:
     assert decimal_to_sats("0.000000004" + "9" * 29) == 0
     assert decimal_to_sats("0.0000000050000000000000000000000000001") == 1
     assert decimal_to_sats("0.0000000149999999999999999999999999999", rounding=ROUND_HALF_UP) == 1
+
+
+def _decimal_to_sats_by_decimal(text: str, unit: str, rounding: str) -> int | None:
+    """The rule as docs/reconcile.md §14 states it, all through Decimal: the oracle of the fast path."""
+    if len(text) > 40 or not re.fullmatch(r"-?[0-9]+(?:\.[0-9]+)?", text):
+        return None
+    value = Decimal(text)
+    if unit.upper() == "BTC":
+        exact = Context(prec=100)
+        return int(value.scaleb(8, context=exact).quantize(Decimal(1), rounding=rounding, context=exact))
+    if value != value.to_integral_value():
+        return None
+    return int(value)
+
+
+_AMOUNT_TEXT = st.from_regex(r"-?[0-9]{1,12}(\.[0-9]{0,12})?", fullmatch=True) | st.text(
+    st.sampled_from("0123456789.-+e \u0661\u00b2"), max_size=14
+)
+
+
+@given(
+    _AMOUNT_TEXT,
+    st.sampled_from(["BTC", "btc", "SATS", "sats"]),
+    st.sampled_from([ROUND_HALF_UP, ROUND_FLOOR]),
+)
+def test_every_amount_text_gives_what_decimal_arithmetic_gives(text: str, unit: str, rounding: str) -> None:
+    assert decimal_to_sats(text, unit=unit, rounding=rounding) == _decimal_to_sats_by_decimal(
+        text, unit, rounding
+    )
 
 
 @given(st.integers(min_value=-(10**30), max_value=10**30))
