@@ -137,7 +137,7 @@ class Engine(base.Store):
                 "action": record.action,
                 "target_kind": record.target_kind,
                 "target_id": record.target_id,
-                "details": json.dumps(record.details, sort_keys=True, default=str),
+                "details": _DETAILS.encode(record.details),
             }
             for now, record in records
         ]
@@ -194,6 +194,11 @@ class Engine(base.Store):
                 if invoice_id in open_items
             ],
         )
+
+
+#: how `audit_log.details` is written: what json.dumps(details, sort_keys=True, default=str) writes, with one
+#: encoder for every row instead of one made per call
+_DETAILS = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def param_json(value: object) -> str:
