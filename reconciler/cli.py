@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     command = args.command or "run"
     logs.configure(getattr(args, "log_format", "auto"))
-    handler = commands.HANDLERS[command]
+    handler = commands.handler(command)
     if sys.stdout is None:  # started with stdout closed: print() writes nowhere, nothing to watch
         return _outcome(handler, args, None)
     stdout = _WatchedStdout(sys.stdout)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from reconciler import app, errors, logs
-from reconciler import config as config_module
-from reconciler.config import Config
-from reconciler.passes import PassSummary
+from reconciler import errors, logs
+
+if TYPE_CHECKING:
+    from reconciler.config import Config
+    from reconciler.passes import PassSummary
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -22,6 +24,10 @@ USAGE_ERRORS = (errors.ConfigError, errors.DriverLoadError, errors.SchemaError, 
 
 def configuration(args: argparse.Namespace, *, resolve_files: bool = True) -> Config:
     """The validated configuration; every problem of the file (driver options included) at once."""
+    # here, not above: the command line imports this module for its exit codes, `--help` needs no settings
+    from reconciler import app
+    from reconciler import config as config_module
+
     cfg = config_module.load_config(
         getattr(args, "config", config_module.DEFAULT_CONFIG_PATH),
         resolve_files=resolve_files,

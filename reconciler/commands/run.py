@@ -1,4 +1,8 @@
-"""`run`: the daemon, `--once` and `--dry-run`."""
+"""`run`: the daemon, `--once` and `--dry-run`.
+
+What only the daemon uses is imported by `daemon()`, each listener's module only when it is configured: a
+`--once` pass from a timer loads no web server (aiohttp.web), metrics, operator API or webhook intake.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,22 @@ import argparse
 import asyncio
 import json
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from reconciler import __version__, app, errors, licenses
-from reconciler.api.server import ApiServer
 from reconciler.commands import common
 from reconciler.commands.common import report
 from reconciler.config import Config
-from reconciler.daemon import Daemon
-from reconciler.health import HealthServer
-from reconciler.metrics import Metrics
-from reconciler.notify import Notifier
-from reconciler.operator import actions
 from reconciler.runner import PassSummary, Runner
 from reconciler.timeutil import utcnow
-from reconciler.webhooks import WebhookService
+
+if TYPE_CHECKING:
+    from reconciler.api.server import ApiServer
+    from reconciler.daemon import Daemon
+    from reconciler.metrics import Metrics
+    from reconciler.webhooks import WebhookService
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -91,6 +94,10 @@ async def once(runner: Runner, grace: float) -> int:
 
 async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.LoadedDriver]) -> int:
     """The service: READY once every check passed, a pass every interval, metrics and health if asked."""
+    from reconciler.daemon import Daemon
+    from reconciler.metrics import Metrics
+    from reconciler.notify import Notifier
+
     notifier = Notifier.from_env()
     providers = sorted(loaded)
     metrics = Metrics(providers=providers)
@@ -119,6 +126,7 @@ async def daemon(cfg: Config, store: Any, runner: Runner, loaded: dict[str, app.
     server = None
     api_server = None
     if cfg.http is not None:
+        from reconciler.health import HealthServer
 
         async def alive() -> tuple[bool, str]:
             return daemon.alive()
@@ -164,6 +172,9 @@ async def _start_api(cfg: Config, store: Any, runner: Runner) -> ApiServer | Non
     """The operator API on its own listener (`[api]`), when configured (docs/api.md)."""
     if cfg.api is None:
         return None
+    from reconciler.api.server import ApiServer
+    from reconciler.operator import actions
+
     # the actions' own runner over the same store and providers: an action or a dry run never touches the state
     # of the pass in flight; every write goes through the same leases and fencing as a pass
     operator = actions.Operator(store, runner.providers, runner.settings, signing_key=runner.signing_key)
@@ -187,6 +198,8 @@ async def _start_webhooks(cfg: Config, store: Any, runner: Runner, metrics: Metr
     """The webhook listener and its workers (`[webhooks]`), when configured (docs/webhooks.md)."""
     if cfg.webhooks is None:
         return None
+    from reconciler.webhooks import WebhookService
+
     service = WebhookService(
         cfg.webhooks,
         store,
