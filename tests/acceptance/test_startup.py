@@ -1,6 +1,7 @@
-"""What the real command line loads (CHANGELOG, "start-up"): a `--once` pass from a timer imports none of the
+"""What the real command line loads at start-up (CHANGELOG): a `--once` pass from a timer imports none of the
 daemon's listeners, metrics, operator API or webhook intake, nor the other commands' modules; the daemon
-imports each listener's module only when its section is configured; `--help` loads no command at all.
+imports each listener's module only when its section is configured; `--help` loads no command at all. The
+modules a command loads are frozen out of the garbage collector's walks, and the collector is on for the work.
 
 Each case runs `cli.main` in a subprocess of its own to its end, then lists the modules it imported, so a
 module imported late (by the pass, by a driver, by the store) counts too. No timing is asserted.
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,15 @@ import pytest
 from tests.acceptance.conftest import TIMEOUT, Workspace, recent
 from tests.support.process import clean_env
 
-#: `python -c` this with `OUT ARGS...`: the command line with ARGS, then its modules as JSON in OUT.
+#: `python -c` this with `OUT ARGS...`: the command line with ARGS, then as JSON in OUT its modules and the
+#: state of the garbage collector.
 LIST_MODULES = """
-import json, sys
+import gc, json, sys
 from reconciler import cli
 out, *args = sys.argv[1:]
 code = cli.main(args)
 with open(out, "w", encoding="utf-8") as listing:
-    json.dump(sorted(sys.modules), listing)
+    json.dump({"modules": sorted(sys.modules), "gc": [gc.isenabled(), gc.get_freeze_count()]}, listing)
 raise SystemExit(code)
 """
 
@@ -53,8 +56,25 @@ def loaded(names: Iterable[str], packages: Sequence[str]) -> list[str]:
     return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in packages))
 
 
-def modules_of(tmp_path: Path, *args: str | Path) -> tuple[int, str, list[str]]:
-    """Run the command line with `args` to its end: exit code, stderr, the modules it imported."""
+@dataclass(frozen=True)
+class Listing:
+    """How a command ended, what it imported, whether the collector was on and how many objects it froze."""
+
+    code: int
+    stderr: str
+    names: list[str]
+    collecting: bool
+    frozen: int
+
+
+def listing(out: Path, code: int, stderr: str) -> Listing:
+    found = json.loads(out.read_text(encoding="utf-8"))
+    collecting, frozen = found["gc"]
+    return Listing(code, stderr, found["modules"], collecting, frozen)
+
+
+def modules_of(tmp_path: Path, *args: str | Path) -> Listing:
+    """Run the command line with `args` to its end."""
     out = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", LIST_MODULES, str(out), *map(str, args)],
@@ -63,8 +83,7 @@ def modules_of(tmp_path: Path, *args: str | Path) -> tuple[int, str, list[str]]:
         env=clean_env(),
         timeout=TIMEOUT,
     )
-    names: list[str] = json.loads(out.read_text(encoding="utf-8"))
-    return done.returncode, done.stderr, names
+    return listing(out, done.returncode, done.stderr)
 
 
 @pytest.mark.parametrize("mode", [(), ("--dry-run",)], ids=["once", "dry-run"])
@@ -73,14 +92,16 @@ def test_a_one_shot_pass_imports_no_daemon_listener_or_other_command(
 ) -> None:
     invoice = workspace.shop.invoice(workspace.shop.product(), provider_invoice_id="P1", created_at=recent())
 
-    code, stderr, names = modules_of(tmp_path, "--config", workspace.config(), "--once", *mode)
+    found = modules_of(tmp_path, "--config", workspace.config(), "--once", *mode)
 
-    assert code == 0, stderr
-    assert "pass finished" in stderr
+    assert found.code == 0, found.stderr
+    assert "pass finished" in found.stderr
     if not mode:  # the pass did its work with what it loaded
         assert workspace.shop.invoice_row(invoice)["check_attempts"] == 1
-    assert "reconciler.commands.run" in names and "reconciler.runner" in names
-    assert loaded(names, HTTP_LISTENER + API_LISTENER + WEBHOOK_LISTENER + DAEMON + OTHER_COMMANDS) == []
+    assert "reconciler.commands.run" in found.names and "reconciler.runner" in found.names
+    never = HTTP_LISTENER + API_LISTENER + WEBHOOK_LISTENER + DAEMON + OTHER_COMMANDS
+    assert loaded(found.names, never) == []
+    assert found.collecting and found.frozen > 10_000
 
 
 @pytest.mark.parametrize(
@@ -122,15 +143,18 @@ def test_the_daemon_imports_a_listener_only_when_it_is_configured(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, "".join(seen) + rest
-    names: list[str] = json.loads(out.read_text(encoding="utf-8"))
-    assert [package for package in DAEMON + expected if package not in names] == []
-    assert loaded(names, absent + OTHER_COMMANDS) == []
+    found = listing(out, proc.returncode, "".join(seen) + rest)
+    assert found.code == 0, found.stderr
+    assert [package for package in DAEMON + expected if package not in found.names] == []
+    assert loaded(found.names, absent + OTHER_COMMANDS) == []
+    assert found.collecting, "the daemon ran without the garbage collector"
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("run", "--help")], ids=" ".join)
 def test_help_and_version_load_no_command(tmp_path: Path, args: tuple[str, ...]) -> None:
-    code, stderr, names = modules_of(tmp_path, *args)
+    found = modules_of(tmp_path, *args)
 
-    assert code == 0, stderr
-    assert loaded(names, ("reconciler.commands.run", *OTHER_COMMANDS, "reconciler.app", "aiohttp")) == []
+    assert found.code == 0, found.stderr
+    assert (
+        loaded(found.names, ("reconciler.commands.run", *OTHER_COMMANDS, "reconciler.app", "aiohttp")) == []
+    )
