@@ -188,7 +188,7 @@ def _handler(command: str) -> commands.Handler:
     """The command's function, its modules imported with the cyclic garbage collector paused, then frozen.
 
     Those modules' objects live as long as the process: collecting while hundreds of them load frees next to
-    nothing (the little it would, half a megabyte, stays), and once frozen (`gc.freeze`) no later collection,
+    nothing (the little it would, under half a megabyte, stays), and once frozen (`gc.freeze`) no later collection,
     the one at exit included, walks them again. About a quarter of the CPU of an empty `--once` pass."""
     enabled = gc.isenabled()
     gc.disable()
