@@ -1,7 +1,8 @@
 """What the real command line loads at start-up (CHANGELOG): a `--once` pass from a timer imports none of the
 daemon's listeners, metrics, operator API or webhook intake, nor the other commands' modules; the daemon
 imports each listener's module only when its section is configured; `--help` loads no command at all. The
-modules a command loads are frozen out of the garbage collector's walks, and the collector is on for the work.
+modules a command loads are frozen out of the garbage collector's walks, and the collector is on for the work,
+with its young generation at `cli.GC_YOUNG_THRESHOLD`.
 
 Each case runs `cli.main` in a subprocess of its own to its end, then lists the modules it imported, so a
 module imported late (by the pass, by a driver, by the store) counts too. No timing is asserted.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import cli
 from tests.acceptance.conftest import TIMEOUT, Workspace, recent
 from tests.support.process import clean_env
 
@@ -30,7 +32,10 @@ from reconciler import cli
 out, *args = sys.argv[1:]
 code = cli.main(args)
 with open(out, "w", encoding="utf-8") as listing:
-    json.dump({"modules": sorted(sys.modules), "gc": [gc.isenabled(), gc.get_freeze_count()]}, listing)
+    json.dump(
+        {"modules": sorted(sys.modules), "gc": [gc.isenabled(), gc.get_freeze_count(), gc.get_threshold()[0]]},
+        listing,
+    )
 raise SystemExit(code)
 """
 
@@ -65,12 +70,13 @@ class Listing:
     names: list[str]
     collecting: bool
     frozen: int
+    young: int
 
 
 def listing(out: Path, code: int, stderr: str) -> Listing:
     found = json.loads(out.read_text(encoding="utf-8"))
-    collecting, frozen = found["gc"]
-    return Listing(code, stderr, found["modules"], collecting, frozen)
+    collecting, frozen, young = found["gc"]
+    return Listing(code, stderr, found["modules"], collecting, frozen, young)
 
 
 def modules_of(tmp_path: Path, *args: str | Path) -> Listing:
@@ -102,6 +108,9 @@ def test_a_one_shot_pass_imports_no_daemon_listener_or_other_command(
     never = HTTP_LISTENER + API_LISTENER + WEBHOOK_LISTENER + DAEMON + OTHER_COMMANDS
     assert loaded(found.names, never) == []
     assert found.collecting and found.frozen > 10_000
+    assert (
+        found.young == cli.GC_YOUNG_THRESHOLD > 700
+    )  # a pass's in-flight objects are not walked over and over
 
 
 @pytest.mark.parametrize(
