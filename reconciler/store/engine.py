@@ -137,7 +137,7 @@ class Engine(base.Store):
                 "action": record.action,
                 "target_kind": record.target_kind,
                 "target_id": record.target_id,
-                "details": _DETAILS.encode(record.details),
+                "details": details_json(record.details),
             }
             for now, record in records
         ]
@@ -196,9 +196,21 @@ class Engine(base.Store):
         )
 
 
-#: how `audit_log.details` is written: what json.dumps(details, sort_keys=True, default=str) writes, with one
-#: encoder for every row instead of one made per call
+#: `audit_log.details` as the json module writes it, for what orjson cannot write
 _DETAILS = json.JSONEncoder(sort_keys=True, default=str)
+#: keys sorted; datetimes and dataclasses given to `default` (str), as the json module would
+_DETAILS_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def details_json(details: object) -> str:
+    """An audit row's `details` text: the JSON object json.dumps(details, sort_keys=True, default=str) would
+    write, in orjson's compact form (no spaces, UTF-8 instead of \\u escapes), several times faster. What
+    orjson cannot write (a key that is not a string, an integer past 64 bits, a lone surrogate) the json
+    module writes."""
+    try:
+        return orjson.dumps(details, default=str, option=_DETAILS_OPTIONS).decode()
+    except TypeError:
+        return _DETAILS.encode(details)
 
 
 def param_json(value: object) -> str:
