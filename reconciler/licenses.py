@@ -12,8 +12,8 @@ published SDKs (e.g. ``keysat_licensing_client``) verify it offline::
 
 from __future__ import annotations
 
-import base64
 import os
+import re
 import struct
 import uuid
 from collections.abc import Sequence
@@ -261,11 +261,27 @@ def write_new_key(path: Path) -> str:
     return public_pem(key)
 
 
+#: every pair of RFC 4648 base32 letters, indexed by the 10 bits they encode
+_B32_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+
+
 def _b32(data: bytes) -> str:
-    return base64.b32encode(data).decode("ascii").rstrip("=")
+    """RFC 4648 base32 of `data`, without padding: what `base64.b32encode(data)` writes less its `=`, from one
+    integer ten bits at a time (the standard library's is Python too, and walks five bytes at a time)."""
+    letters = (len(data) * 8 + 4) // 5
+    pairs = (letters + 1) // 2
+    value = int.from_bytes(data, "big") << (pairs * 10 - len(data) * 8)
+    return "".join([_B32_PAIRS[(value >> shift) & 0x3FF] for shift in range(pairs * 10 - 10, -10, -10)])[
+        :letters
+    ]
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _uuid_bytes(field: str, text: str) -> bytes:
+    if _CANONICAL_UUID.fullmatch(text):  # the form ids are stored in: no need to build a uuid.UUID
+        return bytes.fromhex(text.replace("-", ""))
     try:
         return uuid.UUID(text).bytes
     except ValueError as exc:

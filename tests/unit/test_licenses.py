@@ -448,3 +448,16 @@ def test_a_settle_plan_names_its_license_and_subscription_with_time_ordered_uuid
         assert all(u.version == 7 and str(u) == i for u, i in zip(parsed, ids, strict=True))
         assert all(u.int >> 80 == int(now.timestamp() * 1000) for u in parsed)
         assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+@given(st.binary(max_size=300))
+def test_the_key_base32_is_rfc4648_without_padding(data: bytes) -> None:
+    assert licenses._b32(data) == base64.b32encode(data).decode("ascii").rstrip("=")
+
+
+@given(
+    st.uuids(),
+    st.sampled_from([str, lambda u: str(u).upper(), lambda u: "{" + str(u) + "}", lambda u: u.hex]),
+)
+def test_a_uuid_encodes_to_its_16_bytes_in_any_form_uuid_accepts(value: uuid.UUID, form: Any) -> None:
+    assert licenses._uuid_bytes("license id", form(value)) == value.bytes
