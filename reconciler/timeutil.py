@@ -18,26 +18,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# The last moments formatted, by instant: a settle writes one moment into several columns and rows. Equal
-# instants format alike whatever their offset; dict reads and writes are atomic for the threads sharing it.
-_FORMATTED: dict[datetime, str] = {}
-_FORMATTED_MAX = 4096
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# `2026-01-02T03:04:05` of the seconds formatted lately, by seconds since the epoch: the moments a pass writes
+# fall in few seconds. Dict reads and writes are atomic for the threads sharing it.
+_SECONDS: dict[int, str] = {}
+_SECONDS_MAX = 4096
 
 
 def format_ts(moment: datetime) -> str:
     """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
+    if moment.tzinfo is UTC:  # what the clock and the stored form give: the second's text, then the micros
+        since = moment - _EPOCH
+        second = since.days * 86_400 + since.seconds
+        prefix = _SECONDS.get(second)
+        if prefix is None:
+            if len(_SECONDS) >= _SECONDS_MAX:
+                _SECONDS.clear()
+            prefix = _SECONDS[second] = moment.isoformat(timespec="seconds")[:19]
+        return f"{prefix}.{moment.microsecond:06d}Z"
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    text = _FORMATTED.get(moment)
-    if text is None:
-        utc = moment.astimezone(UTC) if moment.utcoffset() else moment
-        # isoformat pads the year to 4 digits and, with timespec, always writes the microseconds (and then
-        # the offset, +00:00, which the stored form spells Z)
-        text = utc.isoformat(timespec="microseconds")[:26] + "Z"
-        if len(_FORMATTED) >= _FORMATTED_MAX:
-            _FORMATTED.clear()
-        _FORMATTED[moment] = text
-    return text
+    utc = moment.astimezone(UTC) if moment.utcoffset() else moment
+    # isoformat pads the year to 4 digits and, with timespec, always writes the microseconds (and then the
+    # offset, +00:00, which the stored form spells Z)
+    return utc.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def parse_ts(text: str) -> datetime:

@@ -4,6 +4,7 @@ invoice."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -265,11 +266,17 @@ def _license_params(draft: LicenseDraft, invoice: Invoice) -> dict[str, Any]:
         "expires_at": format_ts(draft.expires_at) if draft.expires_at else None,
         "grace_seconds": draft.grace_seconds,
         "max_machines": draft.max_machines,
-        "entitlements": json.dumps(list(draft.entitlements)),
+        "entitlements": _entitlements_json(draft.entitlements),
         "is_trial": int(draft.is_trial),
         "buyer_email": draft.buyer_email,
         "metadata": _LICENSE_METADATA,
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _entitlements_json(entitlements: tuple[str, ...]) -> str:
+    """`licenses.entitlements` as stored: a policy's few entitlement lists, each written once."""
+    return json.dumps(list(entitlements))
 
 
 def _subscription_params(

@@ -51,12 +51,14 @@ def test_format_ts_is_always_the_27_character_form(moment: datetime) -> None:
 def test_format_ts_writes_each_instant_the_same_whatever_its_offset_and_whatever_came_before(
     moment: datetime, offset: timezone
 ) -> None:
-    """format_ts remembers what it wrote last; an instant seen in one offset is the same text in another."""
+    """format_ts remembers the seconds it wrote lately; an instant is the same text in UTC and in any offset."""
     expected = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-    elsewhere = moment.astimezone(offset)
     assert timeutil.format_ts(moment) == expected
-    assert timeutil.format_ts(elsewhere) == expected
-    assert timeutil.format_ts(moment + timedelta(microseconds=1)) != expected
+    assert timeutil.format_ts(moment.astimezone(offset)) == expected
+    assert timeutil.format_ts(moment.astimezone(UTC)) == expected
+    assert timeutil.format_ts(moment.astimezone(UTC)) == expected  # the second's text remembered
+    later = (moment + timedelta(microseconds=1)).astimezone(UTC)
+    assert timeutil.format_ts(later) != expected
 
 
 def test_format_ts_pads_short_years() -> None:
