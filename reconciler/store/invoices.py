@@ -166,15 +166,9 @@ class InvoiceUseCases(Engine):
         return await self._fenced_write("quarantine", params, audits=audits, now=now)
 
     async def payment_rows(self, keys: Sequence[base.PaymentKey]) -> list[PaymentRow]:
-        groups: dict[tuple[str, bool], list[str]] = {}
-        for key in keys:
-            groups.setdefault((key.provider_id, key.include_null), []).append(key.provider_invoice_id)
         found: list[PaymentRow] = []
-        for (provider_id, include_null), provider_invoice_ids in groups.items():
-            result = await self._read(
-                "payment_rows", payment_params(provider_id, include_null, provider_invoice_ids)
-            )
-            found.extend(payment_row(row) for row in result)
+        for _, params in payment_lookups(keys):
+            found.extend(payment_row(row) for row in await self._read("payment_rows", params))
         return found
 
     async def record_check(
@@ -284,15 +278,23 @@ def _release_params(row: base.Row, next_check_at: datetime | None) -> dict[str, 
     }
 
 
-def payment_params(
-    provider_id: str, include_null: bool, provider_invoice_ids: Sequence[str]
-) -> dict[str, Any]:
-    """The `payment_rows` parameters for some provider invoice ids of one provider."""
-    return {
-        "provider_id": provider_id,
-        "include_null": int(include_null),
-        "provider_invoice_ids": param_json(list(provider_invoice_ids)),
-    }
+def payment_lookups(keys: Sequence[base.PaymentKey]) -> list[tuple[str, dict[str, Any]]]:
+    """The `payment_rows` reads that find the rows of `keys`: one per provider (and `include_null`), each as
+    (provider id, parameters)."""
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for key in keys:
+        groups.setdefault((key.provider_id, key.include_null), []).append(key.provider_invoice_id)
+    return [
+        (
+            provider_id,
+            {
+                "provider_id": provider_id,
+                "include_null": int(include_null),
+                "provider_invoice_ids": param_json(provider_invoice_ids),
+            },
+        )
+        for (provider_id, include_null), provider_invoice_ids in groups.items()
+    ]
 
 
 def payment_row(row: Row) -> PaymentRow:

@@ -54,6 +54,18 @@ id = :invoice_id AND lease_token = :token
 -- The lease given back with the write.
 lease_owner = NULL, lease_token = NULL, lease_until = NULL
 
+-- part: row_fenced @sqlite
+-- A row of `v` (one element of a `:rows` JSON array) matched to its invoice, fenced by the lease token and
+-- compare-and-set on the status its claim read.
+invoices.id = json_extract(v.value, '$.invoice_id')
+  AND invoices.lease_token = json_extract(v.value, '$.token')
+  AND invoices.status = json_extract(v.value, '$.status')
+
+-- part: row_fenced @postgres
+-- A row of `v` (json_to_recordset over `:rows`) matched to its invoice `i`, fenced by the lease token and
+-- compare-and-set on the status its claim read.
+i.id = v.invoice_id AND i.lease_token = v.token AND i.status = v.status
+
 -- part: json_elements @sqlite
 -- The set-returning function over a JSON array parameter (column `value`).
 json_each
@@ -284,9 +296,7 @@ SET next_check_at = json_extract(v.value, '$.next_check_at'), check_attempts = c
     last_provider_status = COALESCE(json_extract(v.value, '$.observation'), last_provider_status),
     {lease_cleared}
 FROM json_each(:rows) AS v
-WHERE invoices.id = json_extract(v.value, '$.invoice_id')
-  AND invoices.lease_token = json_extract(v.value, '$.token')
-  AND invoices.status = json_extract(v.value, '$.status')
+WHERE {row_fenced}
 RETURNING invoices.id;
 
 -- name: record_checks @postgres
@@ -298,7 +308,7 @@ SET next_check_at = v.next_check_at, check_attempts = i.check_attempts + 1,
     last_provider_status = COALESCE(v.observation, i.last_provider_status), {lease_cleared}
 FROM json_to_recordset(CAST(:rows AS json))
     AS v(invoice_id text, token text, status text, next_check_at text, checked_at text, observation text)
-WHERE i.id = v.invoice_id AND i.lease_token = v.token AND i.status = v.status
+WHERE {row_fenced}
 RETURNING i.id;
 
 -- name: release_rows @sqlite
@@ -347,9 +357,7 @@ SET status = 'settled', settled_at = COALESCE(settled_at, json_extract(v.value, 
     last_provider_status = COALESCE(json_extract(v.value, '$.observation'), last_provider_status),
     {lease_cleared}
 FROM json_each(:rows) AS v
-WHERE invoices.id = json_extract(v.value, '$.invoice_id')
-  AND invoices.lease_token = json_extract(v.value, '$.token')
-  AND invoices.status = json_extract(v.value, '$.status')
+WHERE {row_fenced}
 RETURNING invoices.id;
 
 -- name: settle_rows @postgres
@@ -363,7 +371,7 @@ SET status = 'settled', settled_at = COALESCE(i.settled_at, v.now), updated_at =
     last_provider_status = COALESCE(v.observation, i.last_provider_status), {lease_cleared}
 FROM json_to_recordset(CAST(:rows AS json))
     AS v(invoice_id text, token text, status text, now text, next_check_at text, observation text)
-WHERE i.id = v.invoice_id AND i.lease_token = v.token AND i.status = v.status
+WHERE {row_fenced}
 RETURNING i.id;
 
 -- name: lock_payments @sqlite

@@ -15,7 +15,7 @@ from reconciler import audit, decide, review
 from reconciler.models import AuditRecord, Invoice, LicenseDraft, Resolution, SubscriptionDraft
 from reconciler.store import base
 from reconciler.store.engine import Engine, Row, Tx, param_json
-from reconciler.store.invoices import payment_params, payment_row
+from reconciler.store.invoices import payment_lookups, payment_row
 from reconciler.timeutil import format_ts
 
 
@@ -168,14 +168,9 @@ class SettleUseCase(Engine):
     async def _payment_winners(self, tx: Tx, keys: Sequence[base.PaymentKey]) -> dict[tuple[str, str], str]:
         """The id of the row each payment of `keys` settles, as its rows are now (a payment without rows has
         none)."""
-        groups: dict[tuple[str, bool], list[str]] = {}
-        for key in keys:
-            groups.setdefault((key.provider_id, key.include_null), []).append(key.provider_invoice_id)
         winners: dict[tuple[str, str], str] = {}
-        for (provider_id, include_null), provider_invoice_ids in groups.items():
-            found = await tx.returning(
-                "payment_rows", payment_params(provider_id, include_null, provider_invoice_ids)
-            )
+        for provider_id, params in payment_lookups(keys):
+            found = await tx.returning("payment_rows", params)
             by_payment: dict[str, list[base.PaymentRow]] = {}
             for row in found:
                 payment = payment_row(row)
