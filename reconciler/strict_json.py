@@ -53,12 +53,16 @@ _CAREFUL = json.JSONDecoder(
     parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_refuse_constant, strict=True
 )
 # Number hooks take the C scanner off its fast path, so they are only used when a number could need
-# them: a run of more than MAX_INT_DIGITS digits, or an exponent of three digits or more (float overflow).
+# them: an exponent of three digits or more (float overflow), or a run of _CAREFUL_RUN digits. A number
+# longer than MAX_FLOAT_CHARS with an exponent of at most two digits has at least MAX_FLOAT_CHARS - 5 digits
+# in its whole and fractional parts (a sign, a point, `e`, the exponent's sign and two digits aside), so one
+# of the two holds half of them; an integer past MAX_INT_DIGITS is one such run.
 _FAST = json.JSONDecoder(parse_constant=_refuse_constant, strict=True)
 # Digits as "0", "E" as "e" and "+" as "-", so one byte string answers both questions with plain substring
 # searches (a regex over a whole page costs several times the decode).
 _NUMBER_MARKS = bytes.maketrans(b"123456789E+", b"000000000e-")
-_LONG_DIGITS = b"0" * (MAX_INT_DIGITS + 1)
+_CAREFUL_RUN = min(MAX_INT_DIGITS + 1, (MAX_FLOAT_CHARS - 5 + 1) // 2)
+_LONG_DIGITS = b"0" * _CAREFUL_RUN
 # orjson reads an integer past 64 bits as a float; from 19 digits on an integer may not fit, so a body with
 # such a run of digits (in a number or not) is read by the json module, which keeps it exact.
 _WIDE_DIGITS = b"0" * 19

@@ -49,6 +49,43 @@ def test_numbers_decode_to_exactly_what_was_written_whichever_decoder_reads_them
     assert [(type(n), n) for n in decoded["numbers"]] == [(type(n), n) for n in numbers]
 
 
+@pytest.mark.parametrize(
+    "number",
+    [
+        "1" * 20
+        + "."
+        + "2" * 40
+        + "e-10",  # 65 characters, no digit run past MAX_INT_DIGITS, a 2-digit exponent
+        "-" + "3" * 31 + "." + "4" * 32,  # 65, no exponent at all
+        "5" * 30 + "." + "6" * 30 + "E+12",  # runs of 30 digits, the fewest a number this long can have
+    ],
+)
+def test_a_number_longer_than_the_bound_is_refused_however_its_digits_are_split(number: str) -> None:
+    assert len(number) > strict_json.MAX_FLOAT_CHARS
+    with pytest.raises(UnreadableJson, match=f"longer than {strict_json.MAX_FLOAT_CHARS} characters"):
+        strict_json.decode_json(b'{"amount": ' + number.encode() + b"}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(0, 40),
+    st.sampled_from(["", "e1", "e-12", "E+99", "e05"]),
+)
+def test_a_number_is_read_when_it_is_within_the_bound_and_refused_when_it_is_not(
+    whole: int, fraction: int, exponent: str
+) -> None:
+    number = "9" * whole + ("." + "8" * fraction if fraction else "") + exponent
+    raw = b"[" + number.encode() + b"]"
+    is_float = bool(fraction or exponent)
+    too_long = len(number) > strict_json.MAX_FLOAT_CHARS if is_float else whole > strict_json.MAX_INT_DIGITS
+    if too_long:
+        with pytest.raises(UnreadableJson, match="longer than"):
+            strict_json.decode_json(raw)
+    else:
+        assert strict_json.decode_json(raw) == [float(number) if is_float else int(number)]
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.lists(_PIECES, max_size=300).map("".join), st.integers(55, 75).flatmap(_nested)))
 def test_the_depth_check_refuses_exactly_what_nests_deeper_than_the_bound(text: str) -> None:
@@ -203,10 +240,17 @@ def _outcome(decode: Callable[[bytes], Any], raw: bytes) -> tuple[str, str]:
 )  # past 64 bits: orjson floats them
 @example(b'{"a": 1E-400, "b": "\\ud83d\\ude00", "c": "\\u0000"}')
 @example(b"\xef\xbb\xbf[1]")  # a byte order mark
+@example(b"[" + b"1" * 30 + b"]")  # read exactly, through the hooks now
+@example(b"[" + b"1" * 20 + b"." + b"2" * 40 + b"e-10]")  # decoded before, refused now (longer than 64)
 def test_the_decoder_refuses_what_the_one_before_it_refused_with_the_same_message(raw: bytes) -> None:
-    assert _outcome(strict_json.decode_json, raw) == _outcome(strict_json_before.decode_json, raw)
+    """The same outcome, except one the decoder before missed: a number longer than MAX_FLOAT_CHARS with no
+    run of more than MAX_INT_DIGITS digits, which it read without the hooks."""
+    now, before = _outcome(strict_json.decode_json, raw), _outcome(strict_json_before.decode_json, raw)
+    if now != before:
+        assert now == ("refused", f"a number longer than {strict_json.MAX_FLOAT_CHARS} characters")
     careful, fast = strict_json._route(raw)
-    assert careful == strict_json_before._needs_care(raw)
+    thirty_digits = b"0" * 30 in raw.translate(bytes.maketrans(b"123456789", b"000000000"))
+    assert careful == (strict_json_before._needs_care(raw) or thirty_digits)
     assert not (careful and fast)
 
 
