@@ -23,11 +23,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # fall in few seconds. Dict reads and writes are atomic for the threads sharing it.
 _SECONDS: dict[int, str] = {}
 _SECONDS_MAX = 4096
+# The last UTC moment written and its text: a settle writes one moment into several columns and rows in a
+# row. One tuple, replaced whole, so the threads sharing it never see a moment with another's text.
+_last: tuple[datetime | None, str] = (None, "")
 
 
 def format_ts(moment: datetime) -> str:
     """`2026-01-02T03:04:05.000000Z`: 27 characters, sorts as text, the only form writers may use."""
+    global _last
     if moment.tzinfo is UTC:  # what the clock and the stored form give: the second's text, then the micros
+        last = _last
+        if last[0] is moment:
+            return last[1]
         since = moment - _EPOCH
         second = since.days * 86_400 + since.seconds
         prefix = _SECONDS.get(second)
@@ -35,7 +42,9 @@ def format_ts(moment: datetime) -> str:
             if len(_SECONDS) >= _SECONDS_MAX:
                 _SECONDS.clear()
             prefix = _SECONDS[second] = moment.isoformat(timespec="seconds")[:19]
-        return f"{prefix}.{moment.microsecond:06d}Z"
+        text = f"{prefix}.{moment.microsecond:06d}Z"
+        _last = (moment, text)
+        return text
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     utc = moment.astimezone(UTC) if moment.utcoffset() else moment

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -162,7 +163,7 @@ def test_parse_duration_rejects_anything_else_naming_the_form(text: str) -> None
 def fresh_v7() -> Iterator[None]:
     """Run with the process's UUIDv7 monotonic state cleared, then put it back for the other tests."""
     saved = ids._last_v7
-    ids._last_v7 = 0
+    ids._last_v7 = bytes(16)
     try:
         yield
     finally:
@@ -216,6 +217,42 @@ def test_uuid7_is_strictly_increasing_within_one_millisecond() -> None:
     for text in made:
         assert_canonical_v7(text)
     assert uuid.UUID(made[0]).int >> 80 == millis(moment)
+
+
+def random_bits(text: str) -> int:
+    """The 74 random bits of a UUIDv7: rand_a (12) then rand_b (62)."""
+    value = uuid.UUID(text).int
+    return ((value >> 64) & 0xFFF) << 62 | value & ((1 << 62) - 1)
+
+
+def test_uuid7_random_bits_never_repeat_across_refills_of_the_pool() -> None:
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with fresh_v7():  # a millisecond apart, so none is its predecessor plus one: every id takes fresh bits
+        made = [ids.uuid7(start + timedelta(milliseconds=n)) for n in range(5 * ids._POOL_BYTES // 10)]
+    assert len({random_bits(u) for u in made}) == len(made)
+    for text in made:
+        assert_canonical_v7(text)
+
+
+def test_a_forked_child_does_not_reuse_its_parents_random_bits() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    later = moment + timedelta(seconds=1)
+    with fresh_v7():
+        ids.uuid7(moment)  # the pool now holds bits a child would copy
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one id for `later`, to the parent, then out without pytest's cleanup
+            try:
+                os.write(write, ids.uuid7(later).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        child = os.read(read, 100).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        parent = ids.uuid7(later)
+    assert_canonical_v7(child)
+    assert random_bits(child) != random_bits(parent)
 
 
 def test_new_id_is_a_canonical_random_uuid() -> None:
