@@ -7,6 +7,11 @@ goes together (up to `size` items a call), so groups grow with the load instead 
 worth. A store's writes queue for its connection (or its pool) anyway: waiting for the call ahead costs
 nothing, and fewer, fuller transactions commit once each.
 
+With `company`, a caller says how many others may still hand in an item soon: when none may, what waits goes
+at once instead of waiting out the window (the last invoice of a pass, an operator's action on one). The
+window can then be long enough for a slow stream of items to fill a group: a transaction and its commit
+cost about the same for 5 rows as for 50.
+
 A failure of that one call is every item's failure; the `write` function decides whether a group is worth
 trying item by item instead, and gives an item its own failure by returning `Failed` in its place. An
 invoice's task waits for its own item's result, so nothing leaves a pass unwritten, and a pass that ends
@@ -39,11 +44,13 @@ class Coalescer(Generic[_W, _R]):
         size: int,
         window: float,
         in_flight: int | None = None,
+        company: Callable[[], int] | None = None,
     ) -> None:
         self._write = write
         self.size = max(1, size)
         self.window = window
         self.in_flight = in_flight
+        self.company = company
         self._waiting: list[tuple[_W, asyncio.Future[_R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -52,11 +59,19 @@ class Coalescer(Generic[_W, _R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_R] = loop.create_future()
         self._waiting.append((item, future))
-        if len(self._waiting) >= self.size:
+        if len(self._waiting) >= self.size or self._alone():
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.window, self._flush)
         return await future
+
+    def hurry(self) -> None:
+        """Hand what waits to a call now, without waiting out the window: no more company is coming."""
+        if self._timer is not None:
+            self._flush()
+
+    def _alone(self) -> bool:
+        return self.company is not None and self.company() <= 0
 
     # Whenever items wait, a timer is set or a call is running whose end flushes them.
     def _busy(self) -> bool:

@@ -96,7 +96,9 @@ class Runner:
         self.paused: tuple[str, ...] = ()
         for provider in self.providers.values():
             self._breaker(provider)
-        self._recorder = Recorder(store, settings, clock=clock, rng=self.rng)
+        #: invoices of a pass not yet decided: their writes may still join the groups waiting to be written
+        self._deciding = 0
+        self._recorder = Recorder(store, settings, clock=clock, rng=self.rng, company=lambda: self._deciding)
         self._pass = PassState.starting(self.started_at)
 
     # -- the pass -------------------------------------------------------------------------------------------
@@ -111,6 +113,8 @@ class Runner:
             base.InstanceRow(self.owner, socket.gethostname(), os.getpid(), self.started_at, p.started_at)
         )
         progress = asyncio.create_task(self._progress(p))
+        # a pass cancelled mid-way may leave tasks that never ran to count themselves decided
+        self._deciding = 0
         try:
             async with asyncio.TaskGroup() as group:
                 await self._claim_and_reconcile(p, group, stop)
@@ -204,6 +208,7 @@ class Runner:
             for row in batch:
                 task = group.create_task(self._one(p, row, lease_until, winners))
                 in_flight += 1
+                self._deciding += 1
                 task.add_done_callback(one_done)
 
     async def _find_recovery(self, p: PassState) -> None:
@@ -222,7 +227,13 @@ class Runner:
     async def _one(
         self, p: PassState, row: base.Row, lease_until: datetime, winners: Mapping[str, str]
     ) -> None:
-        verdict = await self.classify(p, row, lease_until, winners)
+        """Counted in `_deciding` from its creation until it is decided (or cancelled before it is)."""
+        try:
+            verdict = await self.classify(p, row, lease_until, winners)
+        finally:
+            self._deciding -= 1
+            if not self._deciding:
+                self._recorder.hurry()
         kind = await self._recorder.record(p, verdict)
         # Only a recorded row leaves `held`: a cancelled one is still ours to release.
         p.held.pop(row.id, None)

@@ -153,3 +153,31 @@ async def test_a_settle_group_never_exceeds_its_size(count: int) -> None:
     assert sum(sizes) == count and max(sizes) <= Settlements.SIZE
     if count == 1:
         assert store.alone == ["0"] and store.groups == []  # one settlement alone needs no group
+
+
+async def test_with_no_company_to_come_an_item_goes_at_once() -> None:
+    log = Log()
+    deciding = 0
+    group = Coalescer(log.write, size=100, window=60, company=lambda: deciding)  # 60 s: never waited out
+    assert await asyncio.wait_for(group.submit(1), 5) == 2
+    deciding = 2
+    waiting = asyncio.ensure_future(group.submit(2))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # others may still join it: it waits
+    deciding = 0  # the last one is decided: its item goes at once, and the one waiting with it
+    assert await asyncio.wait_for(group.submit(3), 5) == 6
+    assert await waiting == 4
+    assert log.calls == [[1], [2, 3]]
+
+
+async def test_hurry_hands_what_waits_to_a_call_now() -> None:
+    log = Log()
+    group = Coalescer(log.write, size=100, window=60, company=lambda: 1)
+    waiting = [asyncio.ensure_future(group.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    assert not any(w.done() for w in waiting)
+    group.hurry()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [2, 4]
+    assert log.calls == [[1, 2]]
+    group.hurry()  # nothing waits: no call
+    assert log.calls == [[1, 2]]
