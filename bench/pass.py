@@ -58,6 +58,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from bench import world  # noqa: E402
 from reconciler import licenses  # noqa: E402
 from tests.support.process import clean_env  # noqa: E402
@@ -640,7 +642,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def header(args: argparse.Namespace, db_kind: str) -> list[str]:
+def header(args: argparse.Namespace, db_kind: str, speed: dict[str, float]) -> list[str]:
     mix = {
         "settled": "every invoice Settled and paid in full (a license each)",
         "mixed": "5/8 Settled, 1/8 Expired, 1/8 Invalid, 1/8 New",
@@ -650,11 +652,44 @@ def header(args: argparse.Namespace, db_kind: str) -> list[str]:
         f"bench/pass.py on {db_kind}: L = {args.latency_ms:g} ms, server cap C = {args.concurrency},"
         f" max_concurrency = {args.max_concurrency or args.concurrency}; {mix}",
         "(b): batch = false, one GET per invoice; (c): batch = true, due invoices read from list pages",
-        f"host: {platform.node()}, {os.cpu_count()} CPUs, load average {load} at start",
+        f"host: {platform.node()}, {os.cpu_count()} CPUs, load average {load} at start; speed (lower is"
+        f" faster): a fixed Python loop {speed['python_loop_ms']:g} ms, one Ed25519 signature"
+        f" {speed['ed25519_sign_us']:g} us",
         "wall s: the process, start-up included; x bound: wall / (list pages x L + single GETs x L / C);"
         " net CPU: CPU ms/inv less an empty pass's; peak C: most requests the fake served at once;"
         " fake CPU s: the fake's own (near a core's worth of the wall time, the fake is the limit)",
     ]
+
+
+def host_speed() -> dict[str, float]:
+    """Two fixed workloads timed in this process (medians of 5), so figures from different machines, or from
+    one machine on a slow day, can be told apart: these shared machines have differed by 1.8x in CPU speed.
+    Lower is faster."""
+
+    def loop() -> None:
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+
+    key = Ed25519PrivateKey.generate()
+    payload = bytes(90)  # about a LIC1 payload
+
+    def sign() -> None:
+        for _ in range(1_000):
+            key.sign(payload)
+
+    def median_s(work: Any) -> float:
+        runs = []
+        for _ in range(5):
+            began = time.perf_counter()
+            work()
+            runs.append(time.perf_counter() - began)
+        return statistics.median(runs)
+
+    return {
+        "python_loop_ms": round(median_s(loop) * 1e3, 1),
+        "ed25519_sign_us": round(median_s(sign) * 1e3, 1),
+    }
 
 
 def precompile() -> None:
@@ -675,7 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         licenses.write_new_key(files.signing_key)
         files.api_key.write_text(world.API_KEY, encoding="utf-8")
         db_kind = "PostgreSQL" if args.pg else "SQLite"
-        for line in header(args, db_kind):
+        speed = host_speed()
+        for line in header(args, db_kind, speed):
             print(line, flush=True)
         bench = Bench(args, work, files)
         empty = measure_count(bench, 0, None)
@@ -703,7 +739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_concurrency": args.max_concurrency or args.concurrency,
         "mix": args.mix,
         "batching": "available",
-        "host": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": {
+            "node": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            **speed,
+        },
         "empty_pass": empty,
         "results": results,
         "comparisons": comparisons(results),
