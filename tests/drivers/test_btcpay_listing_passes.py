@@ -8,6 +8,7 @@ do not answer asks alone; a sparse window stops paging; a page that fails after 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from reconciler.driver_api import CommonSettings, Driver
 from reconciler.listing import Lister, _Waiting, usable_time
 from reconciler.runner import PassSummary, Provider, Runner, RunnerSettings
 from reconciler.store.sqlite import SqliteStore
+from reconciler.traffic import ProviderGate
 from tests.conftest import Clock
 from tests.drivers.conftest import MakeBTCPayDriver
 from tests.fakes import btcpay
@@ -125,6 +127,43 @@ async def test_a_dense_window_is_read_in_pages(world: World) -> None:
     assert world.singles() == []
     assert len(world.pages()) <= 100 // PAGE + 2
     assert set(world.statuses().values()) == {"settled"}
+
+
+async def test_a_claimed_batch_is_read_as_it_arrives_not_after_the_window(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its invoices reach their fetches together: enough for a page, they are read at once. A gathering
+    window longer than the test's patience would show any wait for company."""
+    monkeypatch.setattr(Lister, "WINDOW", 600.0)
+    world.series(50, newest=newest(world.clock))
+
+    summary = await asyncio.wait_for(world.run(), 30)
+
+    assert dict(summary.counts) == {"settle": 50}
+    assert world.singles() == []
+    assert len(world.pages()) <= 50 // PAGE + 2
+
+
+async def test_fetches_too_few_for_a_page_wait_for_company(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fetch alone is fewer than a page must list (min_hits = 2): it is not read as it arrives but waits
+    out the window, so a second one arriving a few loop turns later shares its page."""
+    monkeypatch.setattr(Lister, "WINDOW", 0.5)
+    first, second = world.series(2, newest=newest(world.clock))
+    common = CommonSettings(driver="btcpay", timeout=5.0, retry_max_delay=0.0, page_size=PAGE)
+    gate = ProviderGate(Provider(PROVIDER, world.driver, common), clock=world.clock, sleep=_no_sleep)
+    lister = Lister(gate, cast(Any, world.driver))
+    created = {pid: newest(world.clock) - timedelta(seconds=i) for i, pid in enumerate((first, second))}
+
+    early = asyncio.create_task(lister.fetch(first, created[first], None))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    late = asyncio.create_task(lister.fetch(second, created[second], None))
+    answers = await asyncio.wait_for(asyncio.gather(early, late), 30)
+
+    assert all(answer is not None for answer in answers)
+    assert len(world.pages()) == 1 and world.singles() == []
 
 
 def queries(exchanges: list[btcpay.Exchange], key: str) -> list[str]:
